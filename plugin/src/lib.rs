@@ -1,0 +1,1 @@
+//! Continuo plugin (placeholder until the plugin shell lands).
