@@ -1,0 +1,335 @@
+//! Sampling and the prompt-to-continuation loop (spec §5).
+//!
+//! [`Session`] owns the per-conversation state (KV cache and scratch buffers) so a
+//! caller such as the plugin's inference thread can keep a warm cache between answers;
+//! [`continue_notes`] is the reference's whole `generate` call on top of it.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::error::ModelError;
+use crate::model::decode::{DecodeScratch, KvCache};
+use crate::model::forward::Row;
+use crate::model::gru::{Chooser, GruScratch};
+use crate::model::Moonbeam;
+use crate::note::Note;
+use crate::vocab::SOS_ROW;
+
+/// How each attribute's token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Argmax inside the attribute's allowed range (the reference's `temperature == 0` branch).
+    Greedy,
+    /// Temperature and top-p over the full vocabulary, restricted to the allowed range.
+    TopP { temperature: f32, top_p: f32, seed: u64 },
+}
+
+impl Sampling {
+    pub fn chooser(&self) -> Box<dyn Chooser + Send> {
+        match *self {
+            Sampling::Greedy => Box::new(Greedy),
+            Sampling::TopP { temperature, top_p, seed } => Box::new(TopP::new(temperature, top_p, seed)),
+        }
+    }
+}
+
+/// Argmax over the allowed slice; the first maximum wins, as `torch.argmax`.
+pub struct Greedy;
+
+impl Chooser for Greedy {
+    fn full_vocab(&self) -> bool {
+        false
+    }
+
+    fn choose(&mut self, _attr: usize, _allowed: Range<usize>, logits: &[f32]) -> usize {
+        argmax(logits)
+    }
+}
+
+fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] || (x[best].is_nan() && !v.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The closed form of the reference's rejection loop (spec §5.2): sample from
+/// `top_p(softmax(logits / T))` over the full vocabulary, restricted to the allowed
+/// range and renormalised. When the restriction has no mass, the reference's fallback
+/// applies: `top_p(softmax(p restricted to allowed))`.
+pub struct TopP {
+    temperature: f32,
+    top_p: f32,
+    rng: rand::rngs::StdRng,
+    probs: Vec<f32>,
+    order: Vec<u32>,
+}
+
+impl TopP {
+    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
+        TopP {
+            temperature: temperature.max(1e-6),
+            top_p: top_p.clamp(0.0, 1.0),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            probs: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Zeroes the tail of `probs` outside the top-p nucleus: a token is kept when the mass
+    /// of the tokens ranked before it is at most `top_p` (`(cumsum - p) <= P`).
+    fn truncate(probs: &mut [f32], order: &mut Vec<u32>, top_p: f32) {
+        order.clear();
+        order.extend(0..probs.len() as u32);
+        order.sort_unstable_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+        let mut before = 0.0f32;
+        for &i in order.iter() {
+            let p = probs[i as usize];
+            if before > top_p {
+                probs[i as usize] = 0.0;
+            }
+            before += p;
+        }
+    }
+
+    fn sample(&mut self, weights: &[f32]) -> Option<usize> {
+        let total: f64 = weights.iter().map(|&w| w as f64).sum();
+        if !(total > 0.0) || !total.is_finite() {
+            return None;
+        }
+        let mut u = self.rng.random::<f64>() * total;
+        for (i, &w) in weights.iter().enumerate() {
+            u -= w as f64;
+            if u < 0.0 && w > 0.0 {
+                return Some(i);
+            }
+        }
+        weights.iter().rposition(|&w| w > 0.0)
+    }
+}
+
+impl Chooser for TopP {
+    fn full_vocab(&self) -> bool {
+        true
+    }
+
+    fn choose(&mut self, _attr: usize, allowed: Range<usize>, logits: &[f32]) -> usize {
+        self.probs.clear();
+        self.probs.extend(logits.iter().map(|&l| l / self.temperature));
+        crate::kernels::softmax_in_place(&mut self.probs);
+        let mut probs = std::mem::take(&mut self.probs);
+        let mut order = std::mem::take(&mut self.order);
+        Self::truncate(&mut probs, &mut order, self.top_p);
+        let pick = match self.sample(&probs[allowed.clone()]) {
+            Some(i) => i,
+            None => {
+                // Fallback: softmax of the probabilities themselves over the allowed range.
+                let mut q: Vec<f32> = logits[allowed.clone()].iter().map(|&l| l / self.temperature).collect();
+                crate::kernels::softmax_in_place(&mut q);
+                let mut full_q = q.clone();
+                crate::kernels::softmax_in_place(&mut full_q);
+                Self::truncate(&mut full_q, &mut order, self.top_p);
+                self.sample(&full_q).unwrap_or_else(|| argmax(&q))
+            }
+        };
+        self.probs = probs;
+        self.order = order;
+        pick
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an EOS code in some attribute.
+    Eos,
+    /// The requested number of notes was generated.
+    MaxNotes,
+    /// The next note would start after the requested duration.
+    MaxDuration,
+    /// The model's context (`max_len`, SOS included) is full.
+    ContextFull,
+}
+
+/// Time spent on one generated note.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoteTiming {
+    /// The transformer step that fed the previous note (zero for the first note, which follows the prefill).
+    pub transformer: Duration,
+    /// The GRU head's six steps.
+    pub head: Duration,
+}
+
+/// One conversation with the model: a warm KV cache and its scratch buffers.
+pub struct Session<'m> {
+    model: &'m Moonbeam,
+    cache: KvCache,
+    scratch: DecodeScratch,
+    gru: GruScratch,
+    rows: Vec<Row>,
+}
+
+impl<'m> Session<'m> {
+    /// A session whose context holds at most `capacity` rows (SOS included).
+    pub fn new(model: &'m Moonbeam, capacity: usize) -> Self {
+        let capacity = capacity.max(2);
+        Session {
+            model,
+            cache: KvCache::new(model, capacity),
+            scratch: DecodeScratch::new(model, capacity),
+            gru: GruScratch::new(model),
+            rows: Vec::with_capacity(capacity),
+        }
+    }
+
+    pub fn model(&self) -> &'m Moonbeam {
+        self.model
+    }
+
+    /// The rows in the context, SOS first.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Replaces the context by `[SOS] + notes` with one batched pass.
+    pub fn prefill(&mut self, notes: &[Note]) -> Result<(), ModelError> {
+        let mut rows = Vec::with_capacity(notes.len() + 1);
+        rows.push(SOS_ROW);
+        rows.extend(notes.iter().map(|n| n.to_row()));
+        self.model.prefill(&rows, &mut self.cache, &mut self.scratch)?;
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// Appends one row to the context (a single-token step).
+    pub fn push(&mut self, row: Row) -> Result<(), ModelError> {
+        if self.rows.is_empty() && row != SOS_ROW {
+            self.model.step(&SOS_ROW, &mut self.cache, &mut self.scratch)?;
+            self.rows.push(SOS_ROW);
+        }
+        self.model.step(&row, &mut self.cache, &mut self.scratch)?;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Decodes the six attribute values that follow the context.
+    pub fn next_values(&mut self, chooser: &mut dyn Chooser) -> Result<[i64; 6], ModelError> {
+        if self.rows.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        Ok(self.model.decode_note(&self.scratch.hidden, &mut self.gru, chooser)?)
+    }
+
+    /// Final normed hidden state of the last row in the context.
+    pub fn last_hidden(&self) -> &[f32] {
+        &self.scratch.hidden
+    }
+}
+
+/// Options for [`continue_notes`].
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_notes: usize,
+    /// Stop before a note whose onset is more than this many 10 ms ticks after the last prompt onset.
+    pub max_duration_ticks: Option<i64>,
+    pub sampling: Sampling,
+}
+
+/// A continuation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Every generated row in model order, including rows that are not playable MIDI.
+    pub rows: Vec<Note>,
+    /// Indices into `rows` of rows that are not valid MIDI (kept in the model's context,
+    /// never written to MIDI).
+    pub invalid: Vec<usize>,
+    pub stop: StopReason,
+    pub prefill: Duration,
+    pub timings: Vec<NoteTiming>,
+}
+
+impl Generation {
+    /// The playable notes: generated rows that are valid MIDI.
+    pub fn valid_notes(&self) -> Vec<Note> {
+        self.rows.iter().copied().filter(Note::is_valid_midi).collect()
+    }
+}
+
+/// Continues `prompt` (absolute onsets, in order) as the reference's `MusicLlama.generate` does
+/// for one sample, calling `on_note` as each row is produced.
+///
+/// Differences from the reference, all on paths where it crashes or produces unplayable output:
+/// - an EOS code in any attribute ends the piece and that row is not returned;
+/// - rows holding SOS codes or pitches above 127 stay in the model's context (so greedy
+///   sequences match the reference) but are listed in [`Generation::invalid`];
+/// - with an empty prompt the first onset is the timeshift itself (the reference computes `-1 + ts`).
+pub fn continue_notes(
+    model: &Moonbeam,
+    prompt: &[Note],
+    opts: &GenerateOptions,
+    mut on_note: impl FnMut(&Note, bool),
+) -> Result<Generation, ModelError> {
+    let cfg = &model.cfg;
+    let prompt_rows = prompt.len() + 1;
+    if prompt_rows >= cfg.max_len {
+        return Err(ModelError::TooLong { len: prompt_rows + 1, max: cfg.max_len });
+    }
+    let max_new = opts.max_notes.min(cfg.max_len - prompt_rows);
+    let mut session = Session::new(model, prompt_rows + max_new);
+    let start = Instant::now();
+    session.prefill(prompt)?;
+    let prefill = start.elapsed();
+    let mut chooser = opts.sampling.chooser();
+    let last_prompt_onset = prompt.last().map_or(0, |n| n.onset);
+    let mut prev_onset = last_prompt_onset;
+    let stop = if max_new < opts.max_notes { StopReason::ContextFull } else { StopReason::MaxNotes };
+    let mut out = Generation { rows: Vec::new(), invalid: Vec::new(), stop, prefill, timings: Vec::new() };
+    for i in 0..max_new {
+        let mut transformer = Duration::ZERO;
+        if i > 0 {
+            let t = Instant::now();
+            session.push(out.rows[i - 1].to_row())?;
+            transformer = t.elapsed();
+        }
+        let t = Instant::now();
+        let values = session.next_values(chooser.as_mut())?;
+        out.timings.push(NoteTiming { transformer, head: t.elapsed() });
+        if (0..6).any(|a| values[a] == cfg.eos_code(a)) {
+            out.stop = StopReason::Eos;
+            break;
+        }
+        let onset = prev_onset + values[0];
+        let note = Note {
+            onset,
+            duration: values[1],
+            octave: values[2],
+            pitch_class: values[3],
+            instrument: values[4],
+            velocity: values[5],
+        };
+        if let Some(max) = opts.max_duration_ticks {
+            if onset - last_prompt_onset > max {
+                out.stop = StopReason::MaxDuration;
+                break;
+            }
+        }
+        let valid = note.is_valid_midi();
+        if !valid {
+            out.invalid.push(out.rows.len());
+        }
+        on_note(&note, valid);
+        out.rows.push(note);
+        prev_onset = onset;
+    }
+    Ok(out)
+}

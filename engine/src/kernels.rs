@@ -1,0 +1,212 @@
+//! Hand-written f32 kernels for the single-token decode path.
+//!
+//! Decoding one note multiplies every weight matrix by a single vector. That is
+//! memory-bound, and candle's gemm runs it on one core only, so the decode path
+//! uses [`matvec`] instead: rows are split across the rayon pool, and each row is
+//! a dot product with several independent accumulators so that the compiler can
+//! vectorise it. An AVX2+FMA build of the same loop is picked at run time where
+//! the CPU has it; nothing here needs `-C target-cpu=native`.
+
+use rayon::prelude::*;
+
+/// Below this many multiply-adds a matvec runs on the calling thread: the
+/// hand-off to the pool would cost more than the work.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+/// Rows handed to one rayon task.
+const ROWS_PER_TASK: usize = 64;
+
+/// `out[r] = dot(w[r, ..], x)` (+ `bias[r]`) for a row-major `rows x x.len()` matrix.
+pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let cols = x.len();
+    let rows = out.len();
+    assert_eq!(w.len(), rows * cols, "matvec: weight is not rows x cols");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), rows, "matvec: bias length");
+    }
+    let dot = dot_fn();
+    let run = |row0: usize, chunk: &mut [f32]| {
+        for (i, o) in chunk.iter_mut().enumerate() {
+            let r = row0 + i;
+            let mut v = dot(&w[r * cols..(r + 1) * cols], x);
+            if let Some(b) = bias {
+                v += b[r];
+            }
+            *o = v;
+        }
+    };
+    if rows * cols < PARALLEL_MIN_MACS || rayon::current_num_threads() < 2 {
+        run(0, out);
+    } else {
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(c, chunk)| run(c * ROWS_PER_TASK, chunk));
+    }
+}
+
+/// Like [`matvec`], but only for rows `rows.start..rows.end`, written to `out`.
+pub fn matvec_rows(w: &[f32], x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
+    let cols = x.len();
+    matvec(&w[rows.start * cols..rows.end * cols], x, None, out);
+}
+
+type DotFn = fn(&[f32], &[f32]) -> f32;
+
+fn dot_fn() -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static CHOICE: OnceLock<DotFn> = OnceLock::new();
+        *CHOICE.get_or_init(|| {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                dot_avx2_entry
+            } else {
+                dot_portable
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        dot_portable
+    }
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 32;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (xa, xb) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            acc[j] = xa[j].mul_add(xb[j], acc[j]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    // Pairwise reduction keeps the rounding error small and independent of the CPU.
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for j in 0..width {
+            acc[j] += acc[j + width];
+        }
+    }
+    acc[0] + tail
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    // Without hardware FMA, `mul_add` would be a slow libm call: use plain mul and add.
+    const LANES: usize = 32;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (xa, xb) in (&mut ca).zip(&mut cb) {
+        for j in 0..LANES {
+            acc[j] += xa[j] * xb[j];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for j in 0..width {
+            acc[j] += acc[j + width];
+        }
+    }
+    acc[0] + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot_avx2_entry(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only selected by `dot_fn` after checking that the CPU has AVX2 and FMA.
+    unsafe { dot_avx2(a, b) }
+}
+
+/// Plain dot product on the calling thread (attention scores, small vectors).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_fn()(a, b)
+}
+
+/// `out = x * rsqrt(mean(x^2) + eps) * weight`, as the reference's RMSNorm (f32 throughout).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64, out: &mut [f32]) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_sq + eps as f32).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * scale);
+    }
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+/// In-place softmax over a slice.
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Rounds an f32 to the nearest bfloat16 (ties to even), returned as f32.
+pub fn bf16_round(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(w: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
+        (0..rows)
+            .map(|r| w[r * x.len()..(r + 1) * x.len()].iter().zip(x).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() as f32)
+            .collect()
+    }
+
+    #[test]
+    fn matvec_matches_naive_on_odd_shapes() {
+        for &(rows, cols) in &[(1, 1), (3, 7), (5, 33), (130, 515), (700, 1000)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+            let x: Vec<f32> = (0..cols).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
+            let mut out = vec![0.0; rows];
+            matvec(&w, &x, None, &mut out);
+            for (a, b) in out.iter().zip(naive(&w, &x, rows)) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{rows}x{cols}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_round_matches_the_spec_examples() {
+        assert_eq!(bf16_round(257.0), 256.0);
+        assert_eq!(bf16_round(1001.0), 1000.0);
+        assert_eq!(bf16_round(5001.0), 4992.0);
+        assert_eq!(bf16_round(40001.0), 39936.0);
+        assert_eq!(bf16_round(0.82636), 0.828125);
+    }
+}

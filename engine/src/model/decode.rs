@@ -1,0 +1,305 @@
+//! The single-token path: one note through the transformer against a preallocated KV cache.
+//!
+//! Nothing here allocates per step: the cache and every scratch buffer are sized once,
+//! from the config and the cache capacity. MRA positions come from the token values,
+//! so the cache needs no position bookkeeping beyond its length.
+
+use candle_core::Result;
+
+use super::forward::{ForwardOutput, Row};
+use super::linear::with_f32;
+use super::tables::{embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN};
+use super::{Moonbeam, Precision};
+use crate::error::ModelError;
+use crate::kernels::{bf16_round, dot, rms_norm, silu, softmax_in_place};
+
+/// Post-rotary keys and values of every layer, preallocated to a fixed capacity.
+pub struct KvCache {
+    capacity: usize,
+    len: usize,
+    n_kv: usize,
+    head_dim: usize,
+    /// Per layer, `[n_kv][capacity][head_dim]`.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(model: &Moonbeam, capacity: usize) -> Self {
+        let cfg = &model.cfg;
+        let per_layer = cfg.n_kv_heads * capacity * cfg.head_dim();
+        KvCache {
+            capacity,
+            len: 0,
+            n_kv: cfg.n_kv_heads,
+            head_dim: cfg.head_dim(),
+            k: vec![vec![0.0; per_layer]; cfg.n_layers],
+            v: vec![vec![0.0; per_layer]; cfg.n_layers],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every token (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Keeps only the first `len` tokens.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    fn index(&self, head: usize, pos: usize) -> usize {
+        (head * self.capacity + pos) * self.head_dim
+    }
+
+    /// Bytes held by the cache buffers.
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * self.n_kv * self.capacity * self.head_dim * 4
+    }
+}
+
+/// Per-session scratch buffers for [`Moonbeam::step`].
+pub struct DecodeScratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    mlp_hidden: Vec<f32>,
+    pe: Vec<f32>,
+    part: Vec<f32>,
+    scores: Vec<f32>,
+    cos: [Vec<f32>; 5],
+    sin: [Vec<f32>; 5],
+    /// Final normed hidden state of the last token stepped.
+    pub hidden: Vec<f32>,
+}
+
+impl DecodeScratch {
+    pub fn new(model: &Moonbeam, capacity: usize) -> Self {
+        let cfg = &model.cfg;
+        let h = cfg.hidden_size;
+        let kv = cfg.n_kv_heads * cfg.head_dim();
+        let half = cfg.head_dim() / 2;
+        DecodeScratch {
+            x: vec![0.0; h],
+            xn: vec![0.0; h],
+            q: vec![0.0; h],
+            k: vec![0.0; kv],
+            v: vec![0.0; kv],
+            attn: vec![0.0; h],
+            proj: vec![0.0; h],
+            gate: vec![0.0; cfg.intermediate_size],
+            up: vec![0.0; cfg.intermediate_size],
+            mlp_hidden: vec![0.0; h / 2],
+            pe: vec![0.0; cfg.attr_dim()],
+            part: vec![0.0; cfg.attr_dim()],
+            scores: vec![0.0; capacity],
+            cos: std::array::from_fn(|_| vec![0.0; half]),
+            sin: std::array::from_fn(|_| vec![0.0; half]),
+            hidden: vec![0.0; h],
+        }
+    }
+}
+
+impl Moonbeam {
+    /// Seeds an empty cache with the K/V of a batched pass over one sequence
+    /// (batch row 0) and leaves that pass's last hidden state in `scratch.hidden`.
+    pub fn load_prefill(&self, out: &ForwardOutput, cache: &mut KvCache, scratch: &mut DecodeScratch) -> std::result::Result<(), ModelError> {
+        let l = out.hidden.dim(1)?;
+        if l > cache.capacity {
+            return Err(ModelError::TooLong { len: l, max: cache.capacity });
+        }
+        for (layer, (k, v)) in out.kv.iter().enumerate() {
+            // (B, n_kv, L, hd) -> batch row 0.
+            let k = k.get(0)?.contiguous()?;
+            let v = v.get(0)?.contiguous()?;
+            for (src, dst) in [(&k, &mut cache.k[layer]), (&v, &mut cache.v[layer])] {
+                with_f32(src, |data| {
+                    for head in 0..cache.n_kv {
+                        let s = head * l * cache.head_dim;
+                        let d = head * cache.capacity * cache.head_dim;
+                        dst[d..d + l * cache.head_dim].copy_from_slice(&data[s..s + l * cache.head_dim]);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        cache.len = l;
+        let last = out.hidden.get(0)?.get(l - 1)?.contiguous()?;
+        with_f32(&last, |data| {
+            scratch.hidden.copy_from_slice(data);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Runs a whole prompt through the batched path and seeds `cache` with it (clearing it first).
+    pub fn prefill(&self, rows: &[Row], cache: &mut KvCache, scratch: &mut DecodeScratch) -> std::result::Result<(), ModelError> {
+        if rows.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        if rows.len() > cache.capacity {
+            return Err(ModelError::TooLong { len: rows.len(), max: cache.capacity });
+        }
+        self.validate_rows(rows)?;
+        cache.clear();
+        let out = self.forward(&[rows], super::forward::Mask::Causal, None)?;
+        self.load_prefill(&out, cache, scratch)
+    }
+
+    /// Appends one token to the cache and leaves its final normed hidden state in `scratch.hidden`.
+    pub fn step(&self, row: &Row, cache: &mut KvCache, scratch: &mut DecodeScratch) -> std::result::Result<(), ModelError> {
+        if cache.len >= cache.capacity {
+            return Err(ModelError::TooLong { len: cache.len + 1, max: cache.capacity });
+        }
+        self.validate_rows(std::slice::from_ref(row))?;
+        self.embed_one(row, scratch)?;
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
+        let half = hd / 2;
+        let precision = self.tables.precision;
+        for t in 0..5 {
+            rope_cos_sin(
+                mra_position(row, TABLE_COLUMN[t]),
+                &self.tables.inv_freq[t],
+                precision,
+                &mut scratch.cos[t],
+                &mut scratch.sin[t],
+            );
+        }
+        let pos = cache.len;
+        let t_len = pos + 1;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            with_f32(&layer.input_norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn)))?;
+            layer.q_proj.matvec(&scratch.xn, &mut scratch.q)?;
+            layer.k_proj.matvec(&scratch.xn, &mut scratch.k)?;
+            layer.v_proj.matvec(&scratch.xn, &mut scratch.v)?;
+            for head in 0..nh {
+                let t = GROUP_TABLE[head / (nh / 6)];
+                rotate(&mut scratch.q[head * hd..(head + 1) * hd], &scratch.cos[t], &scratch.sin[t], half);
+            }
+            for head in 0..nkv {
+                let t = GROUP_TABLE[head / (nkv / 6)];
+                rotate(&mut scratch.k[head * hd..(head + 1) * hd], &scratch.cos[t], &scratch.sin[t], half);
+                let at = cache.index(head, pos);
+                cache.k[li][at..at + hd].copy_from_slice(&scratch.k[head * hd..(head + 1) * hd]);
+                cache.v[li][at..at + hd].copy_from_slice(&scratch.v[head * hd..(head + 1) * hd]);
+            }
+            let n_rep = nh / nkv;
+            for head in 0..nh {
+                let kv_head = head / n_rep;
+                let q = &scratch.q[head * hd..(head + 1) * hd];
+                let scores = &mut scratch.scores[..t_len];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let at = cache.index(kv_head, j);
+                    *s = dot(q, &cache.k[li][at..at + hd]) * scale;
+                }
+                softmax_in_place(scores);
+                let out = &mut scratch.attn[head * hd..(head + 1) * hd];
+                out.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let at = cache.index(kv_head, j);
+                    for (o, &v) in out.iter_mut().zip(&cache.v[li][at..at + hd]) {
+                        *o += p * v;
+                    }
+                }
+            }
+            layer.o_proj.matvec(&scratch.attn, &mut scratch.proj)?;
+            for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
+                *x += p;
+            }
+            with_f32(&layer.post_attention_norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn)))?;
+            layer.gate_proj.matvec(&scratch.xn, &mut scratch.gate)?;
+            layer.up_proj.matvec(&scratch.xn, &mut scratch.up)?;
+            for (g, u) in scratch.gate.iter_mut().zip(&scratch.up) {
+                *g = silu(*g) * u;
+            }
+            layer.down_proj.matvec(&scratch.gate, &mut scratch.proj)?;
+            for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
+                *x += p;
+            }
+        }
+        with_f32(&self.norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.hidden)))?;
+        cache.len += 1;
+        Ok(())
+    }
+
+    /// The input embedding of one row into `scratch.x`.
+    fn embed_one(&self, row: &Row, scratch: &mut DecodeScratch) -> Result<()> {
+        let d = self.cfg.attr_dim();
+        let precision = self.tables.precision;
+        let special = match row[0] {
+            -1 => Some(0),
+            -2 => Some(1),
+            _ => None,
+        };
+        if let Some(which) = special {
+            with_f32(&self.supplementary, |s| {
+                let h = self.cfg.hidden_size;
+                scratch.proj.copy_from_slice(&s[which * h..(which + 1) * h]);
+                Ok(())
+            })?;
+        } else {
+            for attr in 0..6 {
+                let value = embedding_input(row, attr);
+                let dst = attr * d..(attr + 1) * d;
+                if attr == 4 {
+                    with_f32(&self.instrument, |table| {
+                        let r = value as usize;
+                        scratch.proj[dst.clone()].copy_from_slice(&table[r * d..(r + 1) * d]);
+                        Ok(())
+                    })?;
+                    continue;
+                }
+                let table = TABLE_COLUMN.iter().position(|&c| c == attr).unwrap_or(0);
+                let fme = &self.fme[table];
+                fme_sinusoid(value, &self.tables.fme_angles[table], precision, &mut scratch.pe);
+                with_f32(&fme.translation_bias, |t| {
+                    for (p, tv) in scratch.pe.iter_mut().zip(t) {
+                        *p += tv;
+                        if precision == Precision::Bf16Faithful {
+                            *p = bf16_round(*p);
+                        }
+                    }
+                    Ok(())
+                })?;
+                fme.linear.matvec(&scratch.pe, &mut scratch.part)?;
+                if precision == Precision::Bf16Faithful {
+                    scratch.part.iter_mut().for_each(|v| *v = bf16_round(*v));
+                }
+                scratch.proj[dst].copy_from_slice(&scratch.part);
+            }
+        }
+        self.mlp_in.matvec(&scratch.proj, &mut scratch.mlp_hidden)?;
+        scratch.mlp_hidden.iter_mut().for_each(|v| *v = v.max(0.0));
+        self.mlp_out.matvec(&scratch.mlp_hidden, &mut scratch.x)?;
+        Ok(())
+    }
+}
+
+/// HF half-split rotary on one head, in place.
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], half: usize) {
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i] + a * sin[i];
+    }
+}

@@ -1,0 +1,114 @@
+//! Reading checkpoints: safetensors with the official parameter names, or the
+//! official release container (`torch.save({'model_state_dict': ...})` with the
+//! DDP `module.` prefix, bf16), read directly from the `.pt` file.
+//!
+//! Every tensor is checked against the shape the config implies before the model
+//! is built, so a wrong file yields an error naming the tensor, never a panic.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::WeightsError;
+
+/// All tensors of a checkpoint, by their official name (without `module.`).
+pub struct WeightStore {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl WeightStore {
+    /// Opens a `.safetensors` file or a PyTorch `.pt` checkpoint (detected by content, not extension).
+    pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        let io = |source| WeightsError::Io { path: path.to_owned(), source };
+        let mut head = [0u8; 8];
+        {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            let n = f.read(&mut head).map_err(io)?;
+            if n < 8 {
+                return Err(WeightsError::Format {
+                    path: path.to_owned(),
+                    reason: format!("file is only {n} bytes long"),
+                });
+            }
+        }
+        let format_err = |reason: String| WeightsError::Format { path: path.to_owned(), reason };
+        let tensors: Vec<(String, Tensor)> = if head.starts_with(b"PK\x03\x04") || head[0] == 0x80 {
+            // A torch.save pickle (zip container, or the legacy format).
+            let with_key = candle_core::pickle::read_all_with_key(path, Some("model_state_dict"));
+            match with_key {
+                Ok(t) if !t.is_empty() => t,
+                _ => candle_core::pickle::read_all(path)
+                    .map_err(|e| format_err(format!("cannot read the PyTorch checkpoint: {e}")))?,
+            }
+        } else {
+            let header_len = u64::from_le_bytes(head);
+            let file_len = std::fs::metadata(path).map_err(io)?.len();
+            if header_len == 0 || header_len > file_len.saturating_sub(8) {
+                return Err(format_err(format!(
+                    "the safetensors header claims {header_len} bytes but the file has {file_len}"
+                )));
+            }
+            // SAFETY: the file is mapped read-only and copied into owned tensors before
+            // this function returns; nothing else in this process writes to it.
+            let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+                .map_err(|e| format_err(format!("invalid safetensors: {e}")))?;
+            let mut out = Vec::new();
+            for (name, _) in mmap.tensors() {
+                let t = mmap
+                    .load(&name, &Device::Cpu)
+                    .map_err(|e| format_err(format!("tensor `{name}`: {e}")))?;
+                out.push((name, t));
+            }
+            out
+        };
+        if tensors.is_empty() {
+            return Err(format_err("it holds no tensors".into()));
+        }
+        let tensors = tensors
+            .into_iter()
+            .map(|(name, t)| (name.strip_prefix("module.").map(str::to_owned).unwrap_or(name), t))
+            .collect();
+        Ok(WeightStore { tensors })
+    }
+
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        WeightStore { tensors }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The tensor `name` as contiguous f32, checked against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
+        let t = self.tensors.get(name).ok_or_else(|| WeightsError::Missing {
+            name: name.to_owned(),
+            expected: shape.to_vec(),
+        })?;
+        if t.dims() != shape {
+            return Err(WeightsError::Shape {
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        let t = match t.dtype() {
+            DType::F32 => t.clone(),
+            DType::BF16 | DType::F16 | DType::F64 => t.to_dtype(DType::F32)?,
+            other => {
+                return Err(WeightsError::Dtype { name: name.to_owned(), dtype: format!("{other:?}") });
+            }
+        };
+        Ok(t.contiguous()?)
+    }
+}
