@@ -44,3 +44,18 @@ pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
+
+/// Loading or validating a style adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("not a valid adapter: {0}")]
+    Format(String),
+    #[error("adapter tensor `{tensor}` has shape {got:?}, expected {expected:?}: it was made for another base model")]
+    Shape { tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("adapter was made for another base model: {0}")]
+    BaseMismatch(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

@@ -13,6 +13,7 @@ use crate::error::ModelError;
 use crate::model::decode::{DecodeScratch, KvCache};
 use crate::model::forward::Row;
 use crate::model::gru::{Chooser, GruScratch};
+use crate::lora::Style;
 use crate::model::Moonbeam;
 use crate::note::Note;
 use crate::vocab::SOS_ROW;
@@ -173,6 +174,7 @@ pub struct Session<'m> {
     scratch: DecodeScratch,
     gru: GruScratch,
     rows: Vec<Row>,
+    style: Style,
 }
 
 impl<'m> Session<'m> {
@@ -185,6 +187,7 @@ impl<'m> Session<'m> {
             scratch: DecodeScratch::new(model, capacity),
             gru: GruScratch::new(model),
             rows: Vec::with_capacity(capacity),
+            style: Style::base(),
         }
     }
 
@@ -201,12 +204,23 @@ impl<'m> Session<'m> {
         self.cache.capacity()
     }
 
+    /// Swaps the active style. O(1): the base weights are untouched. The cached keys and
+    /// values of the context were computed under the previous style and are kept, so
+    /// the new style shapes what comes next without re-reading the context.
+    pub fn set_style(&mut self, style: Style) -> Style {
+        std::mem::replace(&mut self.style, style)
+    }
+
+    pub fn style(&self) -> &Style {
+        &self.style
+    }
+
     /// Replaces the context by `[SOS] + notes` with one batched pass.
     pub fn prefill(&mut self, notes: &[Note]) -> Result<(), ModelError> {
         let mut rows = Vec::with_capacity(notes.len() + 1);
         rows.push(SOS_ROW);
         rows.extend(notes.iter().map(|n| n.to_row()));
-        self.model.prefill(&rows, &mut self.cache, &mut self.scratch)?;
+        self.model.prefill(&rows, &mut self.cache, &mut self.scratch, &self.style)?;
         self.rows = rows;
         Ok(())
     }
@@ -214,10 +228,10 @@ impl<'m> Session<'m> {
     /// Appends one row to the context (a single-token step).
     pub fn push(&mut self, row: Row) -> Result<(), ModelError> {
         if self.rows.is_empty() && row != SOS_ROW {
-            self.model.step(&SOS_ROW, &mut self.cache, &mut self.scratch)?;
+            self.model.step(&SOS_ROW, &mut self.cache, &mut self.scratch, &self.style)?;
             self.rows.push(SOS_ROW);
         }
-        self.model.step(&row, &mut self.cache, &mut self.scratch)?;
+        self.model.step(&row, &mut self.cache, &mut self.scratch, &self.style)?;
         self.rows.push(row);
         Ok(())
     }
@@ -227,7 +241,7 @@ impl<'m> Session<'m> {
         if self.rows.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
-        Ok(self.model.decode_note(&self.scratch.hidden, &mut self.gru, chooser)?)
+        Ok(self.model.decode_note(&self.scratch.hidden, &mut self.gru, chooser, &self.style)?)
     }
 
     /// Final normed hidden state of the last row in the context.
@@ -275,6 +289,7 @@ impl Generation {
 /// - with an empty prompt the first onset is the timeshift itself (the reference computes `-1 + ts`).
 pub fn continue_notes(
     model: &Moonbeam,
+    style: &Style,
     prompt: &[Note],
     opts: &GenerateOptions,
     mut on_note: impl FnMut(&Note, bool),
@@ -286,6 +301,7 @@ pub fn continue_notes(
     }
     let max_new = opts.max_notes.min(cfg.max_len - prompt_rows);
     let mut session = Session::new(model, prompt_rows + max_new);
+    session.set_style(style.clone());
     let start = Instant::now();
     session.prefill(prompt)?;
     let prefill = start.elapsed();

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod kernels;
+pub mod lora;
 pub mod midi;
 pub mod model;
 pub mod note;

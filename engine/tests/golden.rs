@@ -9,7 +9,9 @@ use candle_core::{Device, Tensor};
 use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling, Session};
 use continuo_engine::model::forward::{Mask, Row, Trace};
 use continuo_engine::model::tables::{fme_angles, mra_position, rope_cos_sin, rope_inv_freq};
+use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::{vocab, Config, Moonbeam, Note, Precision};
+use std::sync::Arc;
 use serde_json::Value;
 
 fn golden(name: &str) -> PathBuf {
@@ -123,7 +125,7 @@ fn teacher_forced_pass_matches_tensor_for_tensor() {
     let m = model(Precision::F32);
     let rows = input_rows();
     let mut trace = Trace::default();
-    let fwd = m.forward(&[&rows], Mask::Causal, Some(&mut trace)).unwrap();
+    let fwd = m.forward(&[&rows], Mask::Causal, &Style::base(), Some(&mut trace)).unwrap();
     let names = ["onset", "dur", "octave", "pitch", "instrument", "velocity"];
     for (i, name) in names.iter().enumerate() {
         let got = trace.attr_embeddings[i].squeeze(0).unwrap();
@@ -146,7 +148,7 @@ fn teacher_forced_pass_matches_tensor_for_tensor() {
     assert_eq!(labels.iter().map(|l| l.to_vec()).collect::<Vec<_>>(), want_labels);
     let inputs: Vec<u32> = labels[1..].iter().flat_map(|l| l[0..6].to_vec()).collect();
     let inputs = Tensor::from_vec(inputs, (1, rows.len() - 1, 6), &Device::Cpu).unwrap();
-    let logits = m.gru_logits(&fwd.hidden, &inputs).unwrap().squeeze(0).unwrap();
+    let logits = m.gru_logits(&fwd.hidden, &inputs, &Style::base()).unwrap().squeeze(0).unwrap();
     assert_close("gru logits", &logits, &out["base/gru_logits_teacher_forced"], 5e-4);
     let targets: Vec<u32> = labels[1..].iter().flat_map(|l| l[1..7].to_vec()).collect();
     let n = targets.len();
@@ -161,7 +163,7 @@ fn teacher_forced_pass_matches_tensor_for_tensor() {
 fn single_token_path_matches_the_batched_path() {
     let m = model(Precision::F32);
     let rows = input_rows();
-    let fwd = m.forward(&[&rows], Mask::Causal, None).unwrap();
+    let fwd = m.forward(&[&rows], Mask::Causal, &Style::base(), None).unwrap();
     let want = fwd.hidden.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
     let mut session = Session::new(&m, rows.len());
     for (i, row) in rows.iter().enumerate() {
@@ -171,18 +173,18 @@ fn single_token_path_matches_the_batched_path() {
     }
 }
 
-fn greedy_case(file: &str, m: &Moonbeam) {
+fn greedy_case(file: &str, m: &Moonbeam, style: &Style) {
     let g = json(file);
     let prompt: Vec<Note> = rows_of(&g["prompt_with_sos"])[1..].iter().map(|r| Note::from_row(*r)).collect();
     let want: Vec<Note> = rows_of(&g["generated_only"]).into_iter().map(Note::from_row).collect();
     let opts = GenerateOptions { max_notes: g["max_gen_len"].as_u64().unwrap() as usize, max_duration_ticks: None, sampling: Sampling::Greedy };
-    let gen = continue_notes(m, &prompt, &opts, |_, _| {}).unwrap();
+    let gen = continue_notes(m, style, &prompt, &opts, |_, _| {}).unwrap();
     assert_eq!(gen.rows, want, "{file}");
 }
 
 #[test]
 fn greedy_continuation_is_identical() {
-    greedy_case("greedy_base.json", &model(Precision::F32));
+    greedy_case("greedy_base.json", &model(Precision::F32), &Style::base());
 }
 
 #[test]
@@ -267,4 +269,41 @@ fn wrong_weights_name_the_tensor_and_shape() {
     cfg.n_layers = 3;
     let err = Moonbeam::load(&cfg, &golden("tiny_model.safetensors"), Precision::F32).unwrap_err().to_string();
     assert!(err.contains("model.layers.2.self_attn.q_proj.weight") && err.contains("missing"), "{err}");
+}
+
+fn golden_style(m: &Moonbeam) -> Style {
+    let adapter = Adapter::from_peft_dir(&golden("lora_adapter"), &m.cfg).expect("golden adapter");
+    assert_eq!(adapter.pairs.len(), 4 * m.cfg.n_layers + 4);
+    Style::single(Arc::new(adapter), 1.0)
+}
+
+#[test]
+fn lora_teacher_forced_pass_matches() {
+    let out = outputs();
+    let m = model(Precision::F32);
+    let style = golden_style(&m);
+    let rows = input_rows();
+    let mut trace = Trace::default();
+    let fwd = m.forward(&[&rows], Mask::Causal, &style, Some(&mut trace)).unwrap();
+    assert_close("lora embed", &trace.embed_output.unwrap().squeeze(0).unwrap(), &out["lora/hidden_embeddings"], 1e-4);
+    assert_close("lora layer0", &trace.hidden_after_layer0.unwrap().squeeze(0).unwrap(), &out["lora/hidden_after_layer0"], 1e-4);
+    assert_close("lora final", &fwd.hidden.squeeze(0).unwrap(), &out["lora/final_hidden_normed"], 1e-4);
+    let summary = m.summary_projection.forward_styled(&fwd.hidden, &style, continuo_engine::lora::Target::SummaryProjection).unwrap();
+    assert_close("lora summary", &summary.squeeze(0).unwrap(), &out["lora/summary_projection"], 1e-4);
+    let labels = vocab::labels(&m.cfg, &rows).unwrap();
+    let inputs: Vec<u32> = labels[1..].iter().flat_map(|l| l[0..6].to_vec()).collect();
+    let inputs = Tensor::from_vec(inputs, (1, rows.len() - 1, 6), &Device::Cpu).unwrap();
+    let logits = m.gru_logits(&fwd.hidden, &inputs, &style).unwrap().squeeze(0).unwrap();
+    assert_close("lora gru logits", &logits, &out["lora/gru_logits_teacher_forced"], 5e-4);
+    // Strength 0 is the base model exactly.
+    let off = Style::single(style.parts[0].0.clone(), 0.0);
+    let base = m.forward(&[&rows], Mask::Causal, &off, None).unwrap();
+    assert_close("strength 0", &base.hidden.squeeze(0).unwrap(), &out["base/final_hidden_normed"], 1e-4);
+}
+
+#[test]
+fn lora_greedy_continuation_is_identical() {
+    let m = model(Precision::F32);
+    let style = golden_style(&m);
+    greedy_case("greedy_lora.json", &m, &style);
 }

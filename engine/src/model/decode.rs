@@ -12,6 +12,7 @@ use super::tables::{embedding_input, fme_sinusoid, mra_position, rope_cos_sin, G
 use super::{Moonbeam, Precision};
 use crate::error::ModelError;
 use crate::kernels::{bf16_round, dot, rms_norm, silu, softmax_in_place};
+use crate::lora::{Style, Target};
 
 /// Post-rotary keys and values of every layer, preallocated to a fixed capacity.
 pub struct KvCache {
@@ -151,7 +152,7 @@ impl Moonbeam {
     }
 
     /// Runs a whole prompt through the batched path and seeds `cache` with it (clearing it first).
-    pub fn prefill(&self, rows: &[Row], cache: &mut KvCache, scratch: &mut DecodeScratch) -> std::result::Result<(), ModelError> {
+    pub fn prefill(&self, rows: &[Row], cache: &mut KvCache, scratch: &mut DecodeScratch, style: &Style) -> std::result::Result<(), ModelError> {
         if rows.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
@@ -160,12 +161,12 @@ impl Moonbeam {
         }
         self.validate_rows(rows)?;
         cache.clear();
-        let out = self.forward(&[rows], super::forward::Mask::Causal, None)?;
+        let out = self.forward(&[rows], super::forward::Mask::Causal, style, None)?;
         self.load_prefill(&out, cache, scratch)
     }
 
     /// Appends one token to the cache and leaves its final normed hidden state in `scratch.hidden`.
-    pub fn step(&self, row: &Row, cache: &mut KvCache, scratch: &mut DecodeScratch) -> std::result::Result<(), ModelError> {
+    pub fn step(&self, row: &Row, cache: &mut KvCache, scratch: &mut DecodeScratch, style: &Style) -> std::result::Result<(), ModelError> {
         if cache.len >= cache.capacity {
             return Err(ModelError::TooLong { len: cache.len + 1, max: cache.capacity });
         }
@@ -189,9 +190,9 @@ impl Moonbeam {
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             with_f32(&layer.input_norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn)))?;
-            layer.q_proj.matvec(&scratch.xn, &mut scratch.q)?;
-            layer.k_proj.matvec(&scratch.xn, &mut scratch.k)?;
-            layer.v_proj.matvec(&scratch.xn, &mut scratch.v)?;
+            layer.q_proj.matvec_styled(&scratch.xn, &mut scratch.q, style, Target::Q(li))?;
+            layer.k_proj.matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
+            layer.v_proj.matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
             for head in 0..nh {
                 let t = GROUP_TABLE[head / (nh / 6)];
                 rotate(&mut scratch.q[head * hd..(head + 1) * hd], &scratch.cos[t], &scratch.sin[t], half);
@@ -222,7 +223,7 @@ impl Moonbeam {
                     }
                 }
             }
-            layer.o_proj.matvec(&scratch.attn, &mut scratch.proj)?;
+            layer.o_proj.matvec_styled(&scratch.attn, &mut scratch.proj, style, Target::O(li))?;
             for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
                 *x += p;
             }

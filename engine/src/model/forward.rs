@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use super::tables::{embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN};
 use super::Moonbeam;
 use crate::error::ModelError;
+use crate::lora::{Style, Target};
 
 /// Rows of one sequence: `[onset, duration, octave, pitch_class, instrument, velocity]`,
 /// with `[-1; 6]` for SOS and `[-2; 6]` for EOS.
@@ -169,7 +170,7 @@ impl Moonbeam {
 
     /// Full forward over a batch of equally long sequences. Returns the final normed hidden
     /// states and every layer's K/V (for seeding the decode cache).
-    pub fn forward(&self, batch: &[&[Row]], mask: Mask<'_>, mut trace: Option<&mut Trace>) -> Result<ForwardOutput> {
+    pub fn forward(&self, batch: &[&[Row]], mask: Mask<'_>, style: &Style, mut trace: Option<&mut Trace>) -> Result<ForwardOutput> {
         let b = batch.len();
         let l = batch.first().map_or(0, |s| s.len());
         if b == 0 || l == 0 || batch.iter().any(|s| s.len() != l) {
@@ -189,9 +190,9 @@ impl Moonbeam {
         for (li, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let xn = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let q = layer.q_proj.forward(&xn)?.reshape((b, l, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = layer.k_proj.forward(&xn)?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = layer.v_proj.forward(&xn)?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = layer.q_proj.forward_styled(&xn, style, Target::Q(li))?.reshape((b, l, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = layer.k_proj.forward_styled(&xn, style, Target::K(li))?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = layer.v_proj.forward_styled(&xn, style, Target::V(li))?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let q = apply_rotary(&q, &cos_q, &sin_q)?;
             let k = apply_rotary(&k, &cos_k, &sin_k)?;
             kv.push((k.clone(), v.clone()));
@@ -203,7 +204,7 @@ impl Moonbeam {
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, nh * hd))?;
-            x = (residual + layer.o_proj.forward(&attn)?)?;
+            x = (residual + layer.o_proj.forward_styled(&attn, style, Target::O(li))?)?;
             let residual = x.clone();
             let xn = rms_norm(&x, &layer.post_attention_norm, cfg.rms_norm_eps)?;
             let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&xn)?)?;

@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor, D};
 use super::linear::with_f32;
 use super::Moonbeam;
 use crate::kernels::{sigmoid, matvec};
+use crate::lora::{Style, Target};
 
 /// Picks one token among an attribute's allowed ids.
 pub trait Chooser {
@@ -48,10 +49,10 @@ impl GruScratch {
 impl Moonbeam {
     /// Decodes one note from the final normed hidden state of the last position.
     /// Returns the six attribute values (timeshift, duration, octave, pitch class, instrument, velocity).
-    pub fn decode_note(&self, hidden: &[f32], scratch: &mut GruScratch, chooser: &mut dyn Chooser) -> Result<[i64; 6]> {
+    pub fn decode_note(&self, hidden: &[f32], scratch: &mut GruScratch, chooser: &mut dyn Chooser, style: &Style) -> Result<[i64; 6]> {
         let offsets = self.cfg.decode_offsets();
         let g = self.cfg.gru_hidden;
-        self.summary_projection.matvec(hidden, &mut scratch.summary)?;
+        self.summary_projection.matvec_styled(hidden, &mut scratch.summary, style, Target::SummaryProjection)?;
         for h in scratch.h.iter_mut() {
             h.copy_from_slice(&scratch.summary);
         }
@@ -62,23 +63,25 @@ impl Moonbeam {
                 scratch.x.copy_from_slice(&e[token * g..(token + 1) * g]);
                 Ok(())
             })?;
+            style.add_embedding(token, &mut scratch.x)?;
             for (layer, h) in self.gru.iter().zip(scratch.h.iter_mut()) {
                 layer.ih.matvec(&scratch.x, &mut scratch.gi)?;
                 layer.hh.matvec(h, &mut scratch.gh)?;
                 gru_cell(&scratch.gi, &scratch.gh, h);
                 scratch.x.copy_from_slice(h);
             }
-            self.fc_out.matvec(&scratch.x, &mut scratch.y)?;
+            self.fc_out.matvec_styled(&scratch.x, &mut scratch.y, style, Target::FcOut)?;
             let allowed = offsets[attr]..offsets[attr] + self.cfg.vocab[attr];
             let choice = if chooser.full_vocab() {
                 with_f32(&self.lm_head.weight, |w| {
                     matvec(w, &scratch.y, None, &mut scratch.logits);
                     Ok(())
                 })?;
+                style.add_matvec(Target::LmHead, &scratch.y, 0..self.cfg.decode_vocab_size, &mut scratch.logits)?;
                 chooser.choose(attr, allowed.clone(), &scratch.logits)
             } else {
                 let n = allowed.len();
-                self.lm_head.matvec_rows(&scratch.y, allowed.clone(), &mut scratch.logits[..n])?;
+                self.lm_head.matvec_rows_styled(&scratch.y, allowed.clone(), &mut scratch.logits[..n], style, Target::LmHead)?;
                 chooser.choose(attr, allowed.clone(), &scratch.logits[..n])
             };
             let choice = choice.min(allowed.len() - 1);
@@ -92,13 +95,17 @@ impl Moonbeam {
     ///
     /// `hidden` is `(B, L, hidden)`; `inputs` holds, for every batch row and every position
     /// `t < L-1`, the six GRU input ids `labels[t+1][0..6]`. Returns `(B, L-1, 6, V)`.
-    pub fn gru_logits(&self, hidden: &Tensor, inputs: &Tensor) -> Result<Tensor> {
+    pub fn gru_logits(&self, hidden: &Tensor, inputs: &Tensor, style: &Style) -> Result<Tensor> {
         let (b, l, _) = hidden.dims3()?;
         let g = self.cfg.gru_hidden;
         let n = b * (l - 1);
-        let s = self.summary_projection.forward(&hidden.narrow(1, 0, l - 1)?)?.reshape((n, g))?;
+        let s = self.summary_projection.forward_styled(&hidden.narrow(1, 0, l - 1)?, style, Target::SummaryProjection)?.reshape((n, g))?;
         let ids = inputs.reshape(n * 6)?;
-        let mut x = self.decoder_embedding.index_select(&ids, 0)?.reshape((n, 6, g))?;
+        let mut x = self.decoder_embedding.index_select(&ids, 0)?;
+        if let Some(d) = style.embedding_delta(&ids)? {
+            x = (x + d)?;
+        }
+        let mut x = x.reshape((n, 6, g))?;
         for layer in &self.gru {
             let gi_all = layer.ih.forward(&x)?; // (n, 6, 3g)
             let mut h = s.clone();
@@ -114,7 +121,7 @@ impl Moonbeam {
             }
             x = Tensor::stack(&outs, 1)?;
         }
-        let logits = self.lm_head.forward(&self.fc_out.forward(&x)?)?;
+        let logits = self.lm_head.forward_styled(&self.fc_out.forward_styled(&x, style, Target::FcOut)?, style, Target::LmHead)?;
         logits.reshape((b, l - 1, 6, self.cfg.decode_vocab_size))
     }
 }

@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 
 use crate::error::WeightsError;
 use crate::kernels;
+use crate::lora::{Style, Target};
 use crate::model::weights::WeightStore;
 
 /// `y = x W^T + b` with `W` stored `(out, in)` as in PyTorch.
@@ -29,6 +30,27 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// Batched forward plus the style's low-rank side path for `target`.
+    pub fn forward_styled(&self, x: &Tensor, style: &Style, target: Target) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match style.linear_delta(target, x)? {
+            Some(d) => y + d,
+            None => Ok(y),
+        }
+    }
+
+    /// [`Linear::matvec`] plus the style's side path for `target`.
+    pub fn matvec_styled(&self, x: &[f32], out: &mut [f32], style: &Style, target: Target) -> Result<()> {
+        self.matvec(x, out)?;
+        style.add_matvec(target, x, 0..self.out_dim, out)
+    }
+
+    /// [`Linear::matvec_rows`] plus the style's side path for `target`.
+    pub fn matvec_rows_styled(&self, x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32], style: &Style, target: Target) -> Result<()> {
+        self.matvec_rows(x, rows.clone(), out)?;
+        style.add_matvec(target, x, rows, out)
     }
 
     /// Single-vector forward on the decode path: `out = W x + b`.
