@@ -8,6 +8,7 @@
 //! - [`generate`]: sampling and the prompt-to-continuation loop.
 //! - [`kernels`]: the hand-written decode kernels.
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -1,1 +1,311 @@
-fn main() {}
+//! `continuo`: the engine's command-line tool. See `continuo --help` and the README.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, Parser, Subcommand};
+use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling};
+use continuo_engine::lora::{Adapter, Style};
+use continuo_engine::model::forward::Mask;
+use continuo_engine::{bench, midi, vocab, Config, Moonbeam, Note, Precision};
+
+#[derive(Parser)]
+#[command(name = "continuo", version, about = "Moonbeam MIDI continuation on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a MIDI file's compound notes as JSON rows
+    /// `[onset, duration, octave, pitch_class, instrument, velocity]` (10 ms ticks).
+    Tokens {
+        /// The MIDI file.
+        midi: PathBuf,
+    },
+    /// Continue a MIDI prompt and write the result (prompt + continuation) as MIDI.
+    Continue(ContinueArgs),
+    /// Teacher-forced pass over [SOS] + notes + [EOS]; writes f32 tensors
+    /// `final_hidden`, `summary`, `gru_logits` and `loss` to a safetensors file.
+    Forward(ForwardArgs),
+    /// Measure load, prefill and per-note decode time, peak memory and the bandwidth bound.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model config: `small`, `medium`, or an official-schema JSON file.
+    #[arg(long)]
+    config: String,
+    /// Weights: `.safetensors` with the official names, or the official `.pt` release checkpoint.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A style adapter: a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// Style strength (scales the adapter's alpha/r).
+    #[arg(long, default_value_t = 1.0)]
+    lora_strength: f32,
+    /// Emulate the reference's bf16 element-wise rounding (spec §9); use with the released bf16 checkpoints.
+    #[arg(long)]
+    bf16_faithful: bool,
+}
+
+#[derive(Args)]
+struct ContinueArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt MIDI file.
+    #[arg(long)]
+    midi: PathBuf,
+    /// Use only the first N notes of the prompt.
+    #[arg(long)]
+    prompt_notes: Option<usize>,
+    /// Number of notes to generate.
+    #[arg(long, default_value_t = 32)]
+    notes: usize,
+    /// Stop before a note that starts more than this many seconds after the prompt's last onset.
+    #[arg(long)]
+    max_seconds: Option<f64>,
+    /// Greedy decoding (argmax per attribute).
+    #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
+    greedy: bool,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.9)]
+    temperature: f32,
+    /// Nucleus (top-p) threshold over the full flat vocabulary.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output MIDI: the prompt followed by the playable generated notes.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the prompt and generated rows (absolute onsets) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    midi: PathBuf,
+    #[arg(long)]
+    prompt_notes: Option<usize>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// `small`, `medium`, or a config file.
+    #[arg(long)]
+    config: String,
+    /// Weights to load; without them (or with --random-weights) random weights at the config's shapes are used.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long)]
+    random_weights: bool,
+    #[arg(long, default_value_t = 128)]
+    prompt_notes: usize,
+    #[arg(long, default_value_t = 32)]
+    notes: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokens { midi } => tokens(&midi),
+        Command::Continue(args) => run_continue(args),
+        Command::Forward(args) => forward(args),
+        Command::Bench(args) => run_bench(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_config(spec: &str) -> Result<Config> {
+    match spec {
+        "small" => Ok(Config::small()),
+        "medium" => Ok(Config::medium()),
+        path => Config::from_file(Path::new(path)).with_context(|| format!("cannot use config {path}")),
+    }
+}
+
+fn precision(args: &ModelArgs) -> Precision {
+    if args.bf16_faithful {
+        Precision::Bf16Faithful
+    } else {
+        Precision::F32
+    }
+}
+
+fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
+    let cfg = load_config(&args.config)?;
+    let model = Moonbeam::load(&cfg, &args.weights, precision(args))
+        .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
+    let style = match &args.lora {
+        Some(path) => {
+            let adapter = Adapter::from_peft_dir(path, &cfg).with_context(|| format!("cannot load style {}", path.display()))?;
+            Style::single(Arc::new(adapter), args.lora_strength)
+        }
+        None => Style::base(),
+    };
+    Ok((model, style))
+}
+
+fn read_prompt(path: &Path, limit: Option<usize>) -> Result<Vec<Note>> {
+    let mut notes = midi::read_midi_file(path).with_context(|| format!("cannot read MIDI {}", path.display()))?;
+    if let Some(n) = limit {
+        notes.truncate(n);
+    }
+    Ok(notes)
+}
+
+fn rows_json(rows: impl IntoIterator<Item = [i64; 6]>) -> String {
+    let rows: Vec<String> = rows.into_iter().map(|r| format!("  {}", serde_json::to_string(&r).unwrap_or_default())).collect();
+    format!("[\n{}\n]", rows.join(",\n"))
+}
+
+fn tokens(path: &Path) -> Result<()> {
+    let notes = read_prompt(path, None)?;
+    println!("{}", rows_json(notes.iter().map(|n| n.to_row())));
+    Ok(())
+}
+
+fn run_continue(args: ContinueArgs) -> Result<()> {
+    let t = Instant::now();
+    let (model, style) = load_model(&args.model)?;
+    let load = t.elapsed();
+    let prompt = read_prompt(&args.midi, args.prompt_notes)?;
+    if !(args.temperature > 0.0) && !args.greedy {
+        bail!("--temperature must be positive (use --greedy for argmax decoding)");
+    }
+    if !(0.0..=1.0).contains(&args.top_p) {
+        bail!("--top-p must be between 0 and 1");
+    }
+    let sampling = if args.greedy {
+        Sampling::Greedy
+    } else {
+        Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+    };
+    let opts = GenerateOptions {
+        max_notes: args.notes,
+        max_duration_ticks: args.max_seconds.map(|s| (s * 100.0).round() as i64),
+        sampling,
+    };
+    let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
+    let mut all = prompt.clone();
+    all.extend(gen.valid_notes());
+    midi::write_midi_file(&args.out, &all).with_context(|| format!("cannot write {}", args.out.display()))?;
+    if let Some(path) = &args.json {
+        let prompt_with_sos: Vec<[i64; 6]> =
+            std::iter::once(vocab::SOS_ROW).chain(prompt.iter().map(|n| n.to_row())).collect();
+        let generated: Vec<[i64; 6]> = gen.rows.iter().map(|n| n.to_row()).collect();
+        let out = serde_json::json!({
+            "prompt_with_sos": prompt_with_sos,
+            "n_prompt_notes": prompt.len(),
+            "max_gen_len": args.notes,
+            "temperature": if args.greedy { 0.0 } else { args.temperature },
+            "top_p": args.top_p,
+            "seed": args.seed,
+            "output_tokens_prompt_plus_generated_no_sos":
+                prompt.iter().map(|n| n.to_row()).chain(generated.iter().copied()).collect::<Vec<_>>(),
+            "generated_only": generated,
+            "invalid_rows": gen.invalid,
+            "stop_reason": gen.stop,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let decode: f64 = gen.timings.iter().map(|t| (t.transformer + t.head).as_secs_f64()).sum();
+    eprintln!(
+        "generated {} notes ({} not playable, left out of the MIDI), stopped by {:?}; load {:.2} s, prefill {:.1} ms, {:.2} ms per note",
+        gen.rows.len(),
+        gen.invalid.len(),
+        gen.stop,
+        load.as_secs_f64(),
+        gen.prefill.as_secs_f64() * 1e3,
+        if gen.timings.is_empty() { 0.0 } else { decode * 1e3 / gen.timings.len() as f64 },
+    );
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn forward(args: ForwardArgs) -> Result<()> {
+    let (model, style) = load_model(&args.model)?;
+    let notes = read_prompt(&args.midi, args.prompt_notes)?;
+    let rows = vocab::input_rows(&notes, true);
+    if rows.len() > model.cfg.max_len {
+        bail!("{} notes exceed the model's context of {} rows; use --prompt-notes", notes.len(), model.cfg.max_len);
+    }
+    model.validate_rows(&rows)?;
+    let labels = vocab::labels(&model.cfg, &rows)
+        .map_err(|(row, why)| anyhow::anyhow!("note {} cannot be a training label: {why}", row.saturating_sub(1)))?;
+    let out = model.forward(&[&rows], Mask::Causal, &style, None)?;
+    let l = rows.len();
+    let dev = Device::Cpu;
+    let inputs: Vec<u32> = labels[1..].iter().flat_map(|r| r[0..6].to_vec()).collect();
+    let targets: Vec<u32> = labels[1..].iter().flat_map(|r| r[1..7].to_vec()).collect();
+    let inputs = Tensor::from_vec(inputs, (1, l - 1, 6), &dev)?;
+    let logits = model.gru_logits(&out.hidden, &inputs, &style)?;
+    let v = model.cfg.decode_vocab_size;
+    let flat = logits.reshape(((l - 1) * 6, v))?;
+    let loss = candle_nn::loss::cross_entropy(&flat, &Tensor::from_vec(targets, (l - 1) * 6, &dev)?)?;
+    let summary = model.summary_projection.forward_styled(&out.hidden, &style, continuo_engine::lora::Target::SummaryProjection)?;
+    let mut tensors = HashMap::new();
+    tensors.insert("final_hidden".to_string(), out.hidden.squeeze(0)?);
+    tensors.insert("summary".to_string(), summary.squeeze(0)?);
+    tensors.insert("gru_logits".to_string(), logits.squeeze(0)?);
+    tensors.insert("loss".to_string(), loss.reshape(1)?);
+    candle_core::safetensors::save(&tensors, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("loss {:.6} over {} notes; wrote {}", loss.to_scalar::<f32>()?, notes.len(), args.out.display());
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    let t = Instant::now();
+    let model = match (&args.weights, args.random_weights) {
+        (Some(path), false) => Moonbeam::load(&cfg, path, Precision::F32)?,
+        _ => Moonbeam::random(&cfg, 7, Precision::F32)?,
+    };
+    let load = t.elapsed();
+    if args.prompt_notes + args.notes + 1 > cfg.max_len {
+        bail!("prompt plus notes exceed the model's context of {} rows", cfg.max_len);
+    }
+    let r = bench::run(&model, load, args.prompt_notes, args.notes)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("config            {} ({} parameters, f32)", args.config, cfg.n_params());
+    println!("threads           {}", r.threads);
+    println!("load              {:.2} s", r.load_s);
+    println!("prefill           {:.1} ms ({} notes + SOS)", r.prefill_s * 1e3, r.prompt_notes);
+    println!("per note          median {:.2} ms, p95 {:.2} ms", r.note_ms_median, r.note_ms_p95);
+    println!("  transformer     median {:.2} ms, p95 {:.2} ms", r.transformer_ms_median, r.transformer_ms_p95);
+    println!("  GRU head        median {:.2} ms, p95 {:.2} ms", r.head_ms_median, r.head_ms_p95);
+    println!("total             {:.2} s (prefill + {} notes)", r.total_s, r.notes);
+    println!("peak RSS          {:.0} MiB", r.peak_rss_mib);
+    println!("memory bandwidth  {:.1} GB/s (measured, {} threads)", r.bandwidth_gb_s, r.threads);
+    println!(
+        "bandwidth bound   {:.2} ms per note ({:.0} MB read per note); measured is {:.2}x the bound",
+        r.bound_ms_per_note,
+        r.bytes_per_note / 1e6,
+        r.note_ms_median / r.bound_ms_per_note
+    );
+    Ok(())
+}

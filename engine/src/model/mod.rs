@@ -213,25 +213,40 @@ impl Moonbeam {
         out
     }
 
-    /// A model with random weights at the shapes of `cfg` (for benchmarks and tests),
-    /// initialised like the golden file: matrices `N(0,1)/sqrt(fan_in)`, norms near 1, small biases.
+    /// A model with random weights at the shapes of `cfg` (for benchmarks and tests):
+    /// matrices uniform with the variance of `N(0,1)/sqrt(fan_in)`, norms near 1, small
+    /// biases, translation biases in `[0, 1)`. Filled in parallel, so the 839M shapes take seconds.
     pub fn random(cfg: &Config, seed: u64, precision: Precision) -> Result<Self, WeightsError> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        use rayon::prelude::*;
         let mut tensors = std::collections::HashMap::new();
-        for (name, shape) in Self::expected_tensors(cfg) {
+        for (k, (name, shape)) in Self::expected_tensors(cfg).into_iter().enumerate() {
             let n: usize = shape.iter().product();
             let fan_in = *shape.last().unwrap_or(&1) as f32;
-            let data: Vec<f32> = if name.ends_with("translation_bias") {
-                (0..n).map(|_| rng.random::<f32>()).collect()
+            // (low, high) of a uniform distribution.
+            let (low, high) = if name.ends_with("translation_bias") {
+                (0.0, 1.0)
             } else if name.contains("norm") {
-                (0..n).map(|_| 1.0 + 0.1 * normal(&mut rng)).collect()
+                (0.9, 1.1)
             } else if shape.len() == 1 {
-                (0..n).map(|_| 0.1 * normal(&mut rng)).collect()
+                (-0.1, 0.1)
             } else {
-                let scale = 1.0 / fan_in.sqrt();
-                (0..n).map(|_| scale * normal(&mut rng)).collect()
+                let a = 3f32.sqrt() / fan_in.sqrt();
+                (-a, a)
             };
+            let mut data = vec![0f32; n];
+            data.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+                let mut state = seed ^ ((k as u64) << 40) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for v in chunk.iter_mut() {
+                    // splitmix64: cheap, and plenty for benchmark weights.
+                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+                    *v = low + (high - low) * u;
+                }
+            });
             tensors.insert(name, Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?);
         }
         Self::from_store(cfg, &WeightStore::from_tensors(tensors), precision)
@@ -283,11 +298,4 @@ fn push_linear(out: &mut Vec<(String, Tensor)>, name: &str, l: &Linear) {
     if let Some(b) = &l.bias {
         out.push((format!("{name}.bias"), b.clone()));
     }
-}
-
-/// A standard normal sample (Box-Muller), so that no extra distribution crate is needed.
-fn normal(rng: &mut impl rand::Rng) -> f32 {
-    let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
-    let u2: f32 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }

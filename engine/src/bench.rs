@@ -1,0 +1,157 @@
+//! The `continuo bench` measurement: load, prefill and per-note decode times, peak memory,
+//! and the machine's memory bandwidth with the lower bound it implies per note.
+
+use std::time::{Duration, Instant};
+
+use crate::generate::{Greedy, Session};
+use crate::lora::Style;
+use crate::model::Moonbeam;
+use crate::note::Note;
+
+/// What one benchmark run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub load_s: f64,
+    pub prefill_s: f64,
+    pub prompt_notes: usize,
+    pub notes: usize,
+    pub transformer_ms_median: f64,
+    pub transformer_ms_p95: f64,
+    pub head_ms_median: f64,
+    pub head_ms_p95: f64,
+    pub note_ms_median: f64,
+    pub note_ms_p95: f64,
+    /// Prefill plus every note.
+    pub total_s: f64,
+    pub peak_rss_mib: f64,
+    pub bandwidth_gb_s: f64,
+    /// Bytes that must be read from memory per generated note (weights, KV cache, head re-reads).
+    pub bytes_per_note: f64,
+    pub bound_ms_per_note: f64,
+    pub threads: usize,
+}
+
+/// A deterministic, musically plausible prompt: a piano line with chords, in 10 ms ticks.
+pub fn synthetic_prompt(n: usize) -> Vec<Note> {
+    let scale = [0u8, 2, 4, 5, 7, 9, 11];
+    let mut onset = 0i64;
+    (0..n)
+        .map(|i| {
+            if i % 3 != 2 {
+                onset += [25, 12, 38, 25][i % 4];
+            }
+            let pitch = 48 + 12 * ((i / 7) % 3) as u8 + scale[(i * 5) % 7];
+            Note::from_pitch(onset, 20 + (i % 5) as i64 * 10, pitch, 0, 60 + (i % 40) as i64)
+        })
+        .collect()
+}
+
+/// Runs `notes` greedy decode steps after a prefill of `prompt_notes`, without stopping on EOS
+/// (as the reference benchmark does), so exactly `notes` notes are timed.
+pub fn run(model: &Moonbeam, load: Duration, prompt_notes: usize, notes: usize) -> Result<BenchReport, crate::error::ModelError> {
+    let prompt = synthetic_prompt(prompt_notes);
+    let mut session = Session::new(model, prompt_notes + notes + 1);
+    session.set_style(Style::base());
+    let t0 = Instant::now();
+    session.prefill(&prompt)?;
+    let prefill = t0.elapsed();
+    let mut transformer = Vec::with_capacity(notes);
+    let mut head = Vec::with_capacity(notes);
+    let mut prev_onset = prompt.last().map_or(0, |n| n.onset);
+    let mut values = [0i64; 6];
+    for i in 0..notes {
+        if i > 0 {
+            // EOS/SOS codes are fed back as they are (all lie inside the embedding tables),
+            // as the reference does with its EOS checks disabled.
+            let row = [prev_onset + values[0], values[1], values[2], values[3], values[4], values[5]];
+            prev_onset = row[0];
+            let t = Instant::now();
+            session.push(row)?;
+            transformer.push(t.elapsed());
+        }
+        let t = Instant::now();
+        values = session.next_values(&mut Greedy)?;
+        head.push(t.elapsed());
+    }
+    let total = prefill + transformer.iter().sum::<Duration>() + head.iter().sum::<Duration>();
+    let per_note: Vec<Duration> = head
+        .iter()
+        .enumerate()
+        .map(|(i, h)| *h + if i > 0 { transformer[i - 1] } else { Duration::ZERO })
+        .skip(1)
+        .collect();
+    let bandwidth = measure_bandwidth_gb_s();
+    let bytes = bytes_per_note(model, prompt_notes + notes / 2);
+    Ok(BenchReport {
+        load_s: load.as_secs_f64(),
+        prefill_s: prefill.as_secs_f64(),
+        prompt_notes,
+        notes,
+        transformer_ms_median: percentile_ms(&transformer, 0.5),
+        transformer_ms_p95: percentile_ms(&transformer, 0.95),
+        head_ms_median: percentile_ms(&head, 0.5),
+        head_ms_p95: percentile_ms(&head, 0.95),
+        note_ms_median: percentile_ms(&per_note, 0.5),
+        note_ms_p95: percentile_ms(&per_note, 0.95),
+        total_s: total.as_secs_f64(),
+        peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+        bandwidth_gb_s: bandwidth,
+        bytes_per_note: bytes,
+        bound_ms_per_note: bytes / (bandwidth * 1e9) * 1e3,
+        threads: rayon::current_num_threads(),
+    })
+}
+
+fn percentile_ms(xs: &[Duration], q: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    v.sort_by(f64::total_cmp);
+    let idx = ((v.len() - 1) as f64 * q).round() as usize;
+    v[idx]
+}
+
+/// Bytes read per generated note at context length `context`: every transformer weight once,
+/// the KV cache, and the head's GRU, `fc_out` and the allowed `lm_head` rows six times (greedy).
+pub fn bytes_per_note(model: &Moonbeam, context: usize) -> f64 {
+    let cfg = &model.cfg;
+    let h = cfg.hidden_size as f64;
+    let kv = (cfg.n_kv_heads * cfg.head_dim()) as f64;
+    let layer = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * cfg.intermediate_size as f64;
+    let d = cfg.attr_dim() as f64;
+    let embed = 5.0 * d * d + h * h; // FME linears + supplementary MLP
+    let cache = 2.0 * kv * context as f64 * cfg.n_layers as f64;
+    let g = cfg.gru_hidden as f64;
+    let gru_step = cfg.gru_layers as f64 * 6.0 * g * g + g * g;
+    let allowed_rows: f64 = cfg.vocab.iter().map(|&v| v as f64).sum::<f64>() / 6.0;
+    let head = 6.0 * gru_step + 6.0 * allowed_rows * g + h * g;
+    4.0 * (cfg.n_layers as f64 * layer + embed + cache + head)
+}
+
+/// Read bandwidth of this machine with the rayon pool: the best of a few parallel sums over 512 MiB.
+pub fn measure_bandwidth_gb_s() -> f64 {
+    use rayon::prelude::*;
+    let n = 128 << 20; // f32s = 512 MiB
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i & 7) as f32).collect();
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (n * 4) as f64 / best / 1e9
+}
+
+/// Peak resident set size of this process (`VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
