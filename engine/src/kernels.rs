@@ -71,34 +71,6 @@ fn dot_fn() -> DotFn {
     }
 }
 
-#[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; LANES];
-    let mut ca = a.chunks_exact(LANES);
-    let mut cb = b.chunks_exact(LANES);
-    for (xa, xb) in (&mut ca).zip(&mut cb) {
-        for j in 0..LANES {
-            acc[j] = xa[j].mul_add(xb[j], acc[j]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    // Pairwise reduction keeps the rounding error small and independent of the CPU.
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for j in 0..width {
-            acc[j] += acc[j + width];
-        }
-    }
-    acc[0] + tail
-}
-
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     // Without hardware FMA, `mul_add` would be a slow libm call: use plain mul and add.
     const LANES: usize = 32;
@@ -129,7 +101,33 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b)
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let chunks = n / 32;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut acc2 = _mm256_setzero_ps();
+    let mut acc3 = _mm256_setzero_ps();
+    for c in 0..chunks {
+        let o = c * 32;
+        // SAFETY: o + 32 <= n, and both slices hold at least n elements.
+        unsafe {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o + 8)), _mm256_loadu_ps(pb.add(o + 8)), acc1);
+            acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o + 16)), _mm256_loadu_ps(pb.add(o + 16)), acc2);
+            acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o + 24)), _mm256_loadu_ps(pb.add(o + 24)), acc3);
+        }
+    }
+    let acc = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds exactly 8 f32s.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for k in chunks * 32..n {
+        sum += a[k] * b[k];
+    }
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
