@@ -252,6 +252,16 @@ fn forward(args: ForwardArgs) -> Result<()> {
         bail!("{} notes exceed the model's context of {} rows; use --prompt-notes", notes.len(), model.cfg.max_len);
     }
     model.validate_rows(&rows)?;
+    let outside = vocab::out_of_range(&model.cfg, &rows);
+    if let Some((row, attr, value)) = outside.first() {
+        eprintln!(
+            "warning: {} note(s) hold values outside the model's vocabulary (first: note {}, {} {value}); \
+             like the reference, their labels are not clamped",
+            outside.len(),
+            row - 1,
+            attr.name()
+        );
+    }
     let labels = vocab::labels(&model.cfg, &rows)
         .map_err(|(row, why)| anyhow::anyhow!("note {} cannot be a training label: {why}", row.saturating_sub(1)))?;
     let out = model.forward(&[&rows], Mask::Causal, &style, None)?;

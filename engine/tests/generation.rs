@@ -1,0 +1,127 @@
+//! Properties of sampling and the continuation loop, on tiny random models.
+
+use std::path::PathBuf;
+
+use continuo_engine::generate::{continue_notes, GenerateOptions, Greedy, Sampling, StopReason, TopP};
+use continuo_engine::lora::Style;
+use continuo_engine::model::gru::Chooser;
+use continuo_engine::{midi, Config, Moonbeam, Note, Precision};
+
+fn config() -> Config {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/tiny_config.json");
+    Config::from_file(&p).unwrap()
+}
+
+fn prompt() -> Vec<Note> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/input.mid");
+    midi::read_midi_file(&p).unwrap()
+}
+
+#[test]
+fn only_playable_notes_reach_the_midi_output() {
+    let cfg = config();
+    let mut saw_invalid = 0;
+    for seed in 0..6u64 {
+        let model = Moonbeam::random(&cfg, seed, Precision::F32).unwrap();
+        let opts = GenerateOptions {
+            max_notes: 48,
+            max_duration_ticks: None,
+            sampling: Sampling::TopP { temperature: 1.5, top_p: 1.0, seed },
+        };
+        let gen = continue_notes(&model, &Style::base(), &prompt(), &opts, |_, _| {}).unwrap();
+        for (i, row) in gen.rows.iter().enumerate() {
+            assert_eq!(gen.invalid.contains(&i), !row.is_valid_midi(), "row {i}: {row:?}");
+            for a in 0..6 {
+                assert_ne!(row.to_row()[a], cfg.eos_code(a), "an EOS row was returned");
+            }
+        }
+        saw_invalid += gen.invalid.len();
+        let valid = gen.valid_notes();
+        assert!(valid.iter().all(Note::is_valid_midi));
+        let mut all = prompt();
+        all.extend(valid);
+        midi::notes_to_midi(&all).expect("playable notes always write");
+        match gen.stop {
+            StopReason::MaxNotes => assert_eq!(gen.rows.len(), 48),
+            StopReason::Eos => assert!(gen.rows.len() < 48),
+            other => panic!("unexpected stop {other:?}"),
+        }
+    }
+    // Random weights at a high temperature produce SOS codes and pitches above 127.
+    assert!(saw_invalid > 0, "the test should exercise invalid rows");
+}
+
+#[test]
+fn max_duration_stops_in_time() {
+    let cfg = config();
+    let model = Moonbeam::random(&cfg, 3, Precision::F32).unwrap();
+    let p = prompt();
+    let last = p.last().unwrap().onset;
+    let opts = GenerateOptions { max_notes: 200, max_duration_ticks: Some(100), sampling: Sampling::TopP { temperature: 1.0, top_p: 0.9, seed: 5 } };
+    let gen = continue_notes(&model, &Style::base(), &p, &opts, |_, _| {}).unwrap();
+    assert!(gen.rows.iter().all(|n| n.onset - last <= 100));
+    assert!(matches!(gen.stop, StopReason::MaxDuration | StopReason::Eos | StopReason::MaxNotes));
+}
+
+#[test]
+fn context_limit_is_respected() {
+    let mut cfg = config();
+    cfg.max_len = 30;
+    let model = Moonbeam::random(&cfg, 1, Precision::F32).unwrap();
+    let opts = GenerateOptions { max_notes: 100, max_duration_ticks: None, sampling: Sampling::Greedy };
+    let gen = continue_notes(&model, &Style::base(), &prompt(), &opts, |_, _| {}).unwrap();
+    // 22 prompt notes + SOS leave room for 7 rows.
+    assert!(gen.rows.len() <= 7);
+    if gen.stop != StopReason::Eos {
+        assert_eq!(gen.stop, StopReason::ContextFull);
+    }
+}
+
+fn logits() -> Vec<f32> {
+    (0..40).map(|i| ((i * 37 % 17) as f32) * 0.3 - 2.0).collect()
+}
+
+#[test]
+fn top_p_zero_is_greedy_when_the_global_best_is_allowed() {
+    let l = logits();
+    let best = (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap();
+    let allowed = best.saturating_sub(3)..(best + 3).min(l.len());
+    let mut greedy = Greedy;
+    let want = greedy.choose(0, allowed.clone(), &l[allowed.clone()]);
+    for seed in 0..20 {
+        let mut c = TopP::new(1.0, 0.0, seed);
+        assert_eq!(c.choose(0, allowed.clone(), &l), want);
+    }
+}
+
+#[test]
+fn top_p_one_samples_the_restricted_softmax() {
+    let l = logits();
+    let allowed = 5..15;
+    let mut c = TopP::new(0.8, 1.0, 11);
+    let n = 40_000;
+    let mut counts = vec![0usize; allowed.len()];
+    for _ in 0..n {
+        counts[c.choose(0, allowed.clone(), &l)] += 1;
+    }
+    let z: f64 = allowed.clone().map(|i| ((l[i] / 0.8) as f64).exp()).sum();
+    for (k, i) in allowed.clone().enumerate() {
+        let p = ((l[i] / 0.8) as f64).exp() / z;
+        let f = counts[k] as f64 / n as f64;
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        assert!((f - p).abs() < 5.0 * sd + 1e-4, "id {i}: frequency {f} vs probability {p}");
+    }
+}
+
+#[test]
+fn top_p_falls_back_when_the_nucleus_misses_the_range() {
+    // All mass sits outside the allowed range: the reference's fallback samples inside it.
+    let mut l = vec![-30.0f32; 20];
+    l[0] = 30.0;
+    let allowed = 10..20;
+    let mut c = TopP::new(1.0, 0.5, 3);
+    for _ in 0..50 {
+        let pick = c.choose(0, allowed.clone(), &l);
+        assert!(pick < allowed.len());
+    }
+}
