@@ -38,7 +38,8 @@ impl Note {
 
     /// The MIDI key number `octave * 12 + pitch_class` (may be out of 0..=127 for generated rows).
     pub fn pitch(&self) -> i64 {
-        self.octave * 12 + self.pitch_class
+        // Saturating, so that absurd generated or hand-made values cannot overflow.
+        self.octave.saturating_mul(12).saturating_add(self.pitch_class)
     }
 
     /// The row in the reference's column order.
