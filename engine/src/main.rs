@@ -181,9 +181,14 @@ fn rows_json(rows: impl IntoIterator<Item = [i64; 6]>) -> String {
 }
 
 fn tokens(path: &Path) -> Result<()> {
+    use std::io::Write;
     let notes = read_prompt(path, None)?;
-    println!("{}", rows_json(notes.iter().map(|n| n.to_row())));
-    Ok(())
+    let text = rows_json(notes.iter().map(|n| n.to_row()));
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        // A closed pipe (`continuo tokens x.mid | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn run_continue(args: ContinueArgs) -> Result<()> {
