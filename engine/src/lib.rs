@@ -17,6 +17,8 @@ pub mod lora;
 pub mod midi;
 pub mod model;
 pub mod note;
+pub mod style;
+pub mod train;
 pub mod vocab;
 
 pub use config::Config;

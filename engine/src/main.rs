@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling};
 use continuo_engine::lora::{Adapter, Style};
+use continuo_engine::style::{self, StyleCard};
 use continuo_engine::model::forward::Mask;
 use continuo_engine::{bench, midi, vocab, Config, Moonbeam, Note, Precision};
 
@@ -35,6 +36,47 @@ enum Command {
     Forward(ForwardArgs),
     /// Measure load, prefill and per-note decode time, peak memory and the bandwidth bound.
     Bench(BenchArgs),
+    /// Style files: import from peft, inspect, export to peft.
+    #[command(subcommand)]
+    Style(StyleCommand),
+}
+
+#[derive(Subcommand)]
+enum StyleCommand {
+    /// Convert a peft adapter folder (the official recipe's output) into a native style file.
+    Import {
+        /// The peft folder (`adapter_config.json` + `adapter_model.safetensors`).
+        peft_dir: PathBuf,
+        /// Output style file (`.safetensors`).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// The base model's config (`small`, `medium` or a file), to validate the shapes.
+        #[arg(long)]
+        config: String,
+        /// The base weights, to record their fingerprint (recommended).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "")]
+        author: String,
+        /// A readable id of the base, e.g. `moonbeam-839M`.
+        #[arg(long, default_value = "")]
+        base_model: String,
+    },
+    /// Print a style file's card.
+    Info { file: PathBuf },
+    /// Write a style file as a peft adapter folder.
+    ExportPeft {
+        file: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// The base model's config, to validate the shapes.
+        #[arg(long)]
+        config: String,
+    },
 }
 
 #[derive(Args)]
@@ -45,7 +87,7 @@ struct ModelArgs {
     /// Weights: `.safetensors` with the official names, or the official `.pt` release checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// A style adapter: a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
+    /// A style: a native style file (`.safetensors`) or a peft adapter folder.
     #[arg(long)]
     lora: Option<PathBuf>,
     /// Style strength (scales the adapter's alpha/r).
@@ -130,6 +172,7 @@ fn main() {
         Command::Continue(args) => run_continue(args),
         Command::Forward(args) => forward(args),
         Command::Bench(args) => run_bench(args),
+        Command::Style(cmd) => run_style(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -159,7 +202,9 @@ fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
     let style = match &args.lora {
         Some(path) => {
-            let adapter = Adapter::from_peft_dir(path, &cfg).with_context(|| format!("cannot load style {}", path.display()))?;
+            let fingerprint = model.fingerprint();
+            let (adapter, _card) = style::load_any(path, &cfg, Some(&fingerprint))
+                .with_context(|| format!("cannot load style {}", path.display()))?;
             Style::single(Arc::new(adapter), args.lora_strength)
         }
         None => Style::base(),
@@ -322,5 +367,53 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         r.bytes_per_note / 1e6,
         r.note_ms_median / r.bound_ms_per_note
     );
+    Ok(())
+}
+
+fn run_style(cmd: StyleCommand) -> Result<()> {
+    match cmd {
+        StyleCommand::Import { peft_dir, out, config, weights, name, description, author, base_model } => {
+            let cfg = load_config(&config)?;
+            let adapter = Adapter::from_peft_dir(&peft_dir, &cfg).with_context(|| format!("cannot import {}", peft_dir.display()))?;
+            let base_fingerprint = match &weights {
+                Some(w) => {
+                    let base = Moonbeam::load(&cfg, w, Precision::F32).with_context(|| format!("cannot load base {}", w.display()))?;
+                    if let Some(copy) = &adapter.lm_head_base {
+                        let diff = (copy - &base.lm_head.weight)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                        if diff > 1e-2 {
+                            bail!("the adapter's stored lm_head differs from this base's (max |diff| {diff}): it was trained on another base");
+                        }
+                    }
+                    base.fingerprint()
+                }
+                None => String::new(),
+            };
+            let card = StyleCard {
+                name: name.unwrap_or_else(|| peft_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+                description,
+                author,
+                base_model,
+                base_fingerprint,
+                rank: adapter.rank,
+                alpha: adapter.alpha,
+                targets: Vec::new(),
+                data: serde_json::json!({ "imported_from": peft_dir.display().to_string() }),
+                metrics: serde_json::Value::Null,
+                format_version: style::STYLE_FORMAT_VERSION,
+            };
+            style::save_style(&out, &adapter, &card)?;
+            eprintln!("wrote {} ({} LoRA pairs, rank {}, alpha {})", out.display(), adapter.pairs.len(), adapter.rank, adapter.alpha);
+        }
+        StyleCommand::Info { file } => {
+            let card = style::read_card(&file).with_context(|| format!("cannot read style {}", file.display()))?;
+            println!("{}", serde_json::to_string_pretty(&card)?);
+        }
+        StyleCommand::ExportPeft { file, out, config } => {
+            let cfg = load_config(&config)?;
+            let (adapter, _) = style::load_style(&file, &cfg, None).with_context(|| format!("cannot read style {}", file.display()))?;
+            style::export_peft(&out, &adapter)?;
+            eprintln!("wrote {}", out.display());
+        }
+    }
     Ok(())
 }

@@ -202,7 +202,8 @@ impl Moonbeam {
                 t.qkv.push((q.clone(), k.clone(), v.clone()));
             }
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            // The composed softmax, not `softmax_last_dim`: the fused kernel has no backward pass.
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
             let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, nh * hd))?;
             x = (residual + layer.o_proj.forward_styled(&attn, style, Target::O(li))?)?;
             let residual = x.clone();

@@ -1,0 +1,124 @@
+//! Training maths: the packed loss against the reference loss, packing independence,
+//! and LoRA gradients against finite differences.
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use continuo_engine::lora::Style;
+use continuo_engine::model::forward::Row;
+use continuo_engine::train::loss::{packed_loss, PackedBatch};
+use continuo_engine::train::params;
+use continuo_engine::{midi, vocab, Config, Moonbeam, Note, Precision};
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name)
+}
+
+fn model() -> Moonbeam {
+    let cfg = Config::from_file(&golden("tiny_config.json")).unwrap();
+    Moonbeam::load(&cfg, &golden("tiny_model.safetensors"), Precision::F32).unwrap()
+}
+
+fn notes() -> Vec<Note> {
+    midi::read_midi_file(&golden("input.mid")).unwrap()
+}
+
+/// Packs samples one after another into `len` rows, padding with zero rows.
+fn pack(samples: &[Vec<Note>], len: usize) -> (Vec<Row>, Vec<u32>, Vec<bool>) {
+    let mut rows = Vec::new();
+    let mut segs = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        let r = vocab::input_rows(s, true);
+        segs.extend(std::iter::repeat_n(i as u32, r.len()));
+        rows.extend(r);
+    }
+    let pad = samples.len() as u32 * 2 + 7;
+    while rows.len() < len {
+        rows.push([0; 6]);
+        segs.push(pad);
+    }
+    let mask = (0..len - 1).map(|t| segs[t] == segs[t + 1] && segs[t] != pad).collect();
+    (rows, segs, mask)
+}
+
+fn loss_of(m: &Moonbeam, style: &Style, samples: &[Vec<Note>], len: usize) -> (f32, usize) {
+    let (rows, segs, mask) = pack(samples, len);
+    let batch = PackedBatch { rows: vec![&rows], segments: vec![segs], loss_mask: vec![mask] };
+    let (loss, n) = packed_loss(m, style, &batch).unwrap();
+    (loss.to_scalar::<f32>().unwrap(), n)
+}
+
+#[test]
+fn unpacked_loss_is_the_reference_loss() {
+    let m = model();
+    let n = notes();
+    let (loss, counted) = loss_of(&m, &Style::base(), &[n.clone()], n.len() + 2);
+    assert_eq!(counted, n.len() + 1);
+    assert!((loss - 7.012072).abs() < 1e-4, "loss {loss}");
+}
+
+#[test]
+fn packing_does_not_change_a_samples_loss() {
+    let m = model();
+    let n = notes();
+    let a: Vec<Note> = n[..10].to_vec();
+    // The second sample is re-zeroed, as the data pipeline's windows are.
+    let start = n[10].onset;
+    let b: Vec<Note> = n[10..].iter().map(|x| Note { onset: x.onset - start, ..*x }).collect();
+    let (la, na) = loss_of(&m, &Style::base(), &[a.clone()], a.len() + 2);
+    let (lb, nb) = loss_of(&m, &Style::base(), &[b.clone()], b.len() + 2);
+    let (lp, np) = loss_of(&m, &Style::base(), &[a, b], 40);
+    assert_eq!(np, na + nb);
+    let want = (la * na as f32 + lb * nb as f32) / np as f32;
+    assert!((lp - want).abs() < 1e-4, "packed {lp} vs separate {want}");
+}
+
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let m = model();
+    let (vars, style) = params::new_lora(&m, 4, 8.0, 3).unwrap();
+    // Give every zero-initialised matrix (B of the linears, A of the embedding) a non-zero
+    // value so that every matrix receives a gradient.
+    for (i, (name, var)) in vars.iter().enumerate() {
+        let zero_init = if name.starts_with("decoder_embedding") { name.ends_with("lora_A") } else { name.ends_with("lora_B") };
+        if zero_init {
+            let shape = var.as_tensor().dims().to_vec();
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|k| (((k * 7919 + i * 31) % 97) as f32 / 97.0 - 0.5) * 0.1).collect();
+            var.set(&Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    let n = notes();
+    let len = n.len() + 2;
+    let (rows, segs, mask) = pack(&[n.clone()], len);
+    let batch = PackedBatch { rows: vec![&rows], segments: vec![segs], loss_mask: vec![mask] };
+    let (loss, _) = packed_loss(&m, &style, &batch).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in &vars {
+        if !(name.contains("layers.1.self_attn.q_proj") || name.contains("lm_head") || name.contains("decoder_embedding") || name.contains("summary_projection")) {
+            continue;
+        }
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient")).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // The coordinate with the largest gradient: finite differences are reliable there.
+        let k = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
+        let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let shape = var.as_tensor().dims().to_vec();
+        let eps = 1e-2f32;
+        let mut at = |delta: f32| {
+            let mut v = original.clone();
+            v[k] += delta;
+            var.set(&Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu).unwrap()).unwrap();
+            let (l, _) = packed_loss(&m, &style, &batch).unwrap();
+            l.to_scalar::<f32>().unwrap() as f64
+        };
+        let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        var.set(&Tensor::from_vec(original, shape.clone(), &candle_core::Device::Cpu).unwrap()).unwrap();
+        let an = g[k] as f64;
+        assert!(an.abs() > 1e-5, "{name}: gradient vanished");
+        assert!((fd - an).abs() <= 0.03 * an.abs() + 2e-4, "{name}[{k}]: analytic {an} vs finite difference {fd}");
+        checked += 1;
+    }
+    assert!(checked >= 6, "checked {checked} tensors");
+}
+
