@@ -12,7 +12,7 @@ use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling};
 use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::style::{self, StyleCard};
 use continuo_engine::model::forward::Mask;
-use continuo_engine::{bench, midi, vocab, Config, Moonbeam, Note, Precision};
+use continuo_engine::{bench, midi, train, vocab, Config, Moonbeam, Note, Precision};
 
 #[derive(Parser)]
 #[command(name = "continuo", version, about = "Moonbeam MIDI continuation on the CPU")]
@@ -36,9 +36,93 @@ enum Command {
     Forward(ForwardArgs),
     /// Measure load, prefill and per-note decode time, peak memory and the bandwidth bound.
     Bench(BenchArgs),
+    /// Train a LoRA style on a folder of MIDI files, on top of a frozen base.
+    TrainStyle(TrainStyleArgs),
+    /// Train every parameter of a (small) base model on a folder of MIDI files.
+    TrainBase(TrainBaseArgs),
     /// Style files: import from peft, inspect, export to peft.
     #[command(subcommand)]
     Style(StyleCommand),
+}
+
+#[derive(Args)]
+struct TrainCommon {
+    /// Folder of MIDI files (searched recursively).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Learning-rate factor per epoch.
+    #[arg(long, default_value_t = 0.99)]
+    gamma: f64,
+    /// Rows per packed training sequence (SOS and EOS included).
+    #[arg(long, default_value_t = 1024)]
+    context: usize,
+    /// Packed sequences per optimizer step.
+    #[arg(long, default_value_t = 2)]
+    batch_size: usize,
+    /// Share of files held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Augmented copies of each training piece per epoch (transposition, tempo, velocity).
+    #[arg(long, default_value_t = 4)]
+    augment_copies: usize,
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue an interrupted run from its checkpoint (`<out>.resume`).
+    #[arg(long)]
+    resume: bool,
+    /// Print the data report as JSON and stop.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct TrainStyleArgs {
+    /// Base model config: `small`, `medium` or a file.
+    #[arg(long)]
+    config: String,
+    /// Base weights (frozen).
+    #[arg(long)]
+    weights: PathBuf,
+    #[command(flatten)]
+    common: TrainCommon,
+    /// Output style file (`.safetensors`).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 32.0)]
+    alpha: f64,
+    /// Style name shown in menus (default: the output file name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "")]
+    description: String,
+    #[arg(long, default_value = "")]
+    author: String,
+    /// A readable id of the base, e.g. `continuo-base` or `moonbeam-839M`.
+    #[arg(long, default_value = "")]
+    base_model: String,
+}
+
+#[derive(Args)]
+struct TrainBaseArgs {
+    /// Model config to train (an official-schema JSON file, or `small`/`medium`).
+    #[arg(long)]
+    config: String,
+    #[command(flatten)]
+    common: TrainCommon,
+    /// Output weights (`.safetensors`, official parameter names).
+    #[arg(long)]
+    out: PathBuf,
+    /// Start from these weights instead of a random initialisation.
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +257,8 @@ fn main() {
         Command::Forward(args) => forward(args),
         Command::Bench(args) => run_bench(args),
         Command::Style(cmd) => run_style(cmd),
+        Command::TrainStyle(args) => train_style(args),
+        Command::TrainBase(args) => train_base(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -416,4 +502,162 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn dataset(common: &TrainCommon, cfg: &Config) -> Result<train::data::Dataset> {
+    let options = train::data::DatasetOptions {
+        context_rows: common.context,
+        val_fraction: common.val_fraction,
+        seed: common.seed,
+        augment: if common.no_augment { None } else { Some(train::data::Augment::default()) },
+        augment_copies: common.augment_copies,
+    };
+    let data = train::data::build_dataset(&common.data, cfg, options)
+        .with_context(|| format!("cannot build a training set from {}", common.data.display()))?;
+    let r = &data.report;
+    eprintln!(
+        "data: {} files, {} pieces, {} notes kept of {}; {} unreadable, {} too short, {} gaps split, {} durations clipped",
+        r.files.len(), r.pieces, r.notes_kept, r.notes_read, r.unreadable, r.too_short, r.split_gaps, r.clipped_durations
+    );
+    for (path, why) in r.skipped() {
+        eprintln!("  skipped {}: {why}", path.display());
+    }
+    eprintln!(
+        "split: {} training files ({} samples per epoch with augmentation), {} validation files ({} samples)",
+        data.split.train_files.len(), data.split.train_samples_per_epoch, data.split.val_files.len(), data.split.val_samples
+    );
+    Ok(data)
+}
+
+fn train_config(common: &TrainCommon, trainable: train::run::Trainable, out: &Path) -> train::run::TrainConfig {
+    train::run::TrainConfig {
+        trainable,
+        epochs: common.epochs,
+        lr: common.lr,
+        gamma: common.gamma,
+        batch_size: common.batch_size,
+        context_rows: common.context,
+        seed: common.seed,
+        checkpoint: out.with_extension("resume"),
+        resume: common.resume,
+        progress: true,
+    }
+}
+
+fn data_summary(data: &train::data::Dataset) -> serde_json::Value {
+    serde_json::json!({
+        "folder_files": data.report.files.len(),
+        "train_files": data.split.train_files,
+        "val_files": data.split.val_files,
+        "notes": data.report.notes_kept,
+        "samples_per_epoch": data.split.train_samples_per_epoch,
+        "augmentation": data.options.augment,
+        "augment_copies": data.options.augment_copies,
+        "context_rows": data.options.context_rows,
+    })
+}
+
+struct StyleSink {
+    path: PathBuf,
+    card: StyleCard,
+}
+
+impl train::run::Sink for StyleSink {
+    fn save_best(&mut self, _model: &Moonbeam, style: &Style, summary: &train::run::TrainSummary) -> Result<()> {
+        let adapter = train::params::adapter_of(style).context("no adapter to save")?;
+        let mut card = self.card.clone();
+        card.metrics = serde_json::to_value(summary)?;
+        style::save_style(&self.path, &adapter, &card)?;
+        Ok(())
+    }
+}
+
+fn train_style(args: TrainStyleArgs) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    let data = dataset(&args.common, &cfg)?;
+    if args.common.dry_run {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"report": data.report, "split": data.split}))?);
+        return Ok(());
+    }
+    let base = Moonbeam::load(&cfg, &args.weights, Precision::F32).with_context(|| format!("cannot load base {}", args.weights.display()))?;
+    let before: Vec<Vec<u32>> = fingerprint_all(&base)?;
+    let card = StyleCard {
+        name: args.name.clone().unwrap_or_else(|| args.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+        description: args.description.clone(),
+        author: args.author.clone(),
+        base_model: args.base_model.clone(),
+        base_fingerprint: base.fingerprint(),
+        rank: args.rank,
+        alpha: args.alpha,
+        targets: Vec::new(),
+        data: data_summary(&data),
+        metrics: serde_json::Value::Null,
+        format_version: style::STYLE_FORMAT_VERSION,
+    };
+    let tc = train_config(&args.common, train::run::Trainable::Lora { rank: args.rank, alpha: args.alpha }, &args.out);
+    let mut sink = StyleSink { path: args.out.clone(), card };
+    let summary = train::run::train(&base, &tc, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink)?;
+    if fingerprint_all(&base)? != before {
+        bail!("internal error: the base weights changed during style training");
+    }
+    let _ = std::fs::remove_file(&tc.checkpoint);
+    report_summary(&summary, &args.out);
+    Ok(())
+}
+
+/// Bit patterns of every base tensor, to prove the base is untouched.
+fn fingerprint_all(model: &Moonbeam) -> Result<Vec<Vec<u32>>> {
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(_, t)| Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect()))
+        .collect()
+}
+
+struct BaseSink {
+    path: PathBuf,
+    meta: serde_json::Value,
+}
+
+impl train::run::Sink for BaseSink {
+    fn save_best(&mut self, model: &Moonbeam, _style: &Style, summary: &train::run::TrainSummary) -> Result<()> {
+        let mut meta = self.meta.clone();
+        meta["metrics"] = serde_json::to_value(summary)?;
+        continuo_engine::model::weights::save_weights(model, &self.path, &meta)?;
+        Ok(())
+    }
+}
+
+fn train_base(args: TrainBaseArgs) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    let data = dataset(&args.common, &cfg)?;
+    if args.common.dry_run {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"report": data.report, "split": data.split}))?);
+        return Ok(());
+    }
+    let base = match &args.init {
+        Some(path) => Moonbeam::load(&cfg, path, Precision::F32)?,
+        None => Moonbeam::init_for_training(&cfg, args.common.seed)?,
+    };
+    eprintln!("training {} parameters", cfg.n_params());
+    let meta = serde_json::json!({ "data": data_summary(&data), "config": args.config });
+    let tc = train_config(&args.common, train::run::Trainable::Full, &args.out);
+    let mut sink = BaseSink { path: args.out.clone(), meta };
+    let summary = train::run::train(&base, &tc, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink)?;
+    let _ = std::fs::remove_file(&tc.checkpoint);
+    report_summary(&summary, &args.out);
+    Ok(())
+}
+
+fn report_summary(summary: &train::run::TrainSummary, out: &Path) {
+    eprintln!(
+        "done: best validation loss {} at epoch {} (before training {}); {} notes in {:.1} s; peak RSS {:.0} MiB; wrote {}",
+        summary.best_val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.best_epoch.map_or("-".into(), |e| e.to_string()),
+        summary.initial_val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.notes_seen,
+        summary.seconds,
+        summary.peak_rss_mib,
+        out.display()
+    );
 }

@@ -122,3 +122,61 @@ fn lora_gradients_match_finite_differences() {
     assert!(checked >= 6, "checked {checked} tensors");
 }
 
+
+struct KeepBest(Option<continuo_engine::lora::Adapter>);
+
+impl continuo_engine::train::run::Sink for KeepBest {
+    fn save_best(&mut self, _m: &Moonbeam, style: &Style, _s: &continuo_engine::train::run::TrainSummary) -> anyhow::Result<()> {
+        self.0 = params::adapter_of(style);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched() {
+    use continuo_engine::train::data::{build_dataset, Augment, DatasetOptions};
+    use continuo_engine::train::run::{train, TrainConfig, Trainable};
+    let m = model();
+    let before: Vec<Vec<u32>> = m
+        .named_tensors()
+        .into_iter()
+        .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect())
+        .collect();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
+    let options = DatasetOptions { context_rows: 96, val_fraction: 0.25, seed: 1, augment: Some(Augment::default()), augment_copies: 1 };
+    let data = build_dataset(&dir, &m.cfg, options).unwrap();
+    assert!(!data.val_samples.is_empty());
+    let checkpoint = std::env::temp_dir().join(format!("continuo-train-test-{}.resume", std::process::id()));
+    let cfg = TrainConfig {
+        trainable: Trainable::Lora { rank: 4, alpha: 16.0 },
+        epochs: 2,
+        lr: 3e-3,
+        gamma: 1.0,
+        batch_size: 4,
+        context_rows: 96,
+        seed: 5,
+        checkpoint: checkpoint.clone(),
+        resume: false,
+        progress: false,
+    };
+    let mut sink = KeepBest(None);
+    let summary = train(&m, &cfg, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink).unwrap();
+    let initial = summary.initial_val_loss.unwrap();
+    let best = summary.best_val_loss.unwrap();
+    assert!(best < initial - 0.5, "validation loss {initial} -> {best}");
+    assert!(sink.0.is_some());
+    let after: Vec<Vec<u32>> = m
+        .named_tensors()
+        .into_iter()
+        .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect())
+        .collect();
+    assert!(before == after, "the base weights changed");
+
+    // Resume: one more epoch continues from the saved state instead of starting over.
+    let cfg3 = TrainConfig { epochs: 3, resume: true, ..cfg };
+    let resumed = train(&m, &cfg3, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink).unwrap();
+    assert_eq!(resumed.epochs.len(), 3);
+    assert_eq!(resumed.epochs[..2].iter().map(|e| e.train_loss).collect::<Vec<_>>(), summary.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>());
+    assert!(resumed.epochs[2].train_loss < summary.epochs[0].train_loss);
+    let _ = std::fs::remove_file(checkpoint);
+}

@@ -252,6 +252,24 @@ impl Moonbeam {
         Self::from_store(cfg, &WeightStore::from_tensors(tensors), precision)
     }
 
+    /// A fresh model to train from: like [`Moonbeam::random`] but with norms at exactly 1
+    /// and linear biases at 0, as PyTorch initialises them.
+    pub fn init_for_training(cfg: &Config, seed: u64) -> Result<Self, WeightsError> {
+        let random = Self::random(cfg, seed, Precision::F32)?;
+        let mut tensors = std::collections::HashMap::new();
+        for (name, t) in random.named_tensors() {
+            let t = if name.contains("norm") {
+                t.ones_like()?
+            } else if t.rank() == 1 {
+                t.zeros_like()?
+            } else {
+                t
+            };
+            tensors.insert(name, t);
+        }
+        Self::from_store(cfg, &WeightStore::from_tensors(tensors), Precision::F32)
+    }
+
     /// All weights as named tensors (the official names), e.g. to save a checkpoint.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();

@@ -112,3 +112,17 @@ impl WeightStore {
         Ok(t.contiguous()?)
     }
 }
+
+/// Writes a model's weights as safetensors with the official names, plus a JSON card in the
+/// metadata (`continuo.model`). Written to a temporary file and renamed, so a crash never
+/// leaves a half-written checkpoint.
+pub fn save_weights(model: &crate::model::Moonbeam, path: &Path, card: &serde_json::Value) -> Result<(), WeightsError> {
+    let tensors = model.named_tensors();
+    let metadata: HashMap<String, String> =
+        [("continuo.model".to_string(), card.to_string()), ("format".to_string(), "pt".to_string())].into();
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &tmp)
+        .map_err(|e| WeightsError::Format { path: path.to_owned(), reason: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+    Ok(())
+}

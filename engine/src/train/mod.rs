@@ -9,3 +9,4 @@ pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod run;

@@ -1,0 +1,245 @@
+//! The training loop shared by `train-style` (LoRA on a frozen base) and `train-base`
+//! (every parameter): packed batches, AdamW, a per-epoch learning-rate decay, validation
+//! every epoch, the best checkpoint kept, and resumption after an interruption.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::data::{pack, Packed};
+use super::loss::{packed_loss, PackedBatch};
+use super::optim::AdamW;
+use super::params;
+use crate::lora::Style;
+use crate::model::Moonbeam;
+use crate::note::Note;
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trainable {
+    /// Fresh LoRA pairs on every official target; the base stays frozen.
+    Lora { rank: usize, alpha: f64 },
+    /// Every parameter of the base.
+    Full,
+}
+
+/// Training settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub trainable: Trainable,
+    pub epochs: usize,
+    pub lr: f64,
+    /// Learning-rate factor applied after every epoch (the reference's `StepLR(gamma)`).
+    pub gamma: f64,
+    /// Packed sequences per optimizer step.
+    pub batch_size: usize,
+    /// Rows per packed sequence (SOS and EOS included).
+    pub context_rows: usize,
+    pub seed: u64,
+    /// Where the resumable state is written after every epoch.
+    pub checkpoint: PathBuf,
+    /// Continue from `checkpoint` if it exists.
+    pub resume: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// Metrics of one epoch.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub notes: usize,
+    pub notes_per_s: f64,
+    pub seconds: f64,
+    pub lr: f64,
+}
+
+/// The whole run's metrics, written into the output's card.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrainSummary {
+    pub epochs: Vec<EpochMetrics>,
+    /// Validation loss before any training.
+    pub initial_val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub notes_seen: usize,
+    pub seconds: f64,
+    pub peak_rss_mib: f64,
+    pub trainable_params: usize,
+}
+
+/// What the caller does with the trained parameters.
+pub trait Sink {
+    /// Called whenever validation improves (or after every epoch without validation data).
+    fn save_best(&mut self, model: &Moonbeam, style: &Style, summary: &TrainSummary) -> anyhow::Result<()>;
+}
+
+/// Trains on `train_samples(epoch)` (notes of each sample, regenerated per epoch so that
+/// augmentation varies) and validates on `val`.
+pub fn train(
+    base: &Moonbeam,
+    cfg: &TrainConfig,
+    mut train_samples: impl FnMut(usize) -> Vec<Vec<Note>>,
+    val: &[Vec<Note>],
+    sink: &mut dyn Sink,
+) -> anyhow::Result<TrainSummary> {
+    let started = Instant::now();
+    let (vars, model, style): (Vec<(String, Var)>, Moonbeam, Style) = match cfg.trainable {
+        Trainable::Lora { rank, alpha } => {
+            let (vars, style) = params::new_lora(base, rank, alpha, cfg.seed)?;
+            (vars, base.clone(), style)
+        }
+        Trainable::Full => {
+            let (vars, model) = params::full(base)?;
+            (vars, model, Style::base())
+        }
+    };
+    let trainable_params = vars.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
+    let mut opt = AdamW::new(vars, cfg.lr, 0.0)?;
+    let val_packed = pack(val, cfg.context_rows, None)?;
+    let mut summary = TrainSummary { trainable_params, ..Default::default() };
+    let mut first_epoch = 0;
+    if cfg.resume && cfg.checkpoint.exists() {
+        let (state, meta) = read_checkpoint(&cfg.checkpoint)?;
+        let done: usize = meta.get("epochs_done").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let step: u64 = meta.get("step").and_then(|v| v.parse().ok()).unwrap_or(0);
+        opt.restore(&state, step)?;
+        if let Some(s) = meta.get("summary") {
+            summary = serde_json::from_str(s)?;
+        }
+        first_epoch = done;
+        eprintln!("resuming after epoch {done} from {}", cfg.checkpoint.display());
+    } else if !val_packed.is_empty() {
+        summary.initial_val_loss = Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?);
+        eprintln!("validation loss before training: {:.4}", summary.initial_val_loss.unwrap_or(f64::NAN));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
+    for epoch in first_epoch..cfg.epochs {
+        opt.lr = cfg.lr * cfg.gamma.powi(epoch as i32);
+        let t = Instant::now();
+        let samples = train_samples(epoch);
+        let mut packed = pack(&samples, cfg.context_rows, Some(cfg.seed.wrapping_add(epoch as u64)))?;
+        packed.shuffle(&mut rng);
+        let steps = packed.len().div_ceil(cfg.batch_size.max(1));
+        let bar = progress_bar(cfg.progress, steps, epoch, cfg.epochs);
+        let (mut loss_sum, mut notes) = (0.0f64, 0usize);
+        for chunk in packed.chunks(cfg.batch_size.max(1)) {
+            let batch = batch_of(chunk);
+            let (loss, n) = packed_loss(&model, &style, &batch)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                anyhow::bail!("the training loss became {value} at epoch {epoch}; try a lower --lr");
+            }
+            opt.backward_step(&loss)?;
+            loss_sum += value * n as f64;
+            notes += n;
+            if let Some(b) = &bar {
+                let rate = notes as f64 / t.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("loss {:.4}  {:.0} notes/s", loss_sum / notes.max(1) as f64, rate));
+                b.inc(1);
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let val_loss = if val_packed.is_empty() { None } else { Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?) };
+        let seconds = t.elapsed().as_secs_f64();
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / notes.max(1) as f64,
+            val_loss,
+            notes,
+            notes_per_s: notes as f64 / seconds.max(1e-9),
+            seconds,
+            lr: opt.lr,
+        };
+        eprintln!(
+            "epoch {}/{}: train loss {:.4}, validation loss {}, {:.0} notes/s, {:.1} s",
+            m.epoch,
+            cfg.epochs,
+            m.train_loss,
+            m.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+            m.notes_per_s,
+            m.seconds
+        );
+        summary.notes_seen += notes;
+        summary.epochs.push(m);
+        summary.seconds += seconds;
+        summary.peak_rss_mib = crate::bench::peak_rss_bytes() as f64 / (1024.0 * 1024.0);
+        let improved = match (val_loss, summary.best_val_loss) {
+            (Some(v), Some(best)) => v < best,
+            (Some(_), None) => true,
+            (None, _) => true,
+        };
+        if improved {
+            summary.best_val_loss = val_loss;
+            summary.best_epoch = Some(epoch + 1);
+            sink.save_best(&model, &style, &summary)?;
+        }
+        write_checkpoint(&cfg.checkpoint, &opt, epoch + 1, &summary)?;
+    }
+    let _ = started;
+    Ok(summary)
+}
+
+/// Mean validation loss per counted note.
+pub fn evaluate(model: &Moonbeam, style: &Style, packed: &[Packed], batch_size: usize) -> anyhow::Result<f64> {
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for chunk in packed.chunks(batch_size.max(1)) {
+        let batch = batch_of(chunk);
+        let (loss, count) = packed_loss(model, style, &batch)?;
+        let loss = loss.detach();
+        sum += loss.to_scalar::<f32>()? as f64 * count as f64;
+        n += count;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+fn batch_of(chunk: &[Packed]) -> PackedBatch<'_> {
+    PackedBatch {
+        rows: chunk.iter().map(|p| p.rows.as_slice()).collect(),
+        segments: chunk.iter().map(|p| p.segments.clone()).collect(),
+        loss_mask: chunk.iter().map(|p| p.loss_mask.clone()).collect(),
+    }
+}
+
+fn progress_bar(enabled: bool, steps: usize, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    Some(bar)
+}
+
+fn write_checkpoint(path: &Path, opt: &AdamW, epochs_done: usize, summary: &TrainSummary) -> anyhow::Result<()> {
+    let state = opt.state();
+    let meta: HashMap<String, String> = [
+        ("epochs_done".to_string(), epochs_done.to_string()),
+        ("step".to_string(), opt.step.to_string()),
+        ("summary".to_string(), serde_json::to_string(summary)?),
+    ]
+    .into();
+    let tmp = path.with_extension("partial");
+    safetensors::serialize_to_file(state.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn read_checkpoint(path: &Path) -> anyhow::Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+    Ok((tensors, meta))
+}
