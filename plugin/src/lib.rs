@@ -1,1 +1,230 @@
-//! Continuo plugin (placeholder until the plugin shell lands).
+//! Continuo: a CLAP/VST3 MIDI effect and instrument that answers the player with continuations
+//! from the Moonbeam MIDI transformer.
+//!
+//! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
+//! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
+//! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
+//! editor ([`editor`]). Until the Moonbeam engine is wired in, the generator thread runs the
+//! deterministic stand-in [`generator::EchoGenerator`].
+
+pub mod editor;
+pub mod generator;
+pub mod params;
+pub mod protocol;
+pub mod realtime;
+pub mod schedule;
+pub mod status;
+pub mod voice;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use nice_plug::prelude::*;
+use nice_plug_egui::{EguiEditor, EguiEditorState};
+
+use crate::generator::{EchoGenerator, GeneratorThread};
+use crate::params::ContinuoParams;
+use crate::protocol::{EngineStatus, FROM_ENGINE_CAPACITY, TO_ENGINE_CAPACITY};
+use crate::realtime::{BlockIo, Core, TransportSnapshot};
+use crate::status::{EditorSnapshot, SharedStatus};
+
+/// The CLAP plugin id. Host-facing: never change it.
+pub const CLAP_ID: &str = "com.continuo.continuo";
+/// The VST3 class id. Host-facing: never change it.
+pub const VST3_CLASS_ID: [u8; 16] = *b"ContinuoMoonbeam";
+
+/// The plugin description. Debug builds say so, which lets the host tests check that they drive
+/// a bundle built with the allocation checks on.
+const DESCRIPTION: &str = if cfg!(debug_assertions) {
+    "Answers the player with continuations from the Moonbeam MIDI model (debug build, allocation checks on)"
+} else {
+    "Answers the player with continuations from the Moonbeam MIDI model"
+};
+
+/// One plugin instance.
+pub struct Continuo {
+    params: Arc<ContinuoParams>,
+    /// Counters and flags shared with the generator thread and the editor.
+    status: Arc<SharedStatus>,
+    /// The audio-thread state. Touched only from `process()`, `reset()`, `activate()` and
+    /// `deactivate()`, which the host never runs concurrently.
+    core: Core,
+    /// The generator thread; `Some` between `activate()` and `deactivate()`.
+    generator: Option<GeneratorThread>,
+    /// The editor's end of the snapshot triple buffer. The mutex is only ever taken by the GUI
+    /// thread (one editor at a time), never by the audio thread.
+    snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
+    editor_state: Arc<EguiEditorState>,
+}
+
+impl Default for Continuo {
+    fn default() -> Self {
+        let status = Arc::new(SharedStatus::default());
+        let (snapshot_in, snapshot_out) = triple_buffer::triple_buffer(&EditorSnapshot::default());
+        Self {
+            params: Arc::new(ContinuoParams::default()),
+            core: Core::new(status.clone(), snapshot_in),
+            status,
+            generator: None,
+            snapshot: Arc::new(Mutex::new(snapshot_out)),
+            editor_state: editor::default_state(),
+        }
+    }
+}
+
+impl Continuo {
+    /// Stops and joins the generator thread. Called on the main thread.
+    fn stop_generator(&mut self) {
+        if let Some(mut generator) = self.generator.take() {
+            generator.stop();
+        }
+        self.status.set_engine_status(EngineStatus::Stopped);
+    }
+}
+
+impl Drop for Continuo {
+    fn drop(&mut self) {
+        self.stop_generator();
+    }
+}
+
+/// nice-plug's process context as the core's event input and output.
+struct ContextIo<'a, C: ProcessContext<Continuo>> {
+    context: &'a mut C,
+}
+
+impl<C: ProcessContext<Continuo>> BlockIo for ContextIo<'_, C> {
+    fn next_event(&mut self) -> Option<NoteEvent<()>> {
+        self.context.next_event()
+    }
+
+    fn send(&mut self, event: NoteEvent<()>) -> bool {
+        self.context.try_send_event(event).is_ok()
+    }
+}
+
+impl Plugin for Continuo {
+    const NAME: &'static str = "Continuo";
+    const VENDOR: &'static str = "Continuo developers";
+    const URL: &'static str = "https://example.invalid/continuo";
+    const EMAIL: &'static str = "continuo@example.invalid";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    // A stereo output for the built-in voice. Some hosts (Ableton Live, FL Studio's Patcher)
+    // refuse plugins without an audio output.
+    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[AudioIOLayout {
+        main_input_channels: None,
+        main_output_channels: NonZeroU32::new(2),
+        ..AudioIOLayout::const_default()
+    }];
+
+    const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
+    const MIDI_OUTPUT: MidiConfig = MidiConfig::Basic;
+
+    type SysExMessage = ();
+    type BackgroundTask = ();
+    type Editor = EguiEditor<editor::ContinuoEditor>;
+
+    fn params(&self) -> Arc<dyn Params> {
+        self.params.clone()
+    }
+
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        editor::create(
+            self.editor_state.clone(),
+            self.params.clone(),
+            self.status.clone(),
+            self.snapshot.clone(),
+        )
+    }
+
+    /// Starts the generator thread. Called on the main thread.
+    fn activate(
+        &mut self,
+        _audio_io_layout: &AudioIOLayout,
+        buffer_config: &BufferConfig,
+        _context: &mut impl ActivateContext<Self>,
+    ) -> bool {
+        self.stop_generator();
+        let (to_engine_in, to_engine_out) = rtrb::RingBuffer::new(TO_ENGINE_CAPACITY);
+        let (from_engine_in, from_engine_out) = rtrb::RingBuffer::new(FROM_ENGINE_CAPACITY);
+        // TODO: Replace the stand-in with the Moonbeam engine once it is wired in.
+        match GeneratorThread::spawn(
+            Box::new(EchoGenerator::new()),
+            to_engine_out,
+            from_engine_in,
+            self.status.clone(),
+        ) {
+            Ok(thread) => self.generator = Some(thread),
+            Err(error) => {
+                // The plugin still passes MIDI through and plays its voice.
+                nice_error!("Could not start the generator thread: {error}");
+                self.status.set_engine_status(EngineStatus::Failed);
+            }
+        }
+        self.core.activate(
+            f64::from(buffer_config.sample_rate),
+            to_engine_in,
+            from_engine_out,
+        );
+        true
+    }
+
+    /// Called by the host, possibly on the audio thread: real-time safe.
+    fn reset(&mut self) {
+        self.core.reset();
+    }
+
+    /// Stops the generator thread. Called on the main thread.
+    fn deactivate(&mut self) {
+        self.stop_generator();
+        self.core.deactivate();
+    }
+
+    /// Called on the audio thread: no allocation, no locks, no blocking.
+    fn process(
+        &mut self,
+        buffer: &mut Buffer,
+        _aux: &mut AuxiliaryBuffers,
+        context: &mut impl ProcessContext<Self>,
+    ) -> ProcessStatus {
+        let settings = self.params.settings();
+        let host_transport = context.transport();
+        let transport = TransportSnapshot {
+            playing: host_transport.playing,
+            tempo_bpm: host_transport.tempo,
+            pos_beats: host_transport.pos_beats(),
+            bar_start_beats: host_transport.bar_start_pos_beats(),
+            time_sig: host_transport
+                .time_sig_numerator
+                .zip(host_transport.time_sig_denominator),
+        };
+        let len = buffer.samples() as u32;
+        let mut io = ContextIo { context };
+        self.core
+            .process(&mut io, len, &transport, &settings, buffer.as_slice());
+        // Keep being processed while silent: generated notes arrive from another thread.
+        ProcessStatus::KeepAlive
+    }
+}
+
+impl ClapPlugin for Continuo {
+    const CLAP_ID: &'static str = CLAP_ID;
+    const CLAP_DESCRIPTION: Option<&'static str> = Some(DESCRIPTION);
+    const CLAP_MANUAL_URL: Option<&'static str> = None;
+    const CLAP_SUPPORT_URL: Option<&'static str> = None;
+    const CLAP_FEATURES: &'static [ClapFeature] = &[
+        ClapFeature::Instrument,
+        ClapFeature::NoteEffect,
+        ClapFeature::Stereo,
+    ];
+}
+
+impl Vst3Plugin for Continuo {
+    const VST3_CLASS_ID: [u8; 16] = VST3_CLASS_ID;
+    const VST3_SUBCATEGORIES: &'static [Vst3SubCategory] =
+        &[Vst3SubCategory::Instrument, Vst3SubCategory::Synth];
+}
+
+nice_export_clap!(Continuo);
+nice_export_vst3!(Continuo);

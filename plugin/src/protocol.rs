@@ -1,0 +1,227 @@
+//! The message protocol between the audio thread and the generator thread.
+//!
+//! Every message is a small fixed-size `Copy` value, so it can travel through a preallocated
+//! lock-free `rtrb` queue without allocating or dropping anything heap-owning on the audio thread.
+//! The same messages will drive the real Moonbeam engine once it replaces the stand-in generator,
+//! so this module is the contract between the plugin shell and the engine.
+//!
+//! Times:
+//! * `clock_ms` is the plugin's own monotonic clock: milliseconds of audio processed since
+//!   `activate()`. It runs whether or not the host transport plays, and is the time base used
+//!   while the transport is stopped ("wall time").
+//! * `beats` is the host's song position in quarter notes, available while the transport plays.
+//!
+//! Generated notes carry absolute times ([`NoteTime`]) in one of those two bases, so the audio
+//! thread can map them onto sample offsets without knowing anything about the model.
+
+/// The capacity of the audio → generator queue.
+pub const TO_ENGINE_CAPACITY: usize = 4096;
+/// The capacity of the generator → audio queue.
+pub const FROM_ENGINE_CAPACITY: usize = 4096;
+
+/// A point in time as seen by the audio thread when it sends a message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stamp {
+    /// The plugin's monotonic clock, in milliseconds since `activate()`.
+    pub clock_ms: f64,
+    /// The host song position in quarter notes, `None` while the transport is stopped or the host
+    /// gives no musical time.
+    pub beats: Option<f64>,
+}
+
+/// An absolute time for a generated note event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NoteTime {
+    /// Host song position in quarter notes. Only meaningful while the transport plays; such notes
+    /// are dropped when the transport stops or jumps.
+    Beats(f64),
+    /// The plugin's monotonic clock in milliseconds (see [`Stamp::clock_ms`]).
+    Millis(f64),
+}
+
+/// A note played by the musician, as reported to the generator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlayedNote {
+    pub time: Stamp,
+    /// MIDI channel, `0..16`.
+    pub channel: u8,
+    /// MIDI key, `0..128`.
+    pub key: u8,
+    /// Velocity in `[0, 1]`; `0.0` for note-offs.
+    pub velocity: f32,
+    /// `true` for a note-on, `false` for a note-off.
+    pub is_on: bool,
+}
+
+/// The host transport, as reported to the generator whenever it changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransportInfo {
+    pub time: Stamp,
+    pub playing: bool,
+    /// Tempo in beats per minute (the plugin substitutes 120 when the host gives none).
+    pub tempo_bpm: f64,
+    /// Quarter notes per bar (4.0 for 4/4, 3.0 for 6/8).
+    pub beats_per_bar: f64,
+    /// `true` when the song position jumped (seek, loop) rather than moved on.
+    pub jumped: bool,
+}
+
+/// Generation settings, sent whenever a parameter that affects generation changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u32,
+    /// Style (LoRA) strength, `0.0` = base model only.
+    pub style_strength: f32,
+    /// Multiplies generated velocities.
+    pub velocity_scale: f32,
+    /// Lowest key the generator may play.
+    pub pitch_low: u8,
+    /// Highest key the generator may play.
+    pub pitch_high: u8,
+    /// Upper bound on generated note-ons per beat.
+    pub density_cap_per_beat: f32,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: 0,
+            style_strength: 1.0,
+            velocity_scale: 1.0,
+            pitch_low: 0,
+            pitch_high: 127,
+            density_cap_per_beat: 8.0,
+        }
+    }
+}
+
+/// Why an answer was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// Call-and-response: the player went silent.
+    Silence,
+    /// The trigger button or parameter.
+    Manual,
+    /// Continuous mode: the next segment of an ongoing stream.
+    Continuous,
+}
+
+/// A request for an answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnswerRequest {
+    /// Increases by one for every request; notes carry it back so the audio thread can discard
+    /// notes of cancelled answers.
+    pub answer_id: u32,
+    pub kind: TriggerKind,
+    /// When the answer's first beat is. `start.beats` is set when the transport plays (the answer
+    /// is then timed in beats), otherwise the answer is timed on the plugin clock.
+    pub start: Stamp,
+    /// Answer length in quarter notes. `0.0` means "as long as the phrase that was played".
+    pub length_beats: f64,
+    /// The tempo used to convert between beats and milliseconds.
+    pub tempo_bpm: f64,
+}
+
+/// Messages from the audio thread to the generator thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ToEngine {
+    /// The player played or released a note.
+    Note(PlayedNote),
+    /// The transport changed (play/stop, tempo, time signature, jump).
+    Transport(TransportInfo),
+    /// Generation settings changed.
+    Params(GenParams),
+    /// Generate an answer.
+    Trigger(AnswerRequest),
+    /// Stop generating the given answer (barge-in, mode change, bypass). Its notes still in flight
+    /// are discarded by the audio thread.
+    Cancel { answer_id: u32 },
+    /// Forget the played context (transport jump, reactivation).
+    Reset,
+}
+
+/// A note generated for an answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeneratedNote {
+    pub answer_id: u32,
+    /// When the note starts.
+    pub start: NoteTime,
+    /// When the note ends. Should use the same base as `start`.
+    pub end: NoteTime,
+    /// MIDI key, `0..128`.
+    pub key: u8,
+    /// Velocity in `(0, 1]`.
+    pub velocity: f32,
+}
+
+/// The generator's state, shown in the editor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EngineStatus {
+    /// No generator thread is running (the plugin is not active).
+    Stopped = 0,
+    /// Waiting for a trigger.
+    Idle = 1,
+    /// Generating an answer.
+    Generating = 2,
+    /// The generator failed; the plugin keeps passing MIDI through.
+    Failed = 3,
+}
+
+impl EngineStatus {
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Idle,
+            2 => Self::Generating,
+            3 => Self::Failed,
+            _ => Self::Stopped,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Idle => "idle",
+            Self::Generating => "generating",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Messages from the generator thread to the audio thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FromEngine {
+    /// A note of an answer.
+    Note(GeneratedNote),
+    /// The generator has sent every note of this answer.
+    AnswerEnd { answer_id: u32 },
+    /// The generator's state changed.
+    Status(EngineStatus),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_small_copy_values() {
+        fn assert_copy<T: Copy + Send + 'static>() {}
+        assert_copy::<ToEngine>();
+        assert_copy::<FromEngine>();
+        // Keep the queue slots small: a few cache lines at most.
+        assert!(
+            std::mem::size_of::<ToEngine>() <= 64,
+            "{}",
+            std::mem::size_of::<ToEngine>()
+        );
+        assert!(
+            std::mem::size_of::<FromEngine>() <= 64,
+            "{}",
+            std::mem::size_of::<FromEngine>()
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! State shared between the audio thread, the generator thread and the editor.
+//!
+//! Everything here is lock-free: atomic counters the editor reads, one atomic request flag the
+//! editor writes, and a `Copy` snapshot the audio thread publishes through a triple buffer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use crate::protocol::EngineStatus;
+
+/// Counters and flags shared by all threads of one plugin instance.
+///
+/// Counters only ever increase (relaxed ordering is enough: they are statistics).
+#[derive(Debug, Default)]
+pub struct SharedStatus {
+    /// Messages the audio thread could not send because the audio → generator queue was full.
+    /// Written by the audio thread, read by the editor.
+    pub dropped_to_engine: AtomicU64,
+    /// Messages the generator could not send because the generator → audio queue was full.
+    /// Written by the generator thread, read by the editor.
+    pub dropped_from_engine: AtomicU64,
+    /// Generated notes dropped because the audio thread's schedule was full.
+    /// Written by the audio thread, read by the editor.
+    pub dropped_schedule_full: AtomicU64,
+    /// Generated notes dropped because their start time had already passed when they were due
+    /// (they are never played late). Written by the audio thread, read by the editor.
+    pub late_notes: AtomicU64,
+    /// Output events the host refused (its output buffer was full) or that did not fit this
+    /// block's staging area. Written by the audio thread, read by the editor.
+    pub dropped_output_events: AtomicU64,
+    /// Generated note-ons actually sent. Written by the audio thread, read by the editor.
+    pub generated_notes_played: AtomicU64,
+    /// Answers requested from the generator. Written by the audio thread, read by the editor.
+    pub answers_triggered: AtomicU64,
+    /// An [`EngineStatus`] as `u8`. Written by the generator thread (and by `activate`/`deactivate`
+    /// on the main thread), read by the editor.
+    pub engine_status: AtomicU8,
+    /// Set by the editor's trigger button, consumed (swapped back to `false`) by the audio thread.
+    pub trigger_request: AtomicBool,
+}
+
+impl SharedStatus {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn engine_status(&self) -> EngineStatus {
+        EngineStatus::from_u8(self.engine_status.load(Ordering::Relaxed))
+    }
+
+    pub fn set_engine_status(&self, status: EngineStatus) {
+        self.engine_status.store(status as u8, Ordering::Relaxed);
+    }
+
+    /// A plain copy of all counters, for display and tests.
+    pub fn counters(&self) -> Counters {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            dropped_to_engine: load(&self.dropped_to_engine),
+            dropped_from_engine: load(&self.dropped_from_engine),
+            dropped_schedule_full: load(&self.dropped_schedule_full),
+            late_notes: load(&self.late_notes),
+            dropped_output_events: load(&self.dropped_output_events),
+            generated_notes_played: load(&self.generated_notes_played),
+            answers_triggered: load(&self.answers_triggered),
+        }
+    }
+}
+
+/// A copy of the counters in [`SharedStatus`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub dropped_to_engine: u64,
+    pub dropped_from_engine: u64,
+    pub dropped_schedule_full: u64,
+    pub late_notes: u64,
+    pub dropped_output_events: u64,
+    pub generated_notes_played: u64,
+    pub answers_triggered: u64,
+}
+
+impl Counters {
+    /// Every message or event lost to a full queue or buffer (late notes are counted apart).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_to_engine
+            + self.dropped_from_engine
+            + self.dropped_schedule_full
+            + self.dropped_output_events
+    }
+}
+
+/// What the call-and-response logic is doing, for display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AnswerState {
+    /// Waiting for the player (or for a trigger).
+    #[default]
+    Listening,
+    /// An answer was requested or is playing.
+    Answering,
+    /// Bypassed: MIDI passes through, nothing is generated.
+    Bypassed,
+}
+
+impl AnswerState {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Listening => "listening",
+            Self::Answering => "answering",
+            Self::Bypassed => "bypassed",
+        }
+    }
+}
+
+/// The audio thread's view of things, published once per block through a triple buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EditorSnapshot {
+    pub playing: bool,
+    pub tempo_bpm: f64,
+    /// Song position in quarter notes at the start of the last block (0 when stopped).
+    pub pos_beats: f64,
+    pub answer_state: AnswerState,
+    /// How long the player has been silent, in beats.
+    pub silence_beats: f64,
+    /// Keys the player holds down.
+    pub held_player_notes: u32,
+    /// Output notes currently sounding (thru and generated).
+    pub sounding_output_notes: u32,
+    /// Generated notes scheduled but not finished.
+    pub scheduled_notes: u32,
+    /// Voices of the built-in synth that are sounding.
+    pub active_voices: u32,
+}
