@@ -158,3 +158,95 @@ pub fn peak_rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// What the style part of `continuo bench --style-rank R` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StyleBenchReport {
+    pub rank: usize,
+    pub file_mb: f64,
+    pub load_ms_median: f64,
+    pub swap_us_median: f64,
+    pub swap_us_max: f64,
+    pub note_ms_median: f64,
+}
+
+/// Writes a random style of rank `rank` for `model`, then times loading it (read, parse,
+/// shape and finiteness checks), swapping styles in a live session, and decoding with it.
+pub fn run_style(model: &Moonbeam, rank: usize, prompt_notes: usize, notes: usize) -> anyhow::Result<StyleBenchReport> {
+    use std::sync::Arc;
+    let (vars, _) = crate::train::params::new_lora(model, rank, 2.0 * rank as f64, 9)?;
+    // Non-zero B so the style really changes the output.
+    for (name, var) in &vars {
+        if name.ends_with("lora_B") {
+            let t = var.as_tensor();
+            var.set(&(t.randn_like(0.0, 0.01)?))?;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("continuo-bench-style-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bench.safetensors");
+    let adapter = crate::lora::Adapter {
+        rank,
+        alpha: 2.0 * rank as f64,
+        pairs: crate::train::params::pairs_of(model, &vars, rank)?,
+        lm_head_base: None,
+    };
+    let card = crate::style::StyleCard {
+        name: "bench".into(),
+        description: String::new(),
+        author: String::new(),
+        base_model: String::new(),
+        base_fingerprint: String::new(),
+        rank,
+        alpha: adapter.alpha,
+        targets: Vec::new(),
+        data: serde_json::Value::Null,
+        metrics: serde_json::Value::Null,
+        format_version: crate::style::STYLE_FORMAT_VERSION,
+    };
+    crate::style::save_style(&path, &adapter, &card)?;
+    let file_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
+    let mut loads = Vec::new();
+    let mut loaded = None;
+    for _ in 0..7 {
+        let t = Instant::now();
+        let (a, _) = crate::style::load_style(&path, &model.cfg, None)?;
+        loads.push(t.elapsed());
+        loaded = Some(a);
+    }
+    let styled = Style::single(Arc::new(loaded.ok_or_else(|| anyhow::anyhow!("no style"))?), 1.0);
+    let prompt = synthetic_prompt(prompt_notes);
+    let mut session = Session::new(model, prompt_notes + notes + 1);
+    session.prefill(&prompt)?;
+    let mut swaps = Vec::new();
+    let mut other = Style::base();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        other = session.set_style(other);
+        swaps.push(t.elapsed());
+        // Dropping the returned style happens off the timed path, as on the inference thread.
+    }
+    session.set_style(styled);
+    drop(other);
+    let mut per_note = Vec::new();
+    let mut prev_onset = prompt.last().map_or(0, |n| n.onset);
+    for i in 0..notes {
+        let t = Instant::now();
+        let v = session.next_values(&mut Greedy)?;
+        if i + 1 < notes {
+            let row = [prev_onset + v[0], v[1], v[2], v[3], v[4], v[5]];
+            prev_onset = row[0];
+            session.push(row)?;
+        }
+        per_note.push(t.elapsed());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(StyleBenchReport {
+        rank,
+        file_mb,
+        load_ms_median: percentile_ms(&loads, 0.5),
+        swap_us_median: percentile_ms(&swaps, 0.5) * 1e3,
+        swap_us_max: percentile_ms(&swaps, 1.0) * 1e3,
+        note_ms_median: percentile_ms(&per_note, 0.5),
+    })
+}

@@ -247,6 +247,10 @@ struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also measure styles: write a random LoRA style of this rank, then time its load and
+    /// validation, the swap between two styles, and decoding with it active.
+    #[arg(long)]
+    style_rank: Option<usize>,
 }
 
 fn main() {
@@ -433,6 +437,20 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         bail!("prompt plus notes exceed the model's context of {} rows", cfg.max_len);
     }
     let r = bench::run(&model, load, args.prompt_notes, args.notes)?;
+    let style_report = match args.style_rank {
+        Some(rank) => Some(bench::run_style(&model, rank, args.prompt_notes, args.notes)?),
+        None => None,
+    };
+    if let Some(s) = &style_report {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(s)?);
+        } else {
+            println!("style file        {:.1} MB (rank {})", s.file_mb, s.rank);
+            println!("style load        median {:.1} ms (read + validate)", s.load_ms_median);
+            println!("style swap        median {:.3} us, max {:.3} us", s.swap_us_median, s.swap_us_max);
+            println!("per note (styled) median {:.2} ms", s.note_ms_median);
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -523,7 +541,7 @@ fn dataset(common: &TrainCommon, cfg: &Config) -> Result<train::data::Dataset> {
         eprintln!("  skipped {}: {why}", path.display());
     }
     eprintln!(
-        "split: {} training files ({} samples per epoch with augmentation), {} validation files ({} samples)",
+        "split: {} training files ({} samples per epoch), {} validation files ({} samples)",
         data.split.train_files.len(), data.split.train_samples_per_epoch, data.split.val_files.len(), data.split.val_samples
     );
     Ok(data)

@@ -69,3 +69,19 @@ fn normal(rng: &mut impl Rng) -> f32 {
     let u2: f32 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
 }
+
+/// The LoRA pairs held by variables named `<module>.lora_A` / `<module>.lora_B`.
+pub fn pairs_of(model: &Moonbeam, vars: &[(String, Var)], rank: usize) -> Result<HashMap<Target, LoraPair>> {
+    let mut pairs = HashMap::new();
+    for target in Target::all(&model.cfg) {
+        let m = target.module_name();
+        let find = |suffix: &str| vars.iter().find(|(n, _)| *n == format!("{m}.{suffix}")).map(|(_, v)| v.as_tensor().clone());
+        if let (Some(a), Some(b)) = (find("lora_A"), find("lora_B")) {
+            if a.dim(0)? != rank && !matches!(target, Target::DecoderEmbedding) {
+                candle_core::bail!("{m}: rank {} instead of {rank}", a.dim(0)?);
+            }
+            pairs.insert(target, LoraPair { a, b });
+        }
+    }
+    Ok(pairs)
+}
