@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod kernels;
 pub mod lora;

@@ -40,6 +40,9 @@ enum Command {
     TrainStyle(TrainStyleArgs),
     /// Train every parameter of a (small) base model on a folder of MIDI files.
     TrainBase(TrainBaseArgs),
+    /// Held-out loss per note and per attribute, and statistics of generated continuations,
+    /// against unigram and Markov baselines.
+    Eval(EvalArgs),
     /// Style files: import from peft, inspect, export to peft.
     #[command(subcommand)]
     Style(StyleCommand),
@@ -123,6 +126,40 @@ struct TrainBaseArgs {
     /// Start from these weights instead of a random initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Held-out data: a folder of MIDI files, or `manifest.json:SPLIT` (e.g. `data/manifest.json:test`).
+    #[arg(long)]
+    data: String,
+    /// Data the baselines are fitted on (a folder or `manifest.json:train`); without it they
+    /// are fitted on the held-out data itself, which flatters them.
+    #[arg(long)]
+    train_data: Option<String>,
+    /// Rows per window for the loss.
+    #[arg(long, default_value_t = 512)]
+    context: usize,
+    #[arg(long, default_value_t = 64)]
+    prompt_notes: usize,
+    /// Notes generated (and compared) after each prompt.
+    #[arg(long, default_value_t = 64)]
+    notes: usize,
+    #[arg(long, default_value_t = 16)]
+    max_prompts: usize,
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 0.9)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -263,6 +300,7 @@ fn main() {
         Command::Style(cmd) => run_style(cmd),
         Command::TrainStyle(args) => train_style(args),
         Command::TrainBase(args) => train_base(args),
+        Command::Eval(args) => run_eval(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -678,4 +716,62 @@ fn report_summary(summary: &train::run::TrainSummary, out: &Path) {
         summary.peak_rss_mib,
         out.display()
     );
+}
+
+/// MIDI files of a data spec: a folder (recursive) or `manifest.json:SPLIT`.
+fn data_files(spec: &str) -> Result<Vec<PathBuf>> {
+    if let Some((manifest, split)) = spec.rsplit_once(':').filter(|(m, _)| m.ends_with(".json")) {
+        let text = std::fs::read_to_string(manifest).with_context(|| format!("cannot read {manifest}"))?;
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| format!("{manifest} is not a manifest"))?;
+        let root = Path::new(manifest).parent().unwrap_or(Path::new("."));
+        let files: Vec<PathBuf> = entries
+            .iter()
+            .filter(|e| e["split"] == split)
+            .filter_map(|e| e["file"].as_str().map(|f| root.join(f)))
+            .collect();
+        if files.is_empty() {
+            bail!("{manifest} has no files in split {split:?}");
+        }
+        Ok(files)
+    } else {
+        let files = train::data::find_midi_files(Path::new(spec)).with_context(|| format!("cannot list {spec}"))?;
+        if files.is_empty() {
+            bail!("no MIDI files under {spec}");
+        }
+        Ok(files)
+    }
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let (model, style) = load_model(&args.model)?;
+    let (held_out, report) = train::data::load_pieces(&data_files(&args.data)?, &model.cfg);
+    eprintln!("held-out data: {report}");
+    let context = args.context.min(model.cfg.max_len);
+    let samples: Vec<Vec<Note>> = held_out.iter().flat_map(|p| train::data::windows(&p.notes, context)).collect();
+    let train_pieces: Vec<Vec<Note>> = match &args.train_data {
+        Some(spec) => train::data::load_pieces(&data_files(spec)?, &model.cfg).0.into_iter().map(|p| p.notes).collect(),
+        None => {
+            eprintln!("warning: no --train-data; the baselines are fitted on the held-out data");
+            held_out.iter().map(|p| p.notes.clone()).collect()
+        }
+    };
+    let opts = continuo_engine::eval::EvalOptions {
+        prompt_notes: args.prompt_notes,
+        continuation_notes: args.notes,
+        sampling: if args.greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+        },
+        max_prompts: args.max_prompts,
+        seed: args.seed,
+    };
+    let pieces: Vec<Vec<Note>> = held_out.iter().map(|p| p.notes.clone()).collect();
+    let r = continuo_engine::eval::evaluate(&model, &style, &samples, &pieces, &train_pieces, &opts)?;
+    println!("{}", r.table());
+    println!("generation: {:.2} ms per note", r.ms_per_generated_note);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }

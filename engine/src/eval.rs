@@ -1,0 +1,379 @@
+//! `continuo eval`: held-out loss per note and per attribute, statistics of generated
+//! continuations against the held-out continuations, and the same for two baselines (a
+//! unigram and a first-order Markov model over notes, fitted on a training split).
+//!
+//! Losses are in nats per note: the sum over the six attributes of the negative log
+//! probability of each attribute's value (the model's training loss times six). The
+//! baselines factorise a note into its six attributes, each with add-one smoothing over the
+//! attribute's vocabulary, so every loss is over the same events.
+
+use candle_core::{Device, Tensor, D};
+use serde::Serialize;
+
+use crate::config::{Attribute, Config};
+use crate::generate::{continue_notes, GenerateOptions, Sampling};
+use crate::lora::Style;
+use crate::model::forward::{Mask, Row};
+use crate::model::Moonbeam;
+use crate::note::Note;
+use crate::vocab;
+
+/// Per-attribute values of a note sequence as the model predicts them (timeshift first).
+fn attribute_values(notes: &[Note]) -> Vec<[i64; 6]> {
+    let mut prev = 0;
+    notes
+        .iter()
+        .map(|n| {
+            let ts = n.onset - prev;
+            prev = n.onset;
+            [ts, n.duration, n.octave, n.pitch_class, n.instrument, n.velocity]
+        })
+        .collect()
+}
+
+/// Held-out loss, in nats.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Loss {
+    pub per_note: f64,
+    /// Timeshift, duration, octave, pitch class, instrument, velocity.
+    pub per_attribute: [f64; 6],
+    pub notes: usize,
+}
+
+impl Loss {
+    fn from_sums(sums: [f64; 6], notes: usize) -> Self {
+        let n = notes.max(1) as f64;
+        let per_attribute = sums.map(|s| s / n);
+        Loss { per_note: per_attribute.iter().sum(), per_attribute, notes }
+    }
+}
+
+/// The model's teacher-forced loss over `samples` (each one `[SOS] + notes + [EOS]`);
+/// the EOS prediction is counted as a note, as in training.
+pub fn model_loss(model: &Moonbeam, style: &Style, samples: &[Vec<Note>]) -> anyhow::Result<Loss> {
+    let mut sums = [0f64; 6];
+    let mut notes = 0usize;
+    for s in samples {
+        let rows: Vec<Row> = vocab::input_rows(s, true);
+        if rows.len() > model.cfg.max_len {
+            anyhow::bail!("a sample of {} rows exceeds the context of {}", rows.len(), model.cfg.max_len);
+        }
+        let labels = vocab::labels(&model.cfg, &rows).map_err(|(r, why)| anyhow::anyhow!("row {r}: {why}"))?;
+        let out = model.forward(&[&rows], Mask::Causal, style, None)?;
+        let l = rows.len();
+        let inputs: Vec<u32> = labels[1..].iter().flat_map(|r| r[0..6].to_vec()).collect();
+        let targets: Vec<u32> = labels[1..].iter().flat_map(|r| r[1..7].to_vec()).collect();
+        let inputs = Tensor::from_vec(inputs, (1, l - 1, 6), &Device::Cpu)?;
+        let targets = Tensor::from_vec(targets, (1, l - 1, 6, 1), &Device::Cpu)?;
+        let logits = model.gru_logits(&out.hidden, &inputs, style)?;
+        let nll = candle_nn::ops::log_softmax(&logits, D::Minus1)?.gather(&targets, D::Minus1)?.neg()?;
+        let per_attr = nll.squeeze(D::Minus1)?.squeeze(0)?.sum(0)?.to_vec1::<f32>()?;
+        for a in 0..6 {
+            sums[a] += per_attr[a] as f64;
+        }
+        notes += l - 1;
+    }
+    Ok(Loss::from_sums(sums, notes))
+}
+
+/// Factorised unigram and first-order Markov models over the six attributes.
+#[derive(Debug, Clone)]
+pub struct Baselines {
+    vocab: [usize; 6],
+    unigram: Vec<Vec<f64>>,
+    /// `markov[a][prev][value]` counts; the previous value of the same attribute.
+    markov: Vec<Vec<Vec<f64>>>,
+}
+
+/// Values outside a vocabulary are clamped to its regular range for the baselines.
+fn clamp_value(cfg: &Config, a: usize, v: i64) -> usize {
+    v.clamp(0, cfg.vocab[a] as i64 - 1) as usize
+}
+
+impl Baselines {
+    pub fn fit(cfg: &Config, pieces: &[Vec<Note>]) -> Self {
+        let vocab = cfg.vocab;
+        let mut unigram: Vec<Vec<f64>> = vocab.iter().map(|&v| vec![0.0; v]).collect();
+        let mut markov: Vec<Vec<Vec<f64>>> = vocab.iter().map(|&v| vec![vec![0.0; v]; v]).collect();
+        for p in pieces {
+            let values = attribute_values(p);
+            for (i, row) in values.iter().enumerate() {
+                for a in 0..6 {
+                    let v = clamp_value(cfg, a, row[a]);
+                    unigram[a][v] += 1.0;
+                    if i > 0 {
+                        markov[a][clamp_value(cfg, a, values[i - 1][a])][v] += 1.0;
+                    }
+                }
+            }
+        }
+        Baselines { vocab, unigram, markov }
+    }
+
+    fn unigram_p(&self, a: usize, v: usize) -> f64 {
+        let total: f64 = self.unigram[a].iter().sum();
+        (self.unigram[a][v] + 1.0) / (total + self.vocab[a] as f64)
+    }
+
+    /// Markov transition with add-one smoothing, backed off to the unigram.
+    fn markov_p(&self, a: usize, prev: Option<usize>, v: usize) -> f64 {
+        match prev {
+            None => self.unigram_p(a, v),
+            Some(p) => {
+                let row = &self.markov[a][p];
+                let total: f64 = row.iter().sum();
+                // Interpolated: a row seen rarely leans on the unigram.
+                let lambda = total / (total + 5.0);
+                lambda * (row[v] + 0.1) / (total + 0.1 * self.vocab[a] as f64) + (1.0 - lambda) * self.unigram_p(a, v)
+            }
+        }
+    }
+
+    pub fn loss(&self, cfg: &Config, samples: &[Vec<Note>], markov: bool) -> Loss {
+        let mut sums = [0f64; 6];
+        let mut notes = 0;
+        for s in samples {
+            let values = attribute_values(s);
+            for (i, row) in values.iter().enumerate() {
+                for a in 0..6 {
+                    let v = clamp_value(cfg, a, row[a]);
+                    let prev = (markov && i > 0).then(|| clamp_value(cfg, a, values[i - 1][a]));
+                    sums[a] -= self.markov_p(a, prev, v).ln();
+                }
+                notes += 1;
+            }
+        }
+        Loss::from_sums(sums, notes)
+    }
+
+    /// Samples a continuation of `n` notes after `prompt`.
+    pub fn generate(&self, prompt: &[Note], n: usize, markov: bool, rng: &mut impl rand::Rng) -> Vec<Note> {
+        let mut prev: Option<[usize; 6]> = prompt.last().map(|last| {
+            let before = prompt.len().checked_sub(2).map_or(0, |i| prompt[i].onset);
+            let v = [last.onset - before, last.duration, last.octave, last.pitch_class, last.instrument, last.velocity];
+            std::array::from_fn(|a| v[a].clamp(0, self.vocab[a] as i64 - 1) as usize)
+        });
+        let mut onset = prompt.last().map_or(0, |n| n.onset);
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut v = [0usize; 6];
+            for a in 0..6 {
+                let regular = self.vocab[a] - 2; // never sample the SOS/EOS codes
+                let p = if markov { prev.map(|p| p[a]) } else { None };
+                let weights: Vec<f64> = (0..regular).map(|x| self.markov_p(a, p, x)).collect();
+                let total: f64 = weights.iter().sum();
+                let mut u = rng.random::<f64>() * total;
+                v[a] = regular - 1;
+                for (x, w) in weights.iter().enumerate() {
+                    u -= w;
+                    if u < 0.0 {
+                        v[a] = x;
+                        break;
+                    }
+                }
+            }
+            onset += v[0] as i64;
+            out.push(Note {
+                onset,
+                duration: (v[1] as i64).max(1),
+                octave: v[2] as i64,
+                pitch_class: v[3] as i64,
+                instrument: v[4] as i64,
+                velocity: (v[5] as i64).max(1),
+            });
+            prev = Some(v);
+        }
+        out
+    }
+}
+
+/// The seven statistics compared between generated and held-out continuations.
+pub const STATISTICS: [&str; 7] =
+    ["pitch_class", "interval", "inter_onset", "duration", "velocity", "polyphony", "notes_per_second"];
+
+/// Histograms of the seven statistics over a set of continuations.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub histograms: Vec<Vec<f64>>,
+}
+
+fn log_bin(ticks: i64, bins: usize) -> usize {
+    // 0, 1, 2-3, 4-7, ... (10 ms ticks): bin k holds [2^(k-1), 2^k).
+    let t = ticks.max(0) as u64;
+    let b = if t == 0 { 0 } else { 64 - t.leading_zeros() as usize };
+    b.min(bins - 1)
+}
+
+impl Stats {
+    pub fn of(continuations: &[Vec<Note>]) -> Self {
+        let mut h: Vec<Vec<f64>> = vec![vec![0.0; 12], vec![0.0; 25], vec![0.0; 12], vec![0.0; 12], vec![0.0; 16], vec![0.0; 8], vec![0.0; 16]];
+        for c in continuations {
+            let notes: Vec<&Note> = c.iter().filter(|n| n.is_valid_midi() && n.instrument != 128).collect();
+            for n in &notes {
+                h[0][n.pitch_class as usize] += 1.0;
+                h[3][log_bin(n.duration, 12)] += 1.0;
+                h[4][(n.velocity as usize / 8).min(15)] += 1.0;
+                let sounding = notes.iter().filter(|m| m.onset <= n.onset && m.onset + m.duration > n.onset).count();
+                h[5][sounding.clamp(1, 8) - 1] += 1.0;
+            }
+            for w in notes.windows(2) {
+                h[1][(w[1].pitch() - w[0].pitch()).clamp(-12, 12) as usize + 12] += 1.0;
+                h[2][log_bin(w[1].onset - w[0].onset, 12)] += 1.0;
+            }
+            if let (Some(first), Some(last)) = (notes.first(), notes.last()) {
+                let span = (last.onset + last.duration - first.onset).max(1) as f64 / 100.0;
+                h[6][((notes.len() as f64 / span).round() as usize).min(15)] += 1.0;
+            }
+        }
+        Stats { histograms: h }
+    }
+
+    /// Total-variation distance (half the L1 distance of the normalised histograms) per statistic.
+    pub fn distances(&self, other: &Stats) -> Vec<f64> {
+        self.histograms
+            .iter()
+            .zip(&other.histograms)
+            .map(|(a, b)| {
+                let (sa, sb) = (a.iter().sum::<f64>().max(1e-12), b.iter().sum::<f64>().max(1e-12));
+                0.5 * a.iter().zip(b).map(|(x, y)| (x / sa - y / sb).abs()).sum::<f64>()
+            })
+            .collect()
+    }
+}
+
+/// The result for one system (the model, or a baseline).
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemReport {
+    pub name: String,
+    pub loss: Loss,
+    /// Distance per statistic (in [`STATISTICS`] order) between its continuations and the held-out ones.
+    pub distances: Vec<f64>,
+    pub generated_notes: usize,
+    pub valid_notes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub statistics: Vec<&'static str>,
+    pub systems: Vec<SystemReport>,
+    pub prompts: usize,
+    pub prompt_notes: usize,
+    pub continuation_notes: usize,
+    pub ms_per_generated_note: f64,
+}
+
+/// Options of [`evaluate`].
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub prompt_notes: usize,
+    pub continuation_notes: usize,
+    pub sampling: Sampling,
+    /// At most this many prompts (the first pieces of the held-out set).
+    pub max_prompts: usize,
+    pub seed: u64,
+}
+
+/// Evaluates `model` (with `style`) on held-out `samples` (windows for the loss) and `pieces`
+/// (whole pieces for continuations), against baselines fitted on `train`.
+pub fn evaluate(
+    model: &Moonbeam,
+    style: &Style,
+    samples: &[Vec<Note>],
+    pieces: &[Vec<Note>],
+    train: &[Vec<Note>],
+    opts: &EvalOptions,
+) -> anyhow::Result<EvalReport> {
+    use rand::SeedableRng;
+    let cfg = &model.cfg;
+    let baselines = Baselines::fit(cfg, train);
+    let need = opts.prompt_notes + opts.continuation_notes;
+    let mut prompts = Vec::new();
+    let mut references = Vec::new();
+    for p in pieces.iter().filter(|p| p.len() >= need).take(opts.max_prompts) {
+        let start = p[0].onset;
+        let rezeroed: Vec<Note> = p[..need].iter().map(|n| Note { onset: n.onset - start, ..*n }).collect();
+        prompts.push(rezeroed[..opts.prompt_notes].to_vec());
+        references.push(rezeroed[opts.prompt_notes..].to_vec());
+    }
+    if prompts.is_empty() {
+        anyhow::bail!("no held-out piece has {need} notes for a prompt and its continuation");
+    }
+    let reference = Stats::of(&references);
+    let mut systems = Vec::new();
+    let gen_opts = GenerateOptions { max_notes: opts.continuation_notes, max_duration_ticks: None, sampling: opts.sampling };
+    let mut generated = Vec::new();
+    let (mut total, mut valid) = (0, 0);
+    let t = std::time::Instant::now();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let mut o = gen_opts.clone();
+        if let Sampling::TopP { temperature, top_p, seed } = o.sampling {
+            o.sampling = Sampling::TopP { temperature, top_p, seed: seed.wrapping_add(i as u64) };
+        }
+        let g = continue_notes(model, style, prompt, &o, |_, _| {})?;
+        total += g.rows.len();
+        valid += g.rows.len() - g.invalid.len();
+        generated.push(g.valid_notes());
+    }
+    let ms_per_note = t.elapsed().as_secs_f64() * 1e3 / total.max(1) as f64;
+    systems.push(SystemReport {
+        name: "model".into(),
+        loss: model_loss(model, style, samples)?,
+        distances: Stats::of(&generated).distances(&reference),
+        generated_notes: total,
+        valid_notes: valid,
+    });
+    for (name, markov) in [("markov", true), ("unigram", false)] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+        let conts: Vec<Vec<Note>> = prompts.iter().map(|p| baselines.generate(p, opts.continuation_notes, markov, &mut rng)).collect();
+        let n: usize = conts.iter().map(Vec::len).sum();
+        let v: usize = conts.iter().flatten().filter(|x| x.is_valid_midi()).count();
+        systems.push(SystemReport {
+            name: name.into(),
+            loss: baselines.loss(cfg, samples, markov),
+            distances: Stats::of(&conts).distances(&reference),
+            generated_notes: n,
+            valid_notes: v,
+        });
+    }
+    Ok(EvalReport {
+        statistics: STATISTICS.to_vec(),
+        systems,
+        prompts: prompts.len(),
+        prompt_notes: opts.prompt_notes,
+        continuation_notes: opts.continuation_notes,
+        ms_per_generated_note: ms_per_note,
+    })
+}
+
+impl EvalReport {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        s += &format!("{:<10} {:>10}", "system", "loss/note");
+        for a in Attribute::ALL {
+            s += &format!(" {:>11}", a.name());
+        }
+        s += "\n";
+        for sys in &self.systems {
+            s += &format!("{:<10} {:>10.4}", sys.name, sys.loss.per_note);
+            for v in sys.loss.per_attribute {
+                s += &format!(" {v:>11.4}");
+            }
+            s += "\n";
+        }
+        s += &format!("\ndistance to the held-out continuations (total variation, lower is closer; {} prompts)\n", self.prompts);
+        s += &format!("{:<10}", "system");
+        for st in STATISTICS {
+            s += &format!(" {st:>16}");
+        }
+        s += &format!(" {:>8}\n", "valid");
+        for sys in &self.systems {
+            s += &format!("{:<10}", sys.name);
+            for d in &sys.distances {
+                s += &format!(" {d:>16.4}");
+            }
+            s += &format!(" {:>7.1}%\n", 100.0 * sys.valid_notes as f64 / sys.generated_notes.max(1) as f64);
+        }
+        s
+    }
+}
