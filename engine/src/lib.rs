@@ -18,6 +18,7 @@ pub mod lora;
 pub mod midi;
 pub mod model;
 pub mod note;
+pub mod pianoroll;
 pub mod style;
 pub mod train;
 pub mod vocab;

@@ -40,6 +40,9 @@ enum Command {
     TrainStyle(TrainStyleArgs),
     /// Train every parameter of a (small) base model on a folder of MIDI files.
     TrainBase(TrainBaseArgs),
+    /// Continue the bundled example prompt with the bundled model in every shipped style;
+    /// writes MIDI files and piano-roll pictures.
+    Demo(DemoArgs),
     /// Held-out loss per note and per attribute, and statistics of generated continuations,
     /// against unigram and Markov baselines.
     Eval(EvalArgs),
@@ -126,6 +129,26 @@ struct TrainBaseArgs {
     /// Start from these weights instead of a random initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the MIDI files and pictures go.
+    #[arg(long, default_value = "demo-output")]
+    out: PathBuf,
+    /// The project folder holding `assets/` and `lora-weights/` (default: this source tree).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    #[arg(long, default_value_t = 48)]
+    prompt_notes: usize,
+    #[arg(long, default_value_t = 32)]
+    notes: usize,
+    #[arg(long, default_value_t = 0.9)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -301,6 +324,7 @@ fn main() {
         Command::TrainStyle(args) => train_style(args),
         Command::TrainBase(args) => train_base(args),
         Command::Eval(args) => run_eval(args),
+        Command::Demo(args) => run_demo(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -772,6 +796,82 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     println!("generation: {:.2} ms per note", r.ms_per_generated_note);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&r)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Style files shipped in `lora-weights/` (any `.safetensors` below it), sorted by path.
+fn shipped_styles(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join("lora-weights")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "safetensors") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn run_demo(args: DemoArgs) -> Result<()> {
+    let root = args.root.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let config_path = root.join("assets/configs/continuo_base.json");
+    let weights = root.join("assets/continuo_base.safetensors");
+    let prompt_path = root.join("assets/examples/satie_gymnopedie_no1.mid");
+    let cfg = Config::from_file(&config_path).with_context(|| format!("cannot read the bundled config {}", config_path.display()))?;
+    let t = Instant::now();
+    let model = Moonbeam::load(&cfg, &weights, Precision::F32)
+        .with_context(|| format!("cannot load the bundled model {}", weights.display()))?;
+    eprintln!("loaded the bundled model ({} parameters) in {:.2} s", cfg.n_params(), t.elapsed().as_secs_f64());
+    let prompt = read_prompt(&prompt_path, Some(args.prompt_notes))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let fingerprint = model.fingerprint();
+    let mut styles: Vec<(String, Style)> = vec![("base".into(), Style::base())];
+    for path in shipped_styles(&root) {
+        match style::load_style(&path, &cfg, Some(&fingerprint)) {
+            Ok((adapter, card)) => styles.push((card.name.clone(), Style::single(Arc::new(adapter), 1.0))),
+            Err(e) => eprintln!("skipping style {}: {e}", path.display()),
+        }
+    }
+    eprintln!("prompt: {} notes of {}", prompt.len(), prompt_path.display());
+    for (name, st) in &styles {
+        let opts = GenerateOptions {
+            max_notes: args.notes,
+            max_duration_ticks: None,
+            sampling: Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
+        };
+        let t = Instant::now();
+        let mut first: Option<f64> = None;
+        let gen = continue_notes(&model, st, &prompt, &opts, |_, _| {
+            first.get_or_insert_with(|| t.elapsed().as_secs_f64() * 1e3);
+        })?;
+        let elapsed = t.elapsed().as_secs_f64() * 1e3;
+        let continuation = gen.valid_notes();
+        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let mid = args.out.join(format!("{slug}.mid"));
+        let png = args.out.join(format!("{slug}.png"));
+        let mut all = prompt.clone();
+        all.extend(continuation.iter().copied());
+        midi::write_midi_file(&mid, &all)?;
+        continuo_engine::pianoroll::render(&prompt, &continuation, &png)?;
+        let per_note: f64 = gen.timings.iter().map(|t| (t.transformer + t.head).as_secs_f64() * 1e3).sum::<f64>()
+            / gen.timings.len().max(1) as f64;
+        println!(
+            "{name:<16} {:>3} notes ({} not playable), first note after {:.1} ms, {:.2} ms per note, total {:.0} ms -> {} and {}",
+            gen.rows.len(),
+            gen.invalid.len(),
+            first.unwrap_or(0.0),
+            per_note,
+            elapsed,
+            mid.display(),
+            png.display()
+        );
     }
     Ok(())
 }
