@@ -217,7 +217,7 @@ impl Stats {
                 h[5][sounding.clamp(1, 8) - 1] += 1.0;
             }
             for w in notes.windows(2) {
-                h[1][(w[1].pitch() - w[0].pitch()).clamp(-12, 12) as usize + 12] += 1.0;
+                h[1][((w[1].pitch() - w[0].pitch()).clamp(-12, 12) + 12) as usize] += 1.0;
                 h[2][log_bin(w[1].onset - w[0].onset, 12)] += 1.0;
             }
             if let (Some(first), Some(last)) = (notes.first(), notes.last()) {
