@@ -80,36 +80,32 @@ def fetch_npm(src, work):
     return out
 
 
-def fetch_music21(work):
+def fetch_music21(work, limit):
     """Bach chorales and O'Neill's 1850 tunes from the music21 corpus (public-domain works)."""
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "music21==10.5.1"], check=True)
     code = r'''
-import sys, os
+import os, sys
 from music21 import corpus
-out = sys.argv[1]
+out, limit = sys.argv[1], int(sys.argv[2])
 os.makedirs(out, exist_ok=True)
-for i, path in enumerate(corpus.getComposer("bach")):
-    if "bwv" not in str(path):
-        continue
+chorales = [p for p in corpus.getComposer("bach") if "bwv" in str(p)][:limit]
+for i, path in enumerate(chorales):
     try:
         corpus.parse(path).write("midi", fp=os.path.join(out, "bach_%04d.mid" % i))
-    except Exception as e:
+    except Exception as e:  # some scores have malformed repeats
         print("skip", path, e, file=sys.stderr)
-for book in ["oneills1850"]:
-    for i, path in enumerate(corpus.getPaths()):
-        pass
-    try:
-        opus = corpus.parse("oneills1850")
-    except Exception as e:
-        print("skip oneills", e, file=sys.stderr); break
-    for j, score in enumerate(opus.scores):
+try:
+    opus = corpus.parse("oneills1850")
+    for j, score in enumerate(list(opus.scores)[:limit]):
         try:
             score.write("midi", fp=os.path.join(out, "oneills_%04d.mid" % j))
         except Exception as e:
             print("skip tune", j, e, file=sys.stderr)
+except Exception as e:
+    print("skip oneills1850", e, file=sys.stderr)
 '''
     dest = os.path.join(work, "music21")
-    subprocess.run([sys.executable, "-c", code, dest], check=True)
+    subprocess.run([sys.executable, "-c", code, dest, str(limit)], check=True)
     return [os.path.join(dest, f) for f in sorted(os.listdir(dest))]
 
 
@@ -117,6 +113,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="data")
     ap.add_argument("--music21", action="store_true", help="also export Bach chorales and O'Neill tunes (slow)")
+    ap.add_argument("--music21-limit", type=int, default=100000, help="at most this many chorales and tunes")
     ap.add_argument("--continuo", default="target/release/continuo", help="the continuo binary, to count notes")
     args = ap.parse_args()
     corpus = os.path.join(args.out, "corpus")
@@ -128,7 +125,7 @@ def main():
     for src in sources:
         with tempfile.TemporaryDirectory() as work:
             if src["name"] == "music21":
-                files = fetch_music21(work)
+                files = fetch_music21(work, args.music21_limit)
             elif src["registry"] == "pypi":
                 files = fetch_pypi(src, work)
             else:
