@@ -250,3 +250,41 @@ pub fn run_style(model: &Moonbeam, rank: usize, prompt_notes: usize, notes: usiz
         note_ms_median: percentile_ms(&per_note, 0.5),
     })
 }
+
+/// What `continuo bench --train-context N` measured: LoRA training steps on one packed sequence.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainBenchReport {
+    pub rank: usize,
+    pub context_rows: usize,
+    pub step_s_median: f64,
+    pub notes_per_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Times `steps` LoRA training steps (forward, backward, AdamW) on one packed sequence of
+/// `context_rows` rows of the synthetic prompt.
+pub fn run_train(model: &Moonbeam, rank: usize, context_rows: usize, steps: usize) -> anyhow::Result<TrainBenchReport> {
+    use crate::train::loss::{packed_loss, PackedBatch};
+    let (vars, style) = crate::train::params::new_lora(model, rank, 2.0 * rank as f64, 1)?;
+    let mut opt = crate::train::optim::AdamW::new(vars, 3e-4, 0.0)?;
+    let notes = synthetic_prompt(context_rows.saturating_sub(2).max(1));
+    let rows = crate::vocab::input_rows(&notes, true);
+    let segments = vec![vec![0u32; rows.len()]];
+    let loss_mask = vec![vec![true; rows.len() - 1]];
+    let mut times = Vec::new();
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        let batch = PackedBatch { rows: vec![&rows], segments: segments.clone(), loss_mask: loss_mask.clone() };
+        let (loss, _) = packed_loss(model, &style, &batch)?;
+        opt.backward_step(&loss)?;
+        times.push(t.elapsed());
+    }
+    let step = percentile_ms(&times, 0.5) / 1e3;
+    Ok(TrainBenchReport {
+        rank,
+        context_rows: rows.len(),
+        step_s_median: step,
+        notes_per_s: (rows.len() - 1) as f64 / step,
+        peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
+    })
+}

@@ -311,6 +311,9 @@ struct BenchArgs {
     /// validation, the swap between two styles, and decoding with it active.
     #[arg(long)]
     style_rank: Option<usize>,
+    /// Only measure LoRA training (rank 8): three steps on one packed sequence of this many rows.
+    #[arg(long)]
+    train_context: Option<usize>,
 }
 
 fn main() {
@@ -495,6 +498,15 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         _ => Moonbeam::random(&cfg, 7, Precision::F32)?,
     };
     let load = t.elapsed();
+    if let Some(context) = args.train_context {
+        let r = bench::run_train(&model, 8, context, 3)?;
+        println!("config            {} ({} parameters, f32, loaded in {:.2} s)", args.config, cfg.n_params(), load.as_secs_f64());
+        println!("LoRA training     rank {}, {} rows per step", r.rank, r.context_rows);
+        println!("step              median {:.2} s (forward, backward, AdamW)", r.step_s_median);
+        println!("throughput        {:.1} notes/s", r.notes_per_s);
+        println!("peak RSS          {:.0} MiB", r.peak_rss_mib);
+        return Ok(());
+    }
     if args.prompt_notes + args.notes + 1 > cfg.max_len {
         bail!("prompt plus notes exceed the model's context of {} rows", cfg.max_len);
     }
