@@ -16,10 +16,10 @@ use nice_plug_egui::{
 };
 
 use crate::params::ContinuoParams;
-use crate::status::{EditorSnapshot, SharedStatus};
+use crate::status::{EditorSnapshot, EngineInfo, SharedStatus};
 
 const WIDTH: u32 = 440;
-const HEIGHT: u32 = 600;
+const HEIGHT: u32 = 660;
 /// How often the status line refreshes while the editor is open.
 const REFRESH: Duration = Duration::from_millis(100);
 
@@ -43,6 +43,7 @@ pub fn create(
             status,
             snapshot,
             gui: None,
+            engine_info: EngineInfo::default(),
         },
     )
 }
@@ -52,6 +53,8 @@ pub struct ContinuoEditor {
     status: Arc<SharedStatus>,
     snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
     gui: Option<GuiContext>,
+    /// The model and error texts last read from the generator.
+    engine_info: EngineInfo,
 }
 
 impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
@@ -77,9 +80,27 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
         };
         let counters = self.status.counters();
 
+        if let Some(info) = self.status.try_engine_info() {
+            self.engine_info = info;
+        }
+        let (ms_per_note, first_note_ms) = self.status.timings_ms();
+        let ms = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |v| format!("{v:.1} ms"));
+
         ui.heading("Continuo");
+        ui.label(format!("model: {}", self.engine_info.model));
         ui.label(format!(
-            "engine: {} (stand-in echo generator) · {} · {}",
+            "per generated note: {} · trigger to first note: {}",
+            ms(ms_per_note),
+            ms(first_note_ms),
+        ));
+        if !self.engine_info.last_error.is_empty() {
+            ui.colored_label(
+                egui::Color32::from_rgb(230, 110, 90),
+                format!("last error: {}", self.engine_info.last_error),
+            );
+        }
+        ui.label(format!(
+            "engine: {} · {} · {}",
             self.status.engine_status().label(),
             snapshot.answer_state.label(),
             if snapshot.playing {

@@ -2,9 +2,9 @@
 //! `deactivate()` and on drop.
 //!
 //! The thread owns a [`Generator`] and talks to the audio thread only through the two lock-free
-//! queues of [`crate::protocol`]. The real Moonbeam inference will implement [`Generator`]; until
-//! it is wired in, [`EchoGenerator`] stands in for it so the shell, the scheduling and the tests
-//! can be built and checked without a model.
+//! queues of [`crate::protocol`]. The plugin runs [`crate::moonbeam::MoonbeamGenerator`];
+//! [`EchoGenerator`] is a deterministic stand-in kept for the shell's own unit tests (scheduling,
+//! barge-in, stuck notes), which need exactly predictable answers.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,13 +22,19 @@ use crate::status::SharedStatus;
 /// time; the audio thread never wakes the thread itself (that would be a syscall).
 const IDLE_POLL_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Something that turns played notes into answers. Implemented by the stand-in [`EchoGenerator`]
-/// now and by the Moonbeam engine later.
+/// Something that turns played notes into answers: [`crate::moonbeam::MoonbeamGenerator`] in
+/// the plugin, the stand-in [`EchoGenerator`] in the shell's unit tests.
 ///
 /// All methods are called on the generator thread, never on the audio thread, so they may
 /// allocate and take their time; but long work should be cut into [`Generator::step`] calls so
 /// that a `Cancel` is seen between decode steps.
 pub trait Generator: Send + 'static {
+    /// Called once on the generator thread before any message, e.g. to load a model. Messages
+    /// sent meanwhile wait in the queue.
+    fn start(&mut self, out: &mut Outbox<'_>) {
+        let _ = out;
+    }
+
     /// Handles one message from the audio thread.
     fn handle(&mut self, message: ToEngine, out: &mut Outbox<'_>);
 
@@ -91,8 +97,17 @@ impl GeneratorThread {
         let handle = thread::Builder::new()
             .name("continuo-generator".into())
             .spawn(move || {
-                let mut failed = false;
                 Outbox::new(&mut from_engine, &status).send(FromEngine::Status(EngineStatus::Idle));
+                let mut failed = {
+                    let mut out = Outbox::new(&mut from_engine, &status);
+                    let failed =
+                        panic::catch_unwind(AssertUnwindSafe(|| generator.start(&mut out)))
+                            .is_err();
+                    if failed {
+                        out.send(FromEngine::Status(EngineStatus::Failed));
+                    }
+                    failed
+                };
                 while !thread_stop.load(Ordering::Acquire) {
                     let mut busy = false;
                     while let Ok(message) = to_engine.pop() {
@@ -165,7 +180,8 @@ struct PhraseNote {
     velocity: f32,
 }
 
-/// STAND-IN for the Moonbeam engine, used only until the engine is wired in.
+/// STAND-IN for the Moonbeam engine, used by the shell's unit tests (`realtime.rs`), which need
+/// exactly predictable answers. The plugin itself runs [`crate::moonbeam::MoonbeamGenerator`].
 ///
 /// It answers a phrase by echoing the notes played since the previous answer, transposed by
 /// [`EchoGenerator::TRANSPOSE`] semitones (folded by octaves into the pitch range), with the

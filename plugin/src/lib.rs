@@ -4,11 +4,11 @@
 //! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
 //! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
 //! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
-//! editor ([`editor`]). Until the Moonbeam engine is wired in, the generator thread runs the
-//! deterministic stand-in [`generator::EchoGenerator`].
+//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]).
 
 pub mod editor;
 pub mod generator;
+pub mod moonbeam;
 pub mod params;
 pub mod protocol;
 pub mod realtime;
@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use nice_plug::prelude::*;
 use nice_plug_egui::{EguiEditor, EguiEditorState};
 
-use crate::generator::{EchoGenerator, GeneratorThread};
+use crate::generator::GeneratorThread;
+use crate::moonbeam::{ModelCache, MoonbeamGenerator, StyleSlot};
 use crate::params::ContinuoParams;
 use crate::protocol::{EngineStatus, FROM_ENGINE_CAPACITY, TO_ENGINE_CAPACITY};
 use crate::realtime::{BlockIo, Core, TransportSnapshot};
@@ -51,6 +52,10 @@ pub struct Continuo {
     core: Core,
     /// The generator thread; `Some` between `activate()` and `deactivate()`.
     generator: Option<GeneratorThread>,
+    /// The loaded model, kept across activations (filled by the generator thread).
+    models: Arc<ModelCache>,
+    /// The style the generator should use (the hook for the style menu).
+    style: Arc<StyleSlot>,
     /// The editor's end of the snapshot triple buffer. The mutex is only ever taken by the GUI
     /// thread (one editor at a time), never by the audio thread.
     snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
@@ -66,6 +71,8 @@ impl Default for Continuo {
             core: Core::new(status.clone(), snapshot_in),
             status,
             generator: None,
+            models: Arc::new(ModelCache::default()),
+            style: Arc::new(StyleSlot::default()),
             snapshot: Arc::new(Mutex::new(snapshot_out)),
             editor_state: editor::default_state(),
         }
@@ -73,6 +80,12 @@ impl Default for Continuo {
 }
 
 impl Continuo {
+    /// Where to set the style the generator uses; it is swapped in between two decode steps and
+    /// kept across activations.
+    pub fn style_slot(&self) -> Arc<StyleSlot> {
+        self.style.clone()
+    }
+
     /// Stops and joins the generator thread. Called on the main thread.
     fn stop_generator(&mut self) {
         if let Some(mut generator) = self.generator.take() {
@@ -148,9 +161,13 @@ impl Plugin for Continuo {
         self.stop_generator();
         let (to_engine_in, to_engine_out) = rtrb::RingBuffer::new(TO_ENGINE_CAPACITY);
         let (from_engine_in, from_engine_out) = rtrb::RingBuffer::new(FROM_ENGINE_CAPACITY);
-        // TODO: Replace the stand-in with the Moonbeam engine once it is wired in.
+        // The model is loaded (or taken from `models`) on the generator thread, not here.
         match GeneratorThread::spawn(
-            Box::new(EchoGenerator::new()),
+            Box::new(MoonbeamGenerator::new(
+                self.status.clone(),
+                self.models.clone(),
+                self.style.clone(),
+            )),
             to_engine_out,
             from_engine_in,
             self.status.clone(),

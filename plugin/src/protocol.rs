@@ -2,8 +2,9 @@
 //!
 //! Every message is a small fixed-size `Copy` value, so it can travel through a preallocated
 //! lock-free `rtrb` queue without allocating or dropping anything heap-owning on the audio thread.
-//! The same messages will drive the real Moonbeam engine once it replaces the stand-in generator,
-//! so this module is the contract between the plugin shell and the engine.
+//! The same messages drive the Moonbeam generator (`moonbeam.rs`) and the stand-in echo
+//! generator used by the shell's unit tests, so this module is the contract between the
+//! plugin shell and the engine.
 //!
 //! Times:
 //! * `clock_ms` is the plugin's own monotonic clock: milliseconds of audio processed since

@@ -4,6 +4,7 @@
 //! editor writes, and a `Copy` snapshot the audio thread publishes through a triple buffer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use crate::protocol::EngineStatus;
 
@@ -36,6 +37,25 @@ pub struct SharedStatus {
     pub engine_status: AtomicU8,
     /// Set by the editor's trigger button, consumed (swapped back to `false`) by the audio thread.
     pub trigger_request: AtomicBool,
+    /// Average decode time per generated note in the latest answer, in microseconds (0 = none
+    /// yet). Written by the generator thread, read by the editor.
+    pub us_per_note: AtomicU64,
+    /// Time from the generator receiving the latest trigger to its first note being sent, in
+    /// microseconds (0 = none yet). Written by the generator thread, read by the editor.
+    pub first_note_us: AtomicU64,
+    /// Texts for the editor: which model runs and the last error. Written by the generator thread
+    /// (rarely: at load time and on errors), read by the editor with `try_lock`. The audio
+    /// thread never touches it.
+    pub engine_info: Mutex<EngineInfo>,
+}
+
+/// What the editor shows about the model. See [`SharedStatus::engine_info`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Which model is loaded (or being loaded), e.g. "tiny test model (random weights)".
+    pub model: String,
+    /// The last error (model load failure, decode error), empty if none.
+    pub last_error: String,
 }
 
 impl SharedStatus {
@@ -49,6 +69,40 @@ impl SharedStatus {
 
     pub fn set_engine_status(&self, status: EngineStatus) {
         self.engine_status.store(status as u8, Ordering::Relaxed);
+    }
+
+    /// Sets the model description shown in the editor. Called on the generator thread.
+    pub fn set_model_label(&self, label: &str) {
+        let mut info = self.engine_info.lock().unwrap_or_else(|e| e.into_inner());
+        info.model.clear();
+        info.model.push_str(label);
+    }
+
+    /// Sets the last error shown in the editor. Called on the generator thread.
+    pub fn set_last_error(&self, error: &str) {
+        let mut info = self.engine_info.lock().unwrap_or_else(|e| e.into_inner());
+        info.last_error.clear();
+        info.last_error.push_str(error);
+    }
+
+    /// A copy of the engine texts, or `None` if the generator is writing them right now (the
+    /// editor then keeps what it showed before). Never blocks.
+    pub fn try_engine_info(&self) -> Option<EngineInfo> {
+        match self.engine_info.try_lock() {
+            Ok(info) => Some(info.clone()),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().clone()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The latest timings: (ms per generated note, ms from trigger to first note); `None` until
+    /// measured.
+    pub fn timings_ms(&self) -> (Option<f64>, Option<f64>) {
+        let ms = |c: &AtomicU64| match c.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1000.0),
+        };
+        (ms(&self.us_per_note), ms(&self.first_note_us))
     }
 
     /// A plain copy of all counters, for display and tests.

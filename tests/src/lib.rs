@@ -220,9 +220,26 @@ pub struct Harness {
     pub audio_peak: f32,
 }
 
+/// Points the plugin's model variables at the tiny golden test model unless `CONTINUO_MODEL` is
+/// set. Every test sets the same values, so tests running in parallel agree.
+fn use_tiny_model_unless_set() {
+    if std::env::var_os("CONTINUO_MODEL").is_some_and(|m| !m.is_empty()) {
+        return;
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/testdata/golden");
+    std::env::set_var("CONTINUO_MODEL", golden.join("tiny_model.safetensors"));
+    std::env::set_var("CONTINUO_CONFIG", golden.join("tiny_config.json"));
+}
+
 impl Harness {
     /// Loads the bundle and instantiates the plugin (not yet activated).
+    ///
+    /// The plugin's generator thread runs Moonbeam. Unless `CONTINUO_MODEL` is already set, the
+    /// tests pin it to the tiny golden test model (random weights, fast in a debug build), so they
+    /// do not depend on whether the bundled model exists; set `CONTINUO_MODEL` and
+    /// `CONTINUO_CONFIG` to drive the bundle with another model.
     pub fn load() -> Result<Self> {
+        use_tiny_model_unless_set();
         let path = bundle_path()?;
         // SAFETY: loading a CLAP bundle runs its initialisation code; this is the bundle built
         // from this workspace.

@@ -1,0 +1,1774 @@
+//! The real generator: Moonbeam inference on the generator thread.
+//!
+//! [`MoonbeamGenerator`] implements [`Generator`]. It runs only on the generator thread:
+//!
+//! * **Model.** Loaded once in [`Generator::start`] (on the generator thread, never in
+//!   `activate()` or on the audio thread) from the place [`locate_model`] names. The loaded
+//!   `Arc<Moonbeam>` is kept by the plugin instance ([`ModelCache`]) across activations and shared
+//!   between instances that use the same file. If no model can be loaded the status is `Failed`,
+//!   the reason is shown in the editor, every trigger is answered at once with an empty answer and
+//!   the plugin keeps passing MIDI through.
+//! * **Played context.** Played notes go through the engine's [`LiveTokenizer`] (times in ms
+//!   from [`crate::protocol::Stamp::clock_ms`]). Notes whose durations are final are moved, in
+//!   note-on order, into the context: at most `context_max` notes (320 with the default
+//!   limits), trimmed back to the last 256 when it overflows. A note held through more than
+//!   [`PENDING_MAX`] later notes is ended in the context there. Silences longer than the model's largest timeshift (about 3 s) are
+//!   shortened to it: training split pieces at such gaps, so the model never saw longer ones.
+//! * **Warm KV cache.** The session's cache mirrors `[SOS] + context` with onsets re-zeroed so the
+//!   first context note is at 0. While no answer is generated, newly final notes are pushed one
+//!   single-token step at a time (one per [`Generator::step`] call), so a trigger usually finds a
+//!   warm cache and decodes its first note at once. An answer appends rows (held notes with
+//!   provisional durations, then the generated notes) that are not part of the played context;
+//!   the engine's `Session` cannot drop rows, so after an answer the cache is rebuilt with one
+//!   batched prefill while idle (i.e. right after generation ends, while the answer is still
+//!   playing), and trimming the context does the same. See [`MoonbeamGenerator::prefills`].
+//! * **Answers.** A trigger decodes ONE note per [`Generator::step`] call, so `Cancel`, new
+//!   triggers and style changes are handled between decode steps. Each note is sent as soon as
+//!   it is decoded (generation runs ahead of playback; the audio thread drops late notes).
+//!   The first note sent starts exactly at the request's start; later notes keep their onsets
+//!   relative to it (10 ms ticks → ms → beats at the request's tempo). Ends are cut at the answer
+//!   length. An answer stops at its length (`length_beats`, or the length of the phrase played
+//!   since the previous trigger when 0), on an EOS code, after [`ANSWER_MAX_NOTES`] decoded rows
+//!   (or when the session is full), or on `Cancel`/`Reset`/a new trigger; every answer ends with
+//!   `AnswerEnd`.
+//! * **What is played.** Rows that are not valid MIDI are not sent (they stay in the model's
+//!   context, as in the engine's `continue_notes`). Pitches outside `pitch_low..=pitch_high` are
+//!   **folded by octaves** into the range (keeping the rhythm and the pitch class); a note whose
+//!   pitch class does not occur in a range narrower than an octave is skipped. Drum rows
+//!   (instrument 128) are skipped unless the player's last note was on the drum channel.
+//!   Velocities are scaled by `velocity_scale`. The density cap allows at most `floor(cap)`
+//!   note-ons in any one-beat window (for a cap below 1: one note per `1/cap` beats); notes over
+//!   it are skipped.
+//! * **Sampling.** Temperature 0 (or less) is greedy; otherwise top-p with the temperature, and
+//!   the seed `(seed << 32) | answer_id`, so a seed gives reproducible answers and "regenerate"
+//!   (a new answer id) a different one.
+//! * **Style.** [`StyleSlot`] is the hook for the style menu: whoever holds it sets a ready
+//!   [`Style`] (made for the loaded base, see [`ModelCache::current`]) and the thread swaps it in
+//!   between decode steps (O(1), the base is untouched), scaled by `style_strength`.
+//! * **Measurements** go to [`SharedStatus`]: decode time per generated note (transformer step +
+//!   GRU head, averaged over the answer) and the time from the trigger reaching the generator to
+//!   its first note being sent.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use continuo_engine::generate::{Sampling, Session};
+use continuo_engine::lora::Style;
+use continuo_engine::midi::LiveTokenizer;
+use continuo_engine::model::forward::Row;
+use continuo_engine::model::gru::Chooser;
+use continuo_engine::{Config, Moonbeam, Note, Precision};
+
+use crate::generator::{Generator, Outbox};
+use crate::protocol::{
+    AnswerRequest, EngineStatus, FromEngine, GenParams, GeneratedNote, NoteTime, PlayedNote,
+    ToEngine,
+};
+use crate::status::SharedStatus;
+
+/// Environment variable naming a model file (`.safetensors` or an official `.pt` checkpoint).
+pub const ENV_MODEL: &str = "CONTINUO_MODEL";
+/// Environment variable naming the model's config: a JSON file, `small` or `medium`.
+pub const ENV_CONFIG: &str = "CONTINUO_CONFIG";
+
+/// The source tree the plugin was built from; the bundled and test models are found through it.
+const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const BUNDLED_CONFIG: &str = "assets/configs/continuo_base.json";
+const BUNDLED_WEIGHTS: &str = "assets/continuo_base.safetensors";
+const TINY_CONFIG: &str = "engine/testdata/golden/tiny_config.json";
+const TINY_WEIGHTS: &str = "engine/testdata/golden/tiny_model.safetensors";
+
+/// Played notes kept in the context after a trim.
+pub const CONTEXT_KEEP: usize = 256;
+/// Notes the context may grow by before it is trimmed back to [`CONTEXT_KEEP`] (trimming costs a
+/// prefill, so it is not done for every note).
+pub const CONTEXT_SLACK: usize = 64;
+/// Played notes the tokenizer may hold that are not final yet (a held note keeps every later note
+/// from becoming final). Past this, held notes are closed in the context.
+pub const PENDING_MAX: usize = 64;
+/// The most rows decoded for one answer.
+pub const ANSWER_MAX_NOTES: usize = 256;
+/// Answer length when none is asked for and nothing has been played yet.
+const DEFAULT_ANSWER_BEATS: f64 = 4.0;
+/// Longest answer, whatever is asked for.
+const MAX_ANSWER_MS: f64 = 10.0 * 60_000.0;
+/// Tempo used when neither the request nor the transport gives a usable one.
+const DEFAULT_TEMPO_BPM: f64 = 120.0;
+/// Tempos are clamped to this range (only absurd values are affected).
+const TEMPO_RANGE_BPM: (f64, f64) = (1.0, 100_000.0);
+/// Decoding pauses while the generator → audio queue has fewer free slots than this.
+const MIN_FREE_SLOTS: usize = 8;
+/// The gap limit used before a model is loaded (the official configs' largest timeshift).
+const DEFAULT_MAX_GAP_TICKS: i64 = 297;
+/// Milliseconds per model tick.
+const TICK_MS: f64 = 10.0;
+
+// ---------------------------------------------------------------------------------------------
+// Where the model comes from
+// ---------------------------------------------------------------------------------------------
+
+/// A model config: an official preset or a JSON file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSpec {
+    Small,
+    Medium,
+    File(PathBuf),
+}
+
+impl ConfigSpec {
+    /// `small`, `medium` or a path.
+    pub fn parse(text: &str) -> Self {
+        match text.trim() {
+            "small" => Self::Small,
+            "medium" => Self::Medium,
+            path => Self::File(PathBuf::from(path)),
+        }
+    }
+
+    pub fn load(&self) -> Result<Config, String> {
+        match self {
+            Self::Small => Ok(Config::small()),
+            Self::Medium => Ok(Config::medium()),
+            Self::File(path) => Config::from_file(path).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Small => "small".into(),
+            Self::Medium => "medium".into(),
+            Self::File(path) => file_name(path),
+        }
+    }
+}
+
+/// Why a model was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelOrigin {
+    /// Named by [`ENV_MODEL`] and [`ENV_CONFIG`].
+    Environment,
+    /// The bundled default model.
+    Bundled,
+    /// The tiny golden test model (random weights), used until the bundled model exists.
+    TinyTest,
+}
+
+/// A model to load: its config and weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLocation {
+    pub origin: ModelOrigin,
+    pub config: ConfigSpec,
+    pub weights: PathBuf,
+}
+
+impl ModelLocation {
+    /// The tiny golden test model of the source tree (random weights).
+    pub fn tiny_test_model() -> Self {
+        let root = Path::new(SOURCE_ROOT);
+        Self {
+            origin: ModelOrigin::TinyTest,
+            config: ConfigSpec::File(root.join(TINY_CONFIG)),
+            weights: root.join(TINY_WEIGHTS),
+        }
+    }
+
+    /// What the editor shows.
+    pub fn label(&self) -> String {
+        match self.origin {
+            ModelOrigin::Environment => format!(
+                "{} (config {}, from {ENV_MODEL})",
+                file_name(&self.weights),
+                self.config.describe()
+            ),
+            ModelOrigin::Bundled => format!("bundled {}", file_name(&self.weights)),
+            ModelOrigin::TinyTest => {
+                "tiny test model (random weights; the bundled model is not there yet)".into()
+            }
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Where the model is, in order: [`ENV_MODEL`] with [`ENV_CONFIG`]; the bundled model in the
+/// source tree's `assets/`; the tiny golden test model. This is the one place to change when the
+/// model becomes a user setting.
+pub fn locate_model() -> Result<ModelLocation, String> {
+    locate_model_in(
+        std::env::var_os(ENV_MODEL),
+        std::env::var_os(ENV_CONFIG),
+        Path::new(SOURCE_ROOT),
+    )
+}
+
+fn locate_model_in(
+    model: Option<OsString>,
+    config: Option<OsString>,
+    root: &Path,
+) -> Result<ModelLocation, String> {
+    if let Some(model) = model.filter(|m| !m.is_empty()) {
+        let Some(config) = config.filter(|c| !c.is_empty()) else {
+            return Err(format!(
+                "{ENV_MODEL} is set but {ENV_CONFIG} is not: set it to `small`, `medium` or a config JSON file"
+            ));
+        };
+        return Ok(ModelLocation {
+            origin: ModelOrigin::Environment,
+            config: ConfigSpec::parse(&config.to_string_lossy()),
+            weights: PathBuf::from(model),
+        });
+    }
+    for (origin, config, weights) in [
+        (ModelOrigin::Bundled, BUNDLED_CONFIG, BUNDLED_WEIGHTS),
+        (ModelOrigin::TinyTest, TINY_CONFIG, TINY_WEIGHTS),
+    ] {
+        let (config, weights) = (root.join(config), root.join(weights));
+        if config.is_file() && weights.is_file() {
+            return Ok(ModelLocation {
+                origin,
+                config: ConfigSpec::File(config),
+                weights,
+            });
+        }
+    }
+    Err(format!(
+        "no model: set {ENV_MODEL} and {ENV_CONFIG}, or put the bundled model at {}",
+        root.join(BUNDLED_WEIGHTS).display()
+    ))
+}
+
+fn load_model(location: &ModelLocation) -> Result<Moonbeam, String> {
+    let config = location
+        .config
+        .load()
+        .map_err(|e| format!("cannot use the model config: {e}"))?;
+    Moonbeam::load(&config, &location.weights, Precision::F32)
+        .map_err(|e| format!("cannot load {}: {e}", location.weights.display()))
+}
+
+/// Models loaded by any instance in this process, so instances using the same file share it.
+static LOADED: Mutex<Vec<(ModelLocation, Weak<Moonbeam>)>> = Mutex::new(Vec::new());
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The model of one plugin instance, kept across activations so reactivating does not reload it.
+/// Only the generator thread loads into it (one at a time: the previous thread is joined before
+/// the next starts); anyone may read [`ModelCache::current`] (e.g. to load styles for it).
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    slot: Mutex<Option<(ModelLocation, Arc<Moonbeam>)>>,
+}
+
+impl ModelCache {
+    /// The loaded model, if any.
+    pub fn current(&self) -> Option<Arc<Moonbeam>> {
+        lock(&self.slot).as_ref().map(|(_, model)| model.clone())
+    }
+
+    /// The model at `location`: this instance's, another instance's, or freshly loaded. Slow
+    /// when it loads; call it on the generator thread only.
+    pub fn get_or_load(&self, location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
+        let mut slot = lock(&self.slot);
+        if let Some((loaded, model)) = &*slot {
+            if loaded == location {
+                return Ok(model.clone());
+            }
+        }
+        // Held while loading, so two instances asking for the same file load it once.
+        let mut shared = lock(&LOADED);
+        shared.retain(|(_, weak)| weak.strong_count() > 0);
+        let found = shared
+            .iter()
+            .find(|(loaded, _)| loaded == location)
+            .and_then(|(_, weak)| weak.upgrade());
+        let model = match found {
+            Some(model) => model,
+            None => {
+                let model = Arc::new(load_model(location)?);
+                shared.push((location.clone(), Arc::downgrade(&model)));
+                model
+            }
+        };
+        *slot = Some((location.clone(), model.clone()));
+        Ok(model)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The style hook
+// ---------------------------------------------------------------------------------------------
+
+/// A style and its name.
+#[derive(Debug, Clone)]
+pub struct NamedStyle {
+    pub name: String,
+    pub style: Style,
+}
+
+/// The style the generator should use. The style menu (or anything else) calls
+/// [`StyleSlot::set`]; the generator thread picks the change up between two decode steps and
+/// swaps it into its session. Never touched by the audio thread.
+#[derive(Debug, Default)]
+pub struct StyleSlot {
+    /// Increases with every change, so the generator can tell a change without locking.
+    version: AtomicU64,
+    style: Mutex<Option<NamedStyle>>,
+}
+
+impl StyleSlot {
+    /// Asks for `style` (made for the loaded base, see [`ModelCache::current`]; its adapters'
+    /// strengths are further scaled by the style strength parameter).
+    pub fn set(&self, name: impl Into<String>, style: Style) {
+        *lock(&self.style) = Some(NamedStyle {
+            name: name.into(),
+            style,
+        });
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Back to the plain base model.
+    pub fn clear(&self) {
+        *lock(&self.style) = None;
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The style asked for, if it changed since `seen` (which is then updated). Never blocks:
+    /// if the slot is being written, the change is picked up at a later call.
+    fn take_change(&self, seen: &mut u64) -> Option<Option<NamedStyle>> {
+        let version = self.version.load(Ordering::Acquire);
+        if version == *seen {
+            return None;
+        }
+        let style = match self.style.try_lock() {
+            Ok(style) => style.clone(),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().clone(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        *seen = version;
+        Some(style)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session
+// ---------------------------------------------------------------------------------------------
+
+self_cell::self_cell!(
+    /// A [`Session`] together with the model it borrows, so the generator can keep both.
+    struct WarmSession {
+        owner: Arc<Moonbeam>,
+        #[covariant]
+        dependent: Session,
+    }
+);
+
+/// How many rows of what the session holds, from its capacity (scaled down for configs whose
+/// `max_len` is smaller than the defaults need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limits {
+    capacity: usize,
+    context_keep: usize,
+    context_max: usize,
+    pending_max: usize,
+    answer_max: usize,
+}
+
+impl Limits {
+    const DEFAULT: Self = Self {
+        capacity: 1 + CONTEXT_KEEP + CONTEXT_SLACK + PENDING_MAX + ANSWER_MAX_NOTES,
+        context_keep: CONTEXT_KEEP,
+        context_max: CONTEXT_KEEP + CONTEXT_SLACK,
+        pending_max: PENDING_MAX,
+        answer_max: ANSWER_MAX_NOTES,
+    };
+
+    fn for_max_len(max_len: usize) -> Self {
+        if max_len >= Self::DEFAULT.capacity {
+            return Self::DEFAULT;
+        }
+        // The default proportions: 2/5 answer, 1/10 pending, the rest context.
+        let capacity = max_len.max(2);
+        let rows = capacity - 1;
+        let answer_max = (rows * 2 / 5).max(1);
+        let pending_max = rows / 10;
+        let context_max = rows.saturating_sub(answer_max + pending_max);
+        Self {
+            capacity,
+            context_keep: context_max * 4 / 5,
+            context_max,
+            pending_max,
+            answer_max,
+        }
+    }
+}
+
+/// The loaded model and its warm session.
+struct Engine {
+    session: WarmSession,
+    limits: Limits,
+    /// The model's largest timeshift in ticks.
+    max_gap: i64,
+    /// `Some(n)`: the session holds exactly `[SOS] + context[..n]` (re-zeroed at `origin`).
+    /// `None`: it holds something else and must be rebuilt with a prefill.
+    synced: Option<usize>,
+    /// The context onset that is 0 in the session.
+    origin: i64,
+}
+
+impl Engine {
+    fn new(model: Arc<Moonbeam>) -> Self {
+        let limits = Limits::for_max_len(model.cfg.max_len);
+        let max_gap = (model.cfg.vocab[0] as i64 - 3).max(1);
+        let session = WarmSession::new(model, |model| Session::new(model, limits.capacity));
+        Self {
+            session,
+            limits,
+            max_gap,
+            synced: None,
+            origin: 0,
+        }
+    }
+
+    fn rows_len(&self) -> usize {
+        self.session.borrow_dependent().rows().len()
+    }
+
+    /// The onset (session time) of the last row, 0 if there is none but SOS.
+    fn last_onset(&self) -> i64 {
+        let rows = self.session.borrow_dependent().rows();
+        match rows.len() {
+            0 | 1 => 0,
+            n => rows[n - 1][0],
+        }
+    }
+}
+
+/// Maps played onsets onto the context's time line, shortening long silences.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timeline {
+    /// (played onset, context onset) of the latest note.
+    last: Option<(i64, i64)>,
+}
+
+impl Timeline {
+    fn map(&mut self, onset: i64, max_gap: i64) -> i64 {
+        let context = match self.last {
+            None => 0,
+            Some((played, context)) => context + (onset - played).clamp(0, max_gap),
+        };
+        self.last = Some((onset, context));
+        context
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------------------------
+
+/// An answer being generated.
+struct Answer {
+    request: AnswerRequest,
+    ms_per_beat: f64,
+    /// Notes starting this long after the answer's start or later end it.
+    length_ms: f64,
+    chooser: Box<dyn Chooser + Send>,
+    /// Whether the prompt (played context and held notes) is in the session.
+    prepared: bool,
+    /// Session onset of the last row in the context.
+    prev_onset: i64,
+    /// Session onset of the first note sent, which plays at the request's start.
+    anchor: Option<i64>,
+    /// The last decoded row, pushed into the context before the next decode.
+    pending_row: Option<Row>,
+    decoded: usize,
+    budget: usize,
+    /// Start times (ms after the answer's start) of the notes sent in the density window.
+    recent: VecDeque<f64>,
+    /// When the trigger reached the generator.
+    triggered: Instant,
+    decode_time: Duration,
+}
+
+/// How a generated pitch fits the range: folded by octaves, or `None` if no octave fits.
+fn fold_pitch(pitch: i64, low: u8, high: u8) -> Option<u8> {
+    let (low, high) = (i64::from(low.min(high)), i64::from(low.max(high)));
+    let mut p = pitch;
+    if p < low {
+        p += (low - p + 11) / 12 * 12;
+    } else if p > high {
+        p -= (p - high + 11) / 12 * 12;
+    }
+    (low..=high).contains(&p).then_some(p as u8)
+}
+
+/// `(window in beats, notes allowed in it)` for a density cap in notes per beat; `None` for no
+/// cap (a cap that is not a number).
+fn density_window(cap: f32) -> Option<(f64, usize)> {
+    if cap.is_nan() {
+        return None;
+    }
+    let cap = f64::from(cap);
+    Some(if cap >= 1.0 {
+        (1.0, cap.floor().min(1e6) as usize)
+    } else {
+        (1.0 / cap.max(1e-3), 1)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generator
+// ---------------------------------------------------------------------------------------------
+
+/// Where [`MoonbeamGenerator`] gets its model.
+#[derive(Debug, Clone)]
+enum Source {
+    /// [`locate_model`], at start.
+    Locate,
+    /// A given model (tests, and later a user setting).
+    Fixed(ModelLocation),
+}
+
+/// The Moonbeam generator; see the module docs.
+pub struct MoonbeamGenerator {
+    status: Arc<SharedStatus>,
+    models: Arc<ModelCache>,
+    styles: Arc<StyleSlot>,
+    source: Source,
+    engine: Option<Engine>,
+
+    tokenizer: LiveTokenizer,
+    timeline: Timeline,
+    /// Final played notes, in note-on order, on the context time line.
+    context: VecDeque<Note>,
+    /// Whether the player's latest note was on the drum channel.
+    player_drums: bool,
+    /// (first note-on, latest event) in ms of the phrase played since the previous trigger.
+    phrase: Option<(f64, f64)>,
+    /// The previous phrase's length in ms.
+    last_phrase_ms: Option<f64>,
+
+    params: GenParams,
+    tempo_bpm: f64,
+    style_seen: u64,
+    style: Option<NamedStyle>,
+    /// The session's style must be rebuilt (new style or strength).
+    style_dirty: bool,
+
+    answer: Option<Answer>,
+    /// Batched prefills done (for tests and diagnostics).
+    prefills: u64,
+    /// Single rows pushed to sync the played context (not counting answers).
+    context_pushes: u64,
+}
+
+impl MoonbeamGenerator {
+    /// A generator that loads the model [`locate_model`] names when its thread starts.
+    pub fn new(status: Arc<SharedStatus>, models: Arc<ModelCache>, styles: Arc<StyleSlot>) -> Self {
+        Self::with_source(status, models, styles, Source::Locate)
+    }
+
+    /// A generator for a given model.
+    pub fn with_model(
+        status: Arc<SharedStatus>,
+        models: Arc<ModelCache>,
+        styles: Arc<StyleSlot>,
+        location: ModelLocation,
+    ) -> Self {
+        Self::with_source(status, models, styles, Source::Fixed(location))
+    }
+
+    fn with_source(
+        status: Arc<SharedStatus>,
+        models: Arc<ModelCache>,
+        styles: Arc<StyleSlot>,
+        source: Source,
+    ) -> Self {
+        Self {
+            status,
+            models,
+            styles,
+            source,
+            engine: None,
+            tokenizer: LiveTokenizer::new(),
+            timeline: Timeline::default(),
+            context: VecDeque::with_capacity(Limits::DEFAULT.context_max + 1),
+            player_drums: false,
+            phrase: None,
+            last_phrase_ms: None,
+            params: GenParams::default(),
+            tempo_bpm: DEFAULT_TEMPO_BPM,
+            style_seen: 0,
+            style: None,
+            style_dirty: false,
+            answer: None,
+            prefills: 0,
+            context_pushes: 0,
+        }
+    }
+
+    /// Whether a model is loaded.
+    pub fn has_model(&self) -> bool {
+        self.engine.is_some()
+    }
+
+    /// Played notes in the context.
+    pub fn context_len(&self) -> usize {
+        self.context.len()
+    }
+
+    /// Rows in the session (SOS included); 0 without a model.
+    pub fn session_rows(&self) -> usize {
+        self.engine.as_ref().map_or(0, Engine::rows_len)
+    }
+
+    /// Whether the session holds exactly the played context (the warm cache is ready).
+    pub fn is_synced(&self) -> bool {
+        self.engine
+            .as_ref()
+            .is_some_and(|e| e.synced == Some(self.context.len()))
+    }
+
+    /// Batched prefills done so far.
+    pub fn prefills(&self) -> u64 {
+        self.prefills
+    }
+
+    /// Single-row pushes done so far to keep the played context warm.
+    pub fn context_pushes(&self) -> u64 {
+        self.context_pushes
+    }
+
+    /// The name of the style in use (`None`: the plain base).
+    pub fn style_name(&self) -> Option<&str> {
+        self.style.as_ref().map(|s| s.name.as_str())
+    }
+
+    fn limits(&self) -> Limits {
+        self.engine.as_ref().map_or(Limits::DEFAULT, |e| e.limits)
+    }
+
+    fn max_gap(&self) -> i64 {
+        self.engine
+            .as_ref()
+            .map_or(DEFAULT_MAX_GAP_TICKS, |e| e.max_gap)
+    }
+
+    /// Records a played note event.
+    fn record(&mut self, note: PlayedNote) {
+        let ms = note.time.clock_ms;
+        if note.is_on {
+            let velocity = if note.velocity.is_finite() {
+                (note.velocity * 127.0).round().clamp(1.0, 127.0) as u8
+            } else {
+                64
+            };
+            self.tokenizer.note_on(ms, note.channel, note.key, velocity);
+            self.player_drums = note.channel == 9;
+            if ms.is_finite() {
+                self.phrase = Some(match self.phrase {
+                    Some((start, end)) => (start, end.max(ms)),
+                    None => (ms, ms),
+                });
+            }
+        } else {
+            self.tokenizer.note_off(ms, note.channel, note.key);
+            if let (Some((_, end)), true) = (&mut self.phrase, ms.is_finite()) {
+                *end = end.max(ms);
+            }
+        }
+        if self.tokenizer.len() > self.limits().pending_max {
+            // A note held through many others: end it here in the context.
+            self.tokenizer.close_all(ms);
+        }
+        for played in self.tokenizer.drain_finished_prefix() {
+            self.commit(played);
+        }
+    }
+
+    /// Appends a final played note to the context.
+    fn commit(&mut self, mut note: Note) {
+        note.onset = self.timeline.map(note.onset, self.max_gap());
+        self.context.push_back(note);
+        let limits = self.limits();
+        if self.context.len() > limits.context_max {
+            let excess = self.context.len() - limits.context_keep;
+            self.context.drain(..excess);
+            if let Some(engine) = &mut self.engine {
+                engine.synced = None;
+            }
+        }
+    }
+
+    /// Forgets everything played.
+    fn reset(&mut self, out: &mut Outbox<'_>) {
+        self.end_answer(out);
+        self.tokenizer.reset();
+        self.timeline = Timeline::default();
+        self.context.clear();
+        self.phrase = None;
+        self.last_phrase_ms = None;
+        self.player_drums = false;
+        if let Some(engine) = &mut self.engine {
+            engine.synced = None;
+        }
+    }
+
+    /// Records an error for the editor.
+    fn error(&self, message: &str) {
+        nice_plug::nice_error!("Continuo generator: {message}");
+        self.status.set_last_error(message);
+    }
+
+    /// Does one piece of work to bring the session in line with the played context: a prefill
+    /// or one pushed note. Returns whether more is left.
+    fn sync_step(&mut self) -> bool {
+        let Some(engine) = &mut self.engine else {
+            return false;
+        };
+        match engine.synced {
+            None => {
+                let origin = self.context.front().map_or(0, |n| n.onset);
+                let notes: Vec<Note> = self
+                    .context
+                    .iter()
+                    .map(|n| Note {
+                        onset: n.onset - origin,
+                        ..*n
+                    })
+                    .collect();
+                let result = engine
+                    .session
+                    .with_dependent_mut(|_, session| session.prefill(&notes));
+                self.prefills += 1;
+                match result {
+                    Ok(()) => {
+                        engine.origin = origin;
+                        engine.synced = Some(notes.len());
+                    }
+                    Err(e) => {
+                        let had_context = !self.context.is_empty();
+                        // The context cannot be read: forget it and start from SOS.
+                        self.context.clear();
+                        if had_context {
+                            self.status
+                                .set_last_error(&format!("played context dropped: {e}"));
+                        } else {
+                            // Even SOS alone fails: the model is unusable.
+                            self.engine = None;
+                            self.error(&format!("the model cannot run: {e}"));
+                            self.status.set_engine_status(EngineStatus::Failed);
+                            return false;
+                        }
+                    }
+                }
+            }
+            Some(n) if n < self.context.len() => {
+                let note = self.context[n];
+                let row = Note {
+                    onset: note.onset - engine.origin,
+                    ..note
+                }
+                .to_row();
+                let result = engine
+                    .session
+                    .with_dependent_mut(|_, session| session.push(row));
+                self.context_pushes += 1;
+                match result {
+                    Ok(()) => engine.synced = Some(n + 1),
+                    Err(e) => {
+                        engine.synced = None;
+                        self.status
+                            .set_last_error(&format!("could not extend the context: {e}"));
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        self.engine
+            .as_ref()
+            .is_some_and(|e| e.synced != Some(self.context.len()))
+    }
+
+    /// Applies a new style or strength to the session. Called between decode steps.
+    fn apply_style(&mut self) {
+        if let Some(change) = self.styles.take_change(&mut self.style_seen) {
+            self.style = change;
+            self.style_dirty = true;
+        }
+        if !self.style_dirty {
+            return;
+        }
+        let Some(engine) = &mut self.engine else {
+            return;
+        };
+        let strength = if self.params.style_strength.is_finite() {
+            self.params.style_strength.max(0.0)
+        } else {
+            1.0
+        };
+        let style = match &self.style {
+            Some(named) => Style {
+                parts: named
+                    .style
+                    .parts
+                    .iter()
+                    .map(|(adapter, s)| (adapter.clone(), s * strength))
+                    .collect(),
+            },
+            None => Style::base(),
+        };
+        engine
+            .session
+            .with_dependent_mut(|_, session| session.set_style(style));
+        self.style_dirty = false;
+    }
+
+    /// Starts an answer (ending the one in progress, if any).
+    fn trigger(&mut self, request: AnswerRequest, out: &mut Outbox<'_>) {
+        self.end_answer(out);
+        let triggered = Instant::now();
+        let phrase_ms = self.phrase.take().map(|(start, end)| end - start);
+        if let Some(ms) = phrase_ms.filter(|ms| *ms > 0.0) {
+            self.last_phrase_ms = Some(ms);
+        }
+        if self.engine.is_none() {
+            // No model: an empty answer, so the shell does not wait for one.
+            out.send(FromEngine::AnswerEnd {
+                answer_id: request.answer_id,
+            });
+            return;
+        }
+        let tempo_bpm = [request.tempo_bpm, self.tempo_bpm]
+            .into_iter()
+            .find(|t| t.is_finite() && *t > 0.0)
+            .unwrap_or(DEFAULT_TEMPO_BPM)
+            .clamp(TEMPO_RANGE_BPM.0, TEMPO_RANGE_BPM.1);
+        let ms_per_beat = 60_000.0 / tempo_bpm;
+        let asked_ms = if request.length_beats > 0.0 {
+            request.length_beats * ms_per_beat
+        } else {
+            self.last_phrase_ms
+                .unwrap_or(DEFAULT_ANSWER_BEATS * ms_per_beat)
+        };
+        let length_ms = if asked_ms.is_finite() && asked_ms > 0.0 {
+            asked_ms.min(MAX_ANSWER_MS)
+        } else {
+            DEFAULT_ANSWER_BEATS * ms_per_beat
+        };
+        let (temperature, top_p) = (self.params.temperature, self.params.top_p);
+        let sampling = if temperature.is_finite() && temperature > 0.0 {
+            Sampling::TopP {
+                temperature,
+                top_p: if top_p.is_finite() {
+                    top_p.clamp(0.0, 1.0)
+                } else {
+                    1.0
+                },
+                seed: (u64::from(self.params.seed) << 32) | u64::from(request.answer_id),
+            }
+        } else {
+            Sampling::Greedy
+        };
+        out.send(FromEngine::Status(EngineStatus::Generating));
+        self.answer = Some(Answer {
+            request,
+            ms_per_beat,
+            length_ms,
+            chooser: sampling.chooser(),
+            prepared: false,
+            prev_onset: 0,
+            anchor: None,
+            pending_row: None,
+            decoded: 0,
+            budget: 0,
+            recent: VecDeque::new(),
+            triggered,
+            decode_time: Duration::ZERO,
+        });
+    }
+
+    /// Ends the answer in progress, if any: `AnswerEnd`, back to idle, timings published.
+    fn end_answer(&mut self, out: &mut Outbox<'_>) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        out.send(FromEngine::AnswerEnd {
+            answer_id: answer.request.answer_id,
+        });
+        if answer.decoded > 0 {
+            let us = answer.decode_time.as_micros() as u64 / answer.decoded as u64;
+            self.status.us_per_note.store(us.max(1), Ordering::Relaxed);
+        }
+        if self.engine.is_some() {
+            out.send(FromEngine::Status(EngineStatus::Idle));
+        }
+    }
+
+    /// Puts the prompt into the session: the played context (warm: usually nothing left to do),
+    /// then the notes not final yet, with durations up to the answer's start.
+    fn prepare(&mut self) -> Result<(), String> {
+        while self.sync_step() {}
+        let max_gap = self.max_gap();
+        let Some(engine) = &mut self.engine else {
+            return Err("the model is gone".into());
+        };
+        let Some(answer) = &mut self.answer else {
+            return Ok(());
+        };
+        let mut timeline = self.timeline;
+        let held = self.tokenizer.snapshot(answer.request.start.clock_ms);
+        let room_for_answer = engine.limits.answer_max.min(engine.limits.capacity / 2);
+        // From here on the session holds more than the played context.
+        engine.synced = None;
+        for live in held {
+            if engine.rows_len() + room_for_answer >= engine.limits.capacity {
+                break;
+            }
+            let note = Note {
+                onset: timeline.map(live.note.onset, max_gap) - engine.origin,
+                ..live.note
+            };
+            if note.onset < 0 {
+                continue;
+            }
+            engine
+                .session
+                .with_dependent_mut(|_, session| session.push(note.to_row()))
+                .map_err(|e| format!("could not add the held notes: {e}"))?;
+        }
+        answer.prev_onset = engine.last_onset();
+        answer.budget = engine
+            .limits
+            .answer_max
+            .min(engine.limits.capacity.saturating_sub(engine.rows_len()) + 1);
+        answer.prepared = true;
+        Ok(())
+    }
+
+    /// One step of the answer in progress: prepare, or decode one note (and send it if it is
+    /// played). Ends the answer when it is done.
+    fn answer_step(&mut self, out: &mut Outbox<'_>) {
+        let Some(answer) = &self.answer else { return };
+        if !answer.prepared {
+            if let Err(e) = self.prepare() {
+                self.error(&e);
+                self.end_answer(out);
+                return;
+            }
+        }
+        match self.decode_one(out) {
+            Ok(true) => {}
+            Ok(false) => self.end_answer(out),
+            Err(e) => {
+                self.error(&e);
+                self.end_answer(out);
+            }
+        }
+    }
+
+    /// Decodes one row. Returns whether the answer goes on.
+    fn decode_one(&mut self, out: &mut Outbox<'_>) -> Result<bool, String> {
+        let (Some(engine), Some(answer)) = (&mut self.engine, &mut self.answer) else {
+            return Ok(false);
+        };
+        if answer.decoded >= answer.budget {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let chooser = &mut answer.chooser;
+        let pending = answer.pending_row.take();
+        let values = engine
+            .session
+            .with_dependent_mut(|_, session| {
+                if let Some(row) = pending {
+                    session.push(row)?;
+                }
+                session.next_values(chooser.as_mut())
+            })
+            .map_err(|e| format!("generation stopped: {e}"))?;
+        answer.decode_time += started.elapsed();
+        answer.decoded += 1;
+        let cfg = &engine.session.borrow_owner().cfg;
+        if (0..6).any(|a| values[a] == cfg.eos_code(a)) {
+            return Ok(false);
+        }
+        let onset = answer.prev_onset.saturating_add(values[0]);
+        let note = Note {
+            onset,
+            duration: values[1],
+            octave: values[2],
+            pitch_class: values[3],
+            instrument: values[4],
+            velocity: values[5],
+        };
+        answer.prev_onset = onset;
+        answer.pending_row = Some(note.to_row());
+        if let Some(anchor) = answer.anchor {
+            if (onset - anchor) as f64 * TICK_MS >= answer.length_ms {
+                return Ok(false);
+            }
+        }
+        if let Some(generated) = Self::playable(&self.params, self.player_drums, answer, &note) {
+            if answer.anchor.is_none() {
+                self.status.first_note_us.store(
+                    (answer.triggered.elapsed().as_micros() as u64).max(1),
+                    Ordering::Relaxed,
+                );
+            }
+            answer.anchor.get_or_insert(note.onset);
+            out.send(FromEngine::Note(generated));
+        }
+        Ok(answer.decoded < answer.budget)
+    }
+
+    /// The note to send for a decoded row, or `None` if it is not played (invalid, a drum, out
+    /// of range, over the density cap).
+    fn playable(
+        params: &GenParams,
+        player_drums: bool,
+        answer: &mut Answer,
+        note: &Note,
+    ) -> Option<GeneratedNote> {
+        if !note.is_valid_midi() || (note.instrument == 128 && !player_drums) {
+            return None;
+        }
+        let key = fold_pitch(note.pitch(), params.pitch_low, params.pitch_high)?;
+        let anchor = answer.anchor.unwrap_or(note.onset);
+        let start_ms = (note.onset - anchor) as f64 * TICK_MS;
+        let window = density_window(params.density_cap_per_beat);
+        if let Some((beats, allowed)) = window {
+            let window_ms = beats * answer.ms_per_beat;
+            while answer
+                .recent
+                .front()
+                .is_some_and(|&t| t <= start_ms - window_ms)
+            {
+                answer.recent.pop_front();
+            }
+            if answer.recent.len() >= allowed {
+                return None;
+            }
+        }
+        let end_ms = (start_ms + note.duration as f64 * TICK_MS).min(answer.length_ms);
+        let scale = if params.velocity_scale.is_finite() {
+            params.velocity_scale
+        } else {
+            1.0
+        };
+        let velocity = (note.velocity as f32 / 127.0 * scale).clamp(1.0 / 127.0, 1.0);
+        if window.is_some() {
+            answer.recent.push_back(start_ms);
+        }
+        let request = &answer.request;
+        let ms_per_beat = answer.ms_per_beat;
+        let at = |ms: f64| match request.start.beats.filter(|b| b.is_finite()) {
+            Some(beats) => NoteTime::Beats(beats + ms / ms_per_beat),
+            None => NoteTime::Millis(request.start.clock_ms + ms),
+        };
+        Some(GeneratedNote {
+            answer_id: request.answer_id,
+            start: at(start_ms),
+            end: at(end_ms.max(start_ms)),
+            key,
+            velocity,
+        })
+    }
+}
+
+impl Generator for MoonbeamGenerator {
+    fn start(&mut self, out: &mut Outbox<'_>) {
+        let location = match &self.source {
+            Source::Locate => locate_model(),
+            Source::Fixed(location) => Ok(location.clone()),
+        };
+        let label = location.as_ref().map(ModelLocation::label).ok();
+        if let Some(label) = &label {
+            self.status.set_model_label(&format!("loading {label}…"));
+        }
+        let started = Instant::now();
+        match location.and_then(|location| self.models.get_or_load(&location)) {
+            Ok(model) => {
+                let params = model.cfg.n_params();
+                self.engine = Some(Engine::new(model));
+                self.style_dirty = true;
+                self.apply_style();
+                self.status.set_model_label(&format!(
+                    "{} · {:.1} M parameters · ready in {:.0} ms",
+                    label.unwrap_or_default(),
+                    params as f64 / 1e6,
+                    started.elapsed().as_secs_f64() * 1000.0
+                ));
+                self.status.set_last_error("");
+                out.send(FromEngine::Status(EngineStatus::Idle));
+            }
+            Err(e) => {
+                self.status
+                    .set_model_label("no model: MIDI passes through, nothing is generated");
+                self.error(&e);
+                out.send(FromEngine::Status(EngineStatus::Failed));
+            }
+        }
+    }
+
+    fn handle(&mut self, message: ToEngine, out: &mut Outbox<'_>) {
+        match message {
+            ToEngine::Note(note) => self.record(note),
+            ToEngine::Transport(transport) => {
+                if transport.tempo_bpm.is_finite() && transport.tempo_bpm > 0.0 {
+                    self.tempo_bpm = transport.tempo_bpm;
+                }
+            }
+            ToEngine::Params(params) => {
+                if params.style_strength != self.params.style_strength {
+                    self.style_dirty = true;
+                }
+                self.params = params;
+            }
+            ToEngine::Trigger(request) => self.trigger(request, out),
+            ToEngine::Cancel { answer_id } => {
+                if self
+                    .answer
+                    .as_ref()
+                    .is_some_and(|a| a.request.answer_id == answer_id)
+                {
+                    self.end_answer(out);
+                }
+            }
+            ToEngine::Reset => self.reset(out),
+        }
+    }
+
+    fn step(&mut self, out: &mut Outbox<'_>) -> bool {
+        self.apply_style();
+        if self.answer.is_some() {
+            if self.params.density_cap_per_beat <= 0.0 {
+                // Nothing may be played.
+                self.end_answer(out);
+                return true;
+            }
+            if out.free_slots() < MIN_FREE_SLOTS {
+                // The audio thread is behind; wait rather than drop notes.
+                return false;
+            }
+            self.answer_step(out);
+            return true;
+        }
+        self.sync_step()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::GeneratorThread;
+    use crate::protocol::{Stamp, TransportInfo, TriggerKind};
+
+    /// A generator on the tiny golden model, with its queue.
+    struct Rig {
+        generator: MoonbeamGenerator,
+        status: Arc<SharedStatus>,
+        producer: rtrb::Producer<FromEngine>,
+        consumer: rtrb::Consumer<FromEngine>,
+        /// Everything the generator sent.
+        sent: Vec<FromEngine>,
+    }
+
+    impl Rig {
+        fn with_location(location: ModelLocation) -> Self {
+            let status = Arc::new(SharedStatus::default());
+            let (producer, consumer) = rtrb::RingBuffer::new(4096);
+            let generator = MoonbeamGenerator::with_model(
+                status.clone(),
+                Arc::new(ModelCache::default()),
+                Arc::new(StyleSlot::default()),
+                location,
+            );
+            let mut rig = Self {
+                generator,
+                status,
+                producer,
+                consumer,
+                sent: Vec::new(),
+            };
+            rig.generator
+                .start(&mut Outbox::new(&mut rig.producer, &rig.status));
+            rig.drain();
+            rig
+        }
+
+        fn new() -> Self {
+            let rig = Self::with_location(ModelLocation::tiny_test_model());
+            assert!(
+                rig.generator.has_model(),
+                "{:?}",
+                rig.status.try_engine_info()
+            );
+            rig
+        }
+
+        fn drain(&mut self) {
+            while let Ok(message) = self.consumer.pop() {
+                self.sent.push(message);
+            }
+        }
+
+        fn handle(&mut self, message: ToEngine) {
+            self.generator
+                .handle(message, &mut Outbox::new(&mut self.producer, &self.status));
+            self.drain();
+        }
+
+        /// One step; returns whether there is more work.
+        fn step(&mut self) -> bool {
+            let more = self
+                .generator
+                .step(&mut Outbox::new(&mut self.producer, &self.status));
+            self.drain();
+            more
+        }
+
+        /// Steps until idle (bounded).
+        fn settle(&mut self) {
+            for _ in 0..10_000 {
+                if !self.step() {
+                    return;
+                }
+            }
+            panic!("the generator never went idle");
+        }
+
+        fn params(&mut self, params: GenParams) {
+            self.handle(ToEngine::Params(params));
+        }
+
+        /// Plays a phrase: notes of `(start ms, length ms, key)`.
+        fn play(&mut self, notes: &[(f64, f64, u8)]) {
+            let mut events: Vec<(f64, bool, u8)> = notes
+                .iter()
+                .flat_map(|&(start, len, key)| [(start, true, key), (start + len, false, key)])
+                .collect();
+            events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (ms, is_on, key) in events {
+                self.handle(played(ms, key, is_on));
+                self.step();
+            }
+        }
+
+        fn notes(&self, answer_id: u32) -> Vec<GeneratedNote> {
+            self.sent
+                .iter()
+                .filter_map(|m| match m {
+                    FromEngine::Note(n) if n.answer_id == answer_id => Some(*n),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn ended(&self, answer_id: u32) -> usize {
+            self.sent
+                .iter()
+                .filter(|m| **m == FromEngine::AnswerEnd { answer_id })
+                .count()
+        }
+    }
+
+    fn played(clock_ms: f64, key: u8, is_on: bool) -> ToEngine {
+        ToEngine::Note(PlayedNote {
+            time: Stamp {
+                clock_ms,
+                beats: None,
+            },
+            channel: 0,
+            key,
+            velocity: if is_on { 0.7 } else { 0.0 },
+            is_on,
+        })
+    }
+
+    fn request(
+        answer_id: u32,
+        clock_ms: f64,
+        beats: Option<f64>,
+        length_beats: f64,
+    ) -> AnswerRequest {
+        AnswerRequest {
+            answer_id,
+            kind: TriggerKind::Manual,
+            start: Stamp { clock_ms, beats },
+            length_beats,
+            tempo_bpm: 120.0,
+        }
+    }
+
+    /// A C major phrase of `n` notes, 250 ms apart, each 200 ms long.
+    fn phrase(n: usize, from_ms: f64) -> Vec<(f64, f64, u8)> {
+        const SCALE: [u8; 7] = [60, 62, 64, 65, 67, 69, 71];
+        (0..n)
+            .map(|i| (from_ms + 250.0 * i as f64, 200.0, SCALE[i % 7]))
+            .collect()
+    }
+
+    fn time_ms(t: NoteTime) -> f64 {
+        match t {
+            NoteTime::Millis(ms) => ms,
+            NoteTime::Beats(b) => b * 500.0,
+        }
+    }
+
+    fn check_answer(notes: &[GeneratedNote], start: NoteTime, params: &GenParams, length_ms: f64) {
+        assert!(!notes.is_empty());
+        assert_eq!(
+            notes[0].start, start,
+            "the first note starts exactly at the request's start"
+        );
+        let base = time_ms(start);
+        for pair in notes.windows(2) {
+            assert!(
+                time_ms(pair[0].start) <= time_ms(pair[1].start),
+                "{notes:?}"
+            );
+        }
+        for n in notes {
+            assert_eq!(
+                std::mem::discriminant(&n.start),
+                std::mem::discriminant(&start)
+            );
+            assert!(
+                (params.pitch_low..=params.pitch_high).contains(&n.key),
+                "{n:?}"
+            );
+            assert!(time_ms(n.end) >= time_ms(n.start), "{n:?}");
+            assert!(time_ms(n.start) - base < length_ms + 1e-6, "{n:?}");
+            assert!(time_ms(n.end) - base <= length_ms + 1e-6, "{n:?}");
+            assert!(n.velocity > 0.0 && n.velocity <= 1.0);
+        }
+    }
+
+    #[test]
+    fn locates_the_model_in_order() {
+        let dir = std::env::temp_dir().join(format!("continuo-locate-{}", std::process::id()));
+        let root = dir.as_path();
+        std::fs::create_dir_all(root.join("assets/configs")).unwrap();
+        std::fs::create_dir_all(root.join("engine/testdata/golden")).unwrap();
+        // Nothing there.
+        assert!(locate_model_in(None, None, root).is_err());
+        // The tiny test model.
+        std::fs::write(root.join(TINY_CONFIG), "{}").unwrap();
+        std::fs::write(root.join(TINY_WEIGHTS), "").unwrap();
+        assert_eq!(
+            locate_model_in(None, None, root).unwrap().origin,
+            ModelOrigin::TinyTest
+        );
+        // The bundled model wins over it.
+        std::fs::write(root.join(BUNDLED_CONFIG), "{}").unwrap();
+        std::fs::write(root.join(BUNDLED_WEIGHTS), "").unwrap();
+        let bundled = locate_model_in(None, None, root).unwrap();
+        assert_eq!(bundled.origin, ModelOrigin::Bundled);
+        assert_eq!(bundled.weights, root.join(BUNDLED_WEIGHTS));
+        // The environment wins over both, and needs a config.
+        let env = locate_model_in(Some("/m/x.pt".into()), Some("medium".into()), root).unwrap();
+        assert_eq!(env.origin, ModelOrigin::Environment);
+        assert_eq!(env.config, ConfigSpec::Medium);
+        assert_eq!(env.weights, PathBuf::from("/m/x.pt"));
+        assert!(locate_model_in(Some("/m/x.pt".into()), None, root)
+            .unwrap_err()
+            .contains(ENV_CONFIG));
+        // An empty variable counts as unset.
+        assert_eq!(
+            locate_model_in(Some("".into()), None, root).unwrap().origin,
+            ModelOrigin::Bundled
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn fold_pitch_and_density_window() {
+        assert_eq!(fold_pitch(60, 0, 127), Some(60));
+        assert_eq!(fold_pitch(40, 48, 72), Some(52));
+        assert_eq!(fold_pitch(90, 48, 72), Some(66));
+        assert_eq!(fold_pitch(61, 64, 62), None);
+        assert_eq!(fold_pitch(75, 62, 64), Some(63));
+        assert_eq!(fold_pitch(60, 62, 64), None);
+        assert_eq!(fold_pitch(60, 72, 48), Some(60));
+        assert_eq!(fold_pitch(-5, 0, 127), Some(7));
+        assert_eq!(density_window(8.0), Some((1.0, 8)));
+        assert_eq!(density_window(2.5), Some((1.0, 2)));
+        assert_eq!(density_window(0.5), Some((2.0, 1)));
+        assert_eq!(density_window(f32::NAN), None);
+    }
+
+    #[test]
+    fn answers_after_played_notes_in_wall_time_and_in_beats() {
+        let mut rig = Rig::new();
+        let params = GenParams {
+            pitch_low: 48,
+            pitch_high: 72,
+            ..GenParams::default()
+        };
+        rig.params(params);
+        rig.play(&phrase(12, 1000.0));
+        rig.settle();
+        assert!(rig.generator.is_synced());
+        assert_eq!(rig.generator.context_len(), 12);
+
+        // Wall time: 8 beats at 120 BPM.
+        rig.handle(ToEngine::Trigger(request(1, 5000.0, None, 8.0)));
+        rig.settle();
+        let notes = rig.notes(1);
+        check_answer(&notes, NoteTime::Millis(5000.0), &params, 4000.0);
+        assert_eq!(rig.ended(1), 1);
+        assert_eq!(
+            rig.sent
+                .iter()
+                .rev()
+                .find(|m| !matches!(m, FromEngine::Status(_))),
+            Some(&FromEngine::AnswerEnd { answer_id: 1 })
+        );
+        assert_eq!(rig.status.engine_status(), EngineStatus::Idle);
+        let (ms_per_note, first_note) = rig.status.timings_ms();
+        assert!(ms_per_note.is_some() && first_note.is_some());
+
+        // Beats, after more playing.
+        rig.play(&phrase(5, 9000.0));
+        rig.settle();
+        assert!(rig.generator.is_synced());
+        rig.handle(ToEngine::Trigger(request(2, 12_000.0, Some(24.0), 4.0)));
+        rig.settle();
+        let notes = rig.notes(2);
+        check_answer(&notes, NoteTime::Beats(24.0), &params, 2000.0);
+        assert_eq!(rig.ended(2), 1);
+    }
+
+    #[test]
+    fn a_trigger_finds_the_cache_warm() {
+        let mut rig = Rig::new();
+        rig.play(&phrase(20, 0.0));
+        rig.settle();
+        let prefills = rig.generator.prefills();
+        assert_eq!(rig.generator.session_rows(), 21);
+        rig.handle(ToEngine::Trigger(request(1, 6000.0, None, 4.0)));
+        rig.step();
+        // The first decode step needed no prefill: the played notes were already pushed.
+        assert_eq!(rig.generator.prefills(), prefills);
+        rig.settle();
+        // After the answer the session is rebuilt once, while idle.
+        assert_eq!(rig.generator.prefills(), prefills + 1);
+        assert!(rig.generator.is_synced());
+        assert_eq!(rig.generator.session_rows(), 21);
+        // New notes are pushed one by one.
+        let pushes = rig.generator.context_pushes();
+        rig.play(&phrase(3, 10_000.0));
+        rig.settle();
+        assert_eq!(rig.generator.context_pushes(), pushes + 3);
+        assert_eq!(rig.generator.prefills(), prefills + 1);
+        assert_eq!(rig.generator.session_rows(), 24);
+    }
+
+    #[test]
+    fn greedy_is_deterministic_and_seeds_reproduce() {
+        let answer = |temperature: f32, seed: u32| {
+            let mut rig = Rig::new();
+            rig.params(GenParams {
+                temperature,
+                seed,
+                ..GenParams::default()
+            });
+            rig.play(&phrase(10, 0.0));
+            rig.handle(ToEngine::Trigger(request(3, 4000.0, None, 16.0)));
+            rig.settle();
+            rig.notes(3)
+        };
+        assert_eq!(answer(0.0, 0), answer(0.0, 9));
+        assert_eq!(answer(1.0, 5), answer(1.0, 5));
+    }
+
+    #[test]
+    fn cancel_stops_the_answer() {
+        let mut rig = Rig::new();
+        rig.params(GenParams {
+            density_cap_per_beat: 16.0,
+            ..GenParams::default()
+        });
+        rig.play(&phrase(10, 0.0));
+        rig.handle(ToEngine::Trigger(request(4, 4000.0, None, 64.0)));
+        rig.step();
+        rig.step();
+        let before = rig.notes(4).len();
+        assert!(before <= 2);
+        // A cancel for another answer changes nothing.
+        rig.handle(ToEngine::Cancel { answer_id: 3 });
+        assert_eq!(rig.ended(4), 0);
+        rig.handle(ToEngine::Cancel { answer_id: 4 });
+        assert_eq!(rig.ended(4), 1);
+        rig.settle();
+        assert_eq!(rig.notes(4).len(), before);
+        assert_eq!(rig.ended(4), 1);
+        assert_eq!(rig.status.engine_status(), EngineStatus::Idle);
+        // A new trigger ends the one in progress.
+        rig.handle(ToEngine::Trigger(request(5, 9000.0, None, 64.0)));
+        rig.step();
+        rig.handle(ToEngine::Trigger(request(6, 9500.0, None, 1.0)));
+        assert_eq!(rig.ended(5), 1);
+        rig.settle();
+        assert_eq!(rig.ended(6), 1);
+    }
+
+    #[test]
+    fn reset_clears_the_context() {
+        let mut rig = Rig::new();
+        rig.play(&phrase(8, 0.0));
+        rig.handle(played(3000.0, 70, true)); // still held
+        rig.settle();
+        assert_eq!(rig.generator.context_len(), 8);
+        rig.handle(ToEngine::Trigger(request(1, 4000.0, None, 64.0)));
+        rig.step();
+        rig.handle(ToEngine::Reset);
+        assert_eq!(rig.ended(1), 1);
+        assert_eq!(rig.generator.context_len(), 0);
+        rig.settle();
+        assert!(rig.generator.is_synced());
+        assert_eq!(rig.generator.session_rows(), 1, "only SOS is left");
+        // The held note was forgotten too: its note-off matches nothing.
+        rig.handle(played(5000.0, 70, false));
+        rig.settle();
+        assert_eq!(rig.generator.context_len(), 0);
+    }
+
+    #[test]
+    fn the_context_stays_bounded() {
+        let mut rig = Rig::new();
+        for i in 0..(CONTEXT_KEEP + CONTEXT_SLACK + 40) {
+            let ms = i as f64 * 100.0;
+            rig.handle(played(ms, 60 + (i % 12) as u8, true));
+            rig.handle(played(ms + 50.0, 60 + (i % 12) as u8, false));
+            rig.step();
+        }
+        rig.settle();
+        let len = rig.generator.context_len();
+        assert!(
+            (CONTEXT_KEEP..=CONTEXT_KEEP + CONTEXT_SLACK).contains(&len),
+            "{len}"
+        );
+        assert_eq!(rig.generator.session_rows(), len + 1);
+        // A long-held note does not let the pending notes grow without bound.
+        rig.handle(played(100_000.0, 30, true));
+        for i in 0..(2 * PENDING_MAX) {
+            let ms = 100_100.0 + i as f64 * 100.0;
+            rig.handle(played(ms, 80, true));
+            rig.handle(played(ms + 50.0, 80, false));
+        }
+        assert!(rig.generator.tokenizer.len() <= PENDING_MAX + 1);
+        rig.handle(ToEngine::Trigger(request(1, 200_000.0, None, 8.0)));
+        rig.settle();
+        assert_eq!(rig.ended(1), 1);
+    }
+
+    #[test]
+    fn weird_input_does_not_panic() {
+        let mut rig = Rig::new();
+        // A trigger with nothing played: the model starts from SOS.
+        rig.handle(ToEngine::Trigger(request(1, 100.0, None, 4.0)));
+        rig.settle();
+        assert_eq!(rig.ended(1), 1);
+        let notes = rig.notes(1);
+        if let Some(first) = notes.first() {
+            assert_eq!(first.start, NoteTime::Millis(100.0));
+        }
+        // Zero length with nothing played: a default length.
+        rig.handle(ToEngine::Trigger(request(2, 200.0, None, 0.0)));
+        rig.settle();
+        assert_eq!(rig.ended(2), 1);
+        // Zero length after a phrase: as long as the phrase.
+        rig.play(&phrase(4, 1000.0));
+        rig.handle(ToEngine::Trigger(request(3, 3000.0, None, 0.0)));
+        rig.settle();
+        for n in rig.notes(3) {
+            assert!(time_ms(n.end) - 3000.0 <= 950.0 + 1e-6, "{n:?}");
+        }
+        // Absurd tempos, lengths, times and parameters.
+        rig.params(GenParams {
+            temperature: f32::NAN,
+            top_p: -3.0,
+            velocity_scale: f32::INFINITY,
+            pitch_low: 90,
+            pitch_high: 80,
+            density_cap_per_beat: 0.5,
+            style_strength: f32::NAN,
+            ..GenParams::default()
+        });
+        for (id, tempo, length, beats) in [
+            (4, 1e12, 4.0, Some(1e9)),
+            (5, 0.0, f64::INFINITY, None),
+            (6, f64::NAN, -1.0, Some(f64::NAN)),
+            (7, -5.0, 1e300, Some(-3.0)),
+            (8, 1e-9, 1e-12, None),
+        ] {
+            rig.handle(ToEngine::Transport(TransportInfo {
+                time: Stamp {
+                    clock_ms: f64::NAN,
+                    beats: None,
+                },
+                playing: true,
+                tempo_bpm: tempo,
+                beats_per_bar: 0.0,
+                jumped: true,
+            }));
+            rig.handle(ToEngine::Trigger(AnswerRequest {
+                tempo_bpm: tempo,
+                ..request(id, 5000.0, beats, length)
+            }));
+            rig.settle();
+            assert_eq!(rig.ended(id), 1);
+            for n in rig.notes(id) {
+                assert!((80..=90).contains(&n.key));
+                assert!(time_ms(n.start).is_finite() && time_ms(n.end).is_finite());
+            }
+        }
+        // Played notes with odd values.
+        for (ms, channel, key) in [(f64::NAN, 0, 60), (-1e9, 99, 200), (f64::INFINITY, 9, 36)] {
+            rig.handle(ToEngine::Note(PlayedNote {
+                time: Stamp {
+                    clock_ms: ms,
+                    beats: None,
+                },
+                channel,
+                key,
+                velocity: f32::NAN,
+                is_on: true,
+            }));
+        }
+        rig.handle(ToEngine::Trigger(request(9, 6000.0, None, 2.0)));
+        rig.settle();
+        assert_eq!(rig.ended(9), 1);
+        // A cap of zero plays nothing.
+        rig.params(GenParams {
+            density_cap_per_beat: 0.0,
+            ..GenParams::default()
+        });
+        rig.handle(ToEngine::Trigger(request(10, 7000.0, None, 2.0)));
+        rig.settle();
+        assert_eq!(rig.ended(10), 1);
+        assert!(rig.notes(10).is_empty());
+    }
+
+    #[test]
+    fn a_missing_model_fails_visibly_and_answers_nothing() {
+        let mut rig = Rig::with_location(ModelLocation {
+            origin: ModelOrigin::Environment,
+            config: ConfigSpec::Small,
+            weights: PathBuf::from("/nonexistent/model.safetensors"),
+        });
+        assert!(!rig.generator.has_model());
+        assert_eq!(rig.status.engine_status(), EngineStatus::Failed);
+        let info = rig.status.try_engine_info().unwrap();
+        assert!(
+            info.last_error.contains("/nonexistent/model.safetensors"),
+            "{info:?}"
+        );
+        assert!(info.model.contains("no model"), "{info:?}");
+        rig.play(&phrase(3, 0.0));
+        rig.handle(ToEngine::Trigger(request(1, 2000.0, None, 4.0)));
+        assert_eq!(rig.ended(1), 1);
+        assert!(!rig.step());
+        assert!(rig.notes(1).is_empty());
+        assert_eq!(rig.status.engine_status(), EngineStatus::Failed);
+    }
+
+    #[test]
+    fn styles_swap_between_decode_steps() {
+        let mut rig = Rig::new();
+        let model = rig.generator.models.current().unwrap();
+        let dir = Path::new(SOURCE_ROOT).join("engine/testdata/golden/lora_adapter");
+        let adapter = continuo_engine::lora::Adapter::from_peft_dir(&dir, &model.cfg).unwrap();
+        let style = Style::single(Arc::new(adapter), 1.0);
+        rig.params(GenParams {
+            temperature: 0.0,
+            ..GenParams::default()
+        });
+        rig.play(&phrase(10, 0.0));
+        rig.handle(ToEngine::Trigger(request(1, 4000.0, None, 16.0)));
+        rig.settle();
+        let base = rig.notes(1);
+
+        rig.handle(ToEngine::Trigger(request(2, 8000.0, None, 64.0)));
+        rig.step();
+        rig.generator.styles.set("golden", style);
+        rig.step();
+        assert_eq!(rig.generator.style_name(), Some("golden"));
+        rig.settle();
+        assert_eq!(rig.ended(2), 1);
+
+        // With the style from the start the greedy answer differs from the base's.
+        rig.handle(ToEngine::Reset);
+        rig.play(&phrase(10, 20_000.0));
+        rig.handle(ToEngine::Trigger(request(3, 24_000.0, None, 16.0)));
+        rig.settle();
+        let styled: Vec<(f64, u8)> = rig
+            .notes(3)
+            .iter()
+            .map(|n| (time_ms(n.start) - 24_000.0, n.key))
+            .collect();
+        let base: Vec<(f64, u8)> = base
+            .iter()
+            .map(|n| (time_ms(n.start) - 4000.0, n.key))
+            .collect();
+        assert_ne!(styled, base);
+        rig.generator.styles.clear();
+        rig.step();
+        assert_eq!(rig.generator.style_name(), None);
+    }
+
+    #[test]
+    fn runs_on_the_generator_thread() {
+        let status = Arc::new(SharedStatus::default());
+        let models = Arc::new(ModelCache::default());
+        let (mut to_producer, to_consumer) = rtrb::RingBuffer::new(64);
+        let (from_producer, mut from_consumer) = rtrb::RingBuffer::new(4096);
+        let mut thread = GeneratorThread::spawn(
+            Box::new(MoonbeamGenerator::with_model(
+                status.clone(),
+                models.clone(),
+                Arc::new(StyleSlot::default()),
+                ModelLocation::tiny_test_model(),
+            )),
+            to_consumer,
+            from_producer,
+            status.clone(),
+        )
+        .unwrap();
+        for (ms, len, key) in phrase(6, 0.0) {
+            to_producer.push(played(ms, key, true)).unwrap();
+            to_producer.push(played(ms + len, key, false)).unwrap();
+        }
+        to_producer
+            .push(ToEngine::Trigger(request(7, 3000.0, None, 4.0)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while Instant::now() < deadline {
+            match from_consumer.pop() {
+                Ok(FromEngine::AnswerEnd { answer_id: 7 }) => break,
+                Ok(FromEngine::Note(n)) => got.push(n),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        assert!(!got.is_empty());
+        assert_eq!(got[0].start, NoteTime::Millis(3000.0));
+        thread.stop();
+        assert_eq!(status.engine_status(), EngineStatus::Stopped);
+        // The model stays with the instance for the next activation.
+        assert!(models.current().is_some());
+    }
+}
