@@ -666,11 +666,7 @@ impl train::run::Sink for StyleSink {
 
 fn train_style(args: TrainStyleArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
-    let data = dataset(&args.common, &cfg)?;
-    if args.common.dry_run {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"report": data.report, "split": data.split}))?);
-        return Ok(());
-    }
+    let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else { return Ok(()) };
     let base = Moonbeam::load(&cfg, &args.weights, Precision::F32).with_context(|| format!("cannot load base {}", args.weights.display()))?;
     let before: Vec<Vec<u32>> = fingerprint_all(&base)?;
     let card = StyleCard {
@@ -692,8 +688,7 @@ fn train_style(args: TrainStyleArgs) -> Result<()> {
     if fingerprint_all(&base)? != before {
         bail!("internal error: the base weights changed during style training");
     }
-    let _ = std::fs::remove_file(&tc.checkpoint);
-    report_summary(&summary, &args.out);
+    finish(&summary, &tc, &args.out);
     Ok(())
 }
 
@@ -722,11 +717,7 @@ impl train::run::Sink for BaseSink {
 
 fn train_base(args: TrainBaseArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
-    let data = dataset(&args.common, &cfg)?;
-    if args.common.dry_run {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"report": data.report, "split": data.split}))?);
-        return Ok(());
-    }
+    let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else { return Ok(()) };
     let base = match &args.init {
         Some(path) => Moonbeam::load(&cfg, path, Precision::F32)?,
         None => Moonbeam::init_for_training(&cfg, args.common.seed)?,
@@ -736,9 +727,24 @@ fn train_base(args: TrainBaseArgs) -> Result<()> {
     let tc = train_config(&args.common, train::run::Trainable::Full, &args.out);
     let mut sink = BaseSink { path: args.out.clone(), meta };
     let summary = train::run::train(&base, &tc, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink)?;
-    let _ = std::fs::remove_file(&tc.checkpoint);
-    report_summary(&summary, &args.out);
+    finish(&summary, &tc, &args.out);
     Ok(())
+}
+
+/// Builds the training set, or, with `--dry-run`, prints its report and returns `None`.
+fn dataset_unless_dry_run(common: &TrainCommon, cfg: &Config) -> Result<Option<train::data::Dataset>> {
+    let data = dataset(common, cfg)?;
+    if common.dry_run {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"report": data.report, "split": data.split}))?);
+        return Ok(None);
+    }
+    Ok(Some(data))
+}
+
+/// A finished run needs no resume state; then report.
+fn finish(summary: &train::run::TrainSummary, tc: &train::run::TrainConfig, out: &Path) {
+    let _ = std::fs::remove_file(&tc.checkpoint);
+    report_summary(summary, out);
 }
 
 fn report_summary(summary: &train::run::TrainSummary, out: &Path) {
