@@ -301,6 +301,11 @@ impl Config {
         self.vocab[i] as i64 - 1
     }
 
+    /// Whether decoded values hold an EOS code in any attribute (the end of the piece).
+    pub fn is_eos(&self, values: &[i64; 6]) -> bool {
+        (0..6).any(|a| values[a] == self.eos_code(a))
+    }
+
     /// Number of parameters a checkpoint of this config holds.
     pub fn n_params(&self) -> usize {
         let h = self.hidden_size;

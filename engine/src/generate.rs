@@ -320,19 +320,12 @@ pub fn continue_notes(
         let t = Instant::now();
         let values = session.next_values(chooser.as_mut())?;
         out.timings.push(NoteTiming { transformer, head: t.elapsed() });
-        if (0..6).any(|a| values[a] == cfg.eos_code(a)) {
+        if cfg.is_eos(&values) {
             out.stop = StopReason::Eos;
             break;
         }
-        let onset = prev_onset + values[0];
-        let note = Note {
-            onset,
-            duration: values[1],
-            octave: values[2],
-            pitch_class: values[3],
-            instrument: values[4],
-            velocity: values[5],
-        };
+        let note = Note::from_decoded(prev_onset, values);
+        let onset = note.onset;
         if let Some(max) = opts.max_duration_ticks {
             if onset - last_prompt_onset > max {
                 out.stop = StopReason::MaxDuration;

@@ -42,6 +42,19 @@ impl Note {
         self.octave.saturating_mul(12).saturating_add(self.pitch_class)
     }
 
+    /// The note the model's six decoded values describe when the previous note started at
+    /// `prev_onset`: the first value is the timeshift (spec §5.1).
+    pub fn from_decoded(prev_onset: i64, values: [i64; 6]) -> Self {
+        Note {
+            onset: prev_onset.saturating_add(values[0]),
+            duration: values[1],
+            octave: values[2],
+            pitch_class: values[3],
+            instrument: values[4],
+            velocity: values[5],
+        }
+    }
+
     /// The row in the reference's column order.
     pub fn to_row(self) -> [i64; 6] {
         [self.onset, self.duration, self.octave, self.pitch_class, self.instrument, self.velocity]

@@ -1000,22 +1000,14 @@ impl MoonbeamGenerator {
         answer.decode_time += started.elapsed();
         answer.decoded += 1;
         let cfg = &engine.session.borrow_owner().cfg;
-        if (0..6).any(|a| values[a] == cfg.eos_code(a)) {
+        if cfg.is_eos(&values) {
             return Ok(false);
         }
-        let onset = answer.prev_onset.saturating_add(values[0]);
-        let note = Note {
-            onset,
-            duration: values[1],
-            octave: values[2],
-            pitch_class: values[3],
-            instrument: values[4],
-            velocity: values[5],
-        };
-        answer.prev_onset = onset;
+        let note = Note::from_decoded(answer.prev_onset, values);
+        answer.prev_onset = note.onset;
         answer.pending_row = Some(note.to_row());
         if let Some(anchor) = answer.anchor {
-            if (onset - anchor) as f64 * TICK_MS >= answer.length_ms {
+            if (note.onset - anchor) as f64 * TICK_MS >= answer.length_ms {
                 return Ok(false);
             }
         }
