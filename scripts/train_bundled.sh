@@ -21,13 +21,13 @@ mkdir -p data/styles/ragtime data/styles/chorale data/styles/folk
 cp $S/ragtime/*.mid data/styles/ragtime/
 cp $S/m21_bach_chorales/*.mid data/styles/chorale/
 cp $S/m21_oneills_folk/*.mid data/styles/folk/
-train_style() { # name, folder, preset name, description
+train_style() { # name, folder, preset name, description, epochs, augmented copies
     mkdir -p lora-weights/$1
     $C train-style --config assets/configs/continuo_base.json --weights assets/continuo_base.safetensors \
         --data data/styles/$2 --out lora-weights/$1/$1.safetensors --rank 8 --alpha 32 \
-        --epochs 3 --lr 1e-3 --context 256 --batch-size 1 --val-fraction 0.2 --augment-copies 2 --seed 3 \
+        --epochs $5 --lr 1e-3 --context 256 --batch-size 1 --val-fraction 0.2 --augment-copies $6 --seed 3 \
         --name "$3" --description "$4" --author "Continuo" --base-model continuo-base-v1
 }
-train_style ragtime ragtime "Ragtime" "Scott Joplin rags and Berlin's Alexander's Ragtime Band"
-train_style chorale chorale "Bach Chorale" "Four-part chorales by J. S. Bach"
-train_style folk folk "Irish Folk Tune" "Tunes from O'Neill's Music of Ireland (1850)"
+train_style folk folk "Irish Folk Tune" "Tunes from O'Neill's Music of Ireland (1850)" 3 2
+train_style chorale chorale "Bach Chorale" "Four-part chorales by J. S. Bach" 3 2
+train_style ragtime ragtime "Ragtime" "Scott Joplin rags and Berlin's Alexander's Ragtime Band" 2 1
