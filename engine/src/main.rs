@@ -104,16 +104,42 @@ struct TrainStyleArgs {
     rank: usize,
     #[arg(long, default_value_t = 32.0)]
     alpha: f64,
-    /// Style name shown in menus (default: the output file name).
+    #[command(flatten)]
+    card: CardArgs,
+}
+
+/// The human-written part of a style's card.
+#[derive(Args)]
+struct CardArgs {
+    /// Style name shown in menus (default: the output or folder name).
     #[arg(long)]
     name: Option<String>,
     #[arg(long, default_value = "")]
     description: String,
     #[arg(long, default_value = "")]
     author: String,
-    /// A readable id of the base, e.g. `continuo-base` or `moonbeam-839M`.
+    /// A readable id of the base, e.g. `continuo-base-v1` or `moonbeam-839M`.
     #[arg(long, default_value = "")]
     base_model: String,
+}
+
+impl CardArgs {
+    /// A card for an adapter of `rank` and `alpha`; the name defaults to `default_name`.
+    fn card(&self, default_name: Option<&std::ffi::OsStr>, base_fingerprint: String, rank: usize, alpha: f64, data: serde_json::Value) -> StyleCard {
+        StyleCard {
+            name: self.name.clone().unwrap_or_else(|| default_name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            description: self.description.clone(),
+            author: self.author.clone(),
+            base_model: self.base_model.clone(),
+            base_fingerprint,
+            rank,
+            alpha,
+            targets: Vec::new(),
+            data,
+            metrics: serde_json::Value::Null,
+            format_version: style::STYLE_FORMAT_VERSION,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -200,15 +226,8 @@ enum StyleCommand {
         /// The base weights, to record their fingerprint (recommended).
         #[arg(long)]
         weights: Option<PathBuf>,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, default_value = "")]
-        description: String,
-        #[arg(long, default_value = "")]
-        author: String,
-        /// A readable id of the base, e.g. `moonbeam-839M`.
-        #[arg(long, default_value = "")]
-        base_model: String,
+        #[command(flatten)]
+        card: CardArgs,
     },
     /// Print a style file's card.
     Info { file: PathBuf },
@@ -381,11 +400,14 @@ fn rows_json(rows: impl IntoIterator<Item = [i64; 6]>) -> String {
 }
 
 fn tokens(path: &Path) -> Result<()> {
-    use std::io::Write;
     let notes = read_prompt(path, None)?;
-    let text = rows_json(notes.iter().map(|n| n.to_row()));
+    print_out(&rows_json(notes.iter().map(|n| n.to_row())))
+}
+
+/// Prints a command's result to stdout; a closed pipe (`continuo tokens x.mid | head`) is not an error.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
     match writeln!(std::io::stdout().lock(), "{text}") {
-        // A closed pipe (`continuo tokens x.mid | head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
@@ -550,7 +572,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
 
 fn run_style(cmd: StyleCommand) -> Result<()> {
     match cmd {
-        StyleCommand::Import { peft_dir, out, config, weights, name, description, author, base_model } => {
+        StyleCommand::Import { peft_dir, out, config, weights, card } => {
             let cfg = load_config(&config)?;
             let adapter = Adapter::from_peft_dir(&peft_dir, &cfg).with_context(|| format!("cannot import {}", peft_dir.display()))?;
             let base_fingerprint = match &weights {
@@ -566,25 +588,14 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
                 }
                 None => String::new(),
             };
-            let card = StyleCard {
-                name: name.unwrap_or_else(|| peft_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
-                description,
-                author,
-                base_model,
-                base_fingerprint,
-                rank: adapter.rank,
-                alpha: adapter.alpha,
-                targets: Vec::new(),
-                data: serde_json::json!({ "imported_from": peft_dir.display().to_string() }),
-                metrics: serde_json::Value::Null,
-                format_version: style::STYLE_FORMAT_VERSION,
-            };
+            let data = serde_json::json!({ "imported_from": peft_dir.display().to_string() });
+            let card = card.card(peft_dir.file_name(), base_fingerprint, adapter.rank, adapter.alpha, data);
             style::save_style(&out, &adapter, &card)?;
             eprintln!("wrote {} ({} LoRA pairs, rank {}, alpha {})", out.display(), adapter.pairs.len(), adapter.rank, adapter.alpha);
         }
         StyleCommand::Info { file } => {
             let card = style::read_card(&file).with_context(|| format!("cannot read style {}", file.display()))?;
-            println!("{}", serde_json::to_string_pretty(&card)?);
+            print_out(&serde_json::to_string_pretty(&card)?)?;
         }
         StyleCommand::ExportPeft { file, out, config } => {
             let cfg = load_config(&config)?;
@@ -669,19 +680,7 @@ fn train_style(args: TrainStyleArgs) -> Result<()> {
     let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else { return Ok(()) };
     let base = Moonbeam::load(&cfg, &args.weights, Precision::F32).with_context(|| format!("cannot load base {}", args.weights.display()))?;
     let before: Vec<Vec<u32>> = fingerprint_all(&base)?;
-    let card = StyleCard {
-        name: args.name.clone().unwrap_or_else(|| args.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
-        description: args.description.clone(),
-        author: args.author.clone(),
-        base_model: args.base_model.clone(),
-        base_fingerprint: base.fingerprint(),
-        rank: args.rank,
-        alpha: args.alpha,
-        targets: Vec::new(),
-        data: data_summary(&data),
-        metrics: serde_json::Value::Null,
-        format_version: style::STYLE_FORMAT_VERSION,
-    };
+    let card = args.card.card(args.out.file_stem(), base.fingerprint(), args.rank, args.alpha, data_summary(&data));
     let tc = train_config(&args.common, train::run::Trainable::Lora { rank: args.rank, alpha: args.alpha }, &args.out);
     let mut sink = StyleSink { path: args.out.clone(), card };
     let summary = train::run::train(&base, &tc, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink)?;
