@@ -93,9 +93,30 @@ pub fn save_style(path: &Path, adapter: &Adapter, card: &StyleCard) -> Result<()
 }
 
 /// Reads only a style file's card (cheap: the header).
+///
+/// Only the safetensors header is read (8 bytes of length, then the JSON header), so listing
+/// a folder of styles does not read their weights.
 pub fn read_card(path: &Path) -> Result<StyleCard, AdapterError> {
-    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_owned(), source })?;
-    card_from_bytes(&bytes)
+    use std::io::Read;
+    let io = |source| AdapterError::Io { path: path.to_owned(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0_u8; 8];
+    file.read_exact(&mut len).map_err(|_| AdapterError::Format(format!("{}: not a safetensors file (too short)", path.display())))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = file.metadata().map_err(io)?.len();
+    if len > 100_000_000 || len > file_len.saturating_sub(8) {
+        return Err(AdapterError::Format(format!("{}: not a safetensors file (bad header length {len})", path.display())));
+    }
+    let mut header = vec![0_u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| AdapterError::Format(format!("{}: not a safetensors file ({e})", path.display())))?;
+    let json = header
+        .get("__metadata__")
+        .and_then(|m| m.get("continuo.style"))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| AdapterError::Format("the file has no Continuo style card (is it a peft adapter? use `continuo style import`)".into()))?;
+    card_from_json(json)
 }
 
 fn card_from_bytes(bytes: &[u8]) -> Result<StyleCard, AdapterError> {
@@ -106,6 +127,10 @@ fn card_from_bytes(bytes: &[u8]) -> Result<StyleCard, AdapterError> {
         .as_ref()
         .and_then(|m| m.get("continuo.style"))
         .ok_or_else(|| AdapterError::Format("the file has no Continuo style card (is it a peft adapter? use `continuo style import`)".into()))?;
+    card_from_json(json)
+}
+
+fn card_from_json(json: &str) -> Result<StyleCard, AdapterError> {
     let card: StyleCard = serde_json::from_str(json).map_err(|e| AdapterError::Format(format!("bad style card: {e}")))?;
     if card.format_version > STYLE_FORMAT_VERSION {
         return Err(AdapterError::Format(format!(

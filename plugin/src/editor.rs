@@ -15,6 +15,7 @@ use nice_plug_egui::{
     RepaintNotifier,
 };
 
+use crate::library::Library;
 use crate::params::ContinuoParams;
 use crate::status::{EditorSnapshot, EngineInfo, SharedStatus};
 
@@ -33,6 +34,7 @@ pub fn create(
     params: Arc<ContinuoParams>,
     status: Arc<SharedStatus>,
     snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
+    library: Arc<Library>,
 ) -> Option<EguiEditor<ContinuoEditor>> {
     create_egui_editor(
         state,
@@ -42,6 +44,7 @@ pub fn create(
             params,
             status,
             snapshot,
+            library,
             gui: None,
             engine_info: EngineInfo::default(),
         },
@@ -52,6 +55,7 @@ pub struct ContinuoEditor {
     params: Arc<ContinuoParams>,
     status: Arc<SharedStatus>,
     snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
+    library: Arc<Library>,
     gui: Option<GuiContext>,
     /// The model and error texts last read from the generator.
     engine_info: EngineInfo,

@@ -6,8 +6,10 @@
 //! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
 //! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]).
 
+pub mod capture;
 pub mod editor;
 pub mod generator;
+pub mod library;
 pub mod moonbeam;
 pub mod params;
 pub mod protocol;
@@ -23,6 +25,7 @@ use nice_plug::prelude::*;
 use nice_plug_egui::{EguiEditor, EguiEditorState};
 
 use crate::generator::GeneratorThread;
+use crate::library::{Library, Loader, LoaderThread};
 use crate::moonbeam::{ModelCache, MoonbeamGenerator, StyleSlot};
 use crate::params::ContinuoParams;
 use crate::protocol::{EngineStatus, FROM_ENGINE_CAPACITY, TO_ENGINE_CAPACITY};
@@ -54,8 +57,12 @@ pub struct Continuo {
     generator: Option<GeneratorThread>,
     /// The loaded model, kept across activations (filled by the generator thread).
     models: Arc<ModelCache>,
-    /// The style the generator should use (the hook for the style menu).
+    /// The style the generator should use (set by the loader thread).
     style: Arc<StyleSlot>,
+    /// The style menu and the requests to the loader thread, shared with the editor.
+    library: Arc<Library>,
+    /// Loads styles and models in the background; started in `initialize()`.
+    loader: Option<LoaderThread>,
     /// The editor's end of the snapshot triple buffer. The mutex is only ever taken by the GUI
     /// thread (one editor at a time), never by the audio thread.
     snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
@@ -66,8 +73,11 @@ impl Default for Continuo {
     fn default() -> Self {
         let status = Arc::new(SharedStatus::default());
         let (snapshot_in, snapshot_out) = triple_buffer::triple_buffer(&EditorSnapshot::default());
+        let params = Arc::new(ContinuoParams::default());
         Self {
-            params: Arc::new(ContinuoParams::default()),
+            library: Arc::new(Library::new(params.style_names.clone())),
+            loader: None,
+            params,
             core: Core::new(status.clone(), snapshot_in),
             status,
             generator: None,
@@ -86,6 +96,25 @@ impl Continuo {
         self.style.clone()
     }
 
+    /// Starts the loader thread if it is not running. Called on the main thread.
+    fn ensure_loader(&mut self) {
+        if self.loader.is_some() {
+            return;
+        }
+        let loader = Loader::new(
+            self.params.clone(),
+            self.library.clone(),
+            self.models.clone(),
+            self.style.clone(),
+            self.status.clone(),
+        );
+        match LoaderThread::spawn(loader) {
+            Ok(thread) => self.loader = Some(thread),
+            // Styles cannot be switched, but the plugin still plays the base model.
+            Err(error) => nice_error!("Could not start the style loader thread: {error}"),
+        }
+    }
+
     /// Stops and joins the generator thread. Called on the main thread.
     fn stop_generator(&mut self) {
         if let Some(mut generator) = self.generator.take() {
@@ -98,6 +127,9 @@ impl Continuo {
 impl Drop for Continuo {
     fn drop(&mut self) {
         self.stop_generator();
+        if let Some(mut loader) = self.loader.take() {
+            loader.stop();
+        }
     }
 }
 
@@ -143,11 +175,14 @@ impl Plugin for Continuo {
     }
 
     fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        // The style menu needs the catalog, even before the plugin is activated.
+        self.ensure_loader();
         editor::create(
             self.editor_state.clone(),
             self.params.clone(),
             self.status.clone(),
             self.snapshot.clone(),
+            self.library.clone(),
         )
     }
 
@@ -159,6 +194,7 @@ impl Plugin for Continuo {
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
         self.stop_generator();
+        self.ensure_loader();
         let (to_engine_in, to_engine_out) = rtrb::RingBuffer::new(TO_ENGINE_CAPACITY);
         let (from_engine_in, from_engine_out) = rtrb::RingBuffer::new(FROM_ENGINE_CAPACITY);
         // The model is loaded (or taken from `models`) on the generator thread, not here.

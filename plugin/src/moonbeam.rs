@@ -63,6 +63,7 @@ use continuo_engine::model::forward::Row;
 use continuo_engine::model::gru::Chooser;
 use continuo_engine::{Config, Moonbeam, Note, Precision};
 
+use crate::capture::{CapturedAnswer, CapturedNote};
 use crate::generator::{Generator, Outbox};
 use crate::protocol::{
     AnswerRequest, EngineStatus, FromEngine, GenParams, GeneratedNote, NoteTime, PlayedNote,
@@ -155,6 +156,8 @@ pub enum ModelOrigin {
     Bundled,
     /// The tiny golden test model (random weights), used until the bundled model exists.
     TinyTest,
+    /// Chosen in the editor (saved with the plugin state).
+    User,
 }
 
 /// A model to load: its config and weights.
@@ -185,6 +188,11 @@ impl ModelLocation {
                 self.config.describe()
             ),
             ModelOrigin::Bundled => format!("bundled {}", file_name(&self.weights)),
+            ModelOrigin::User => format!(
+                "{} (config {})",
+                file_name(&self.weights),
+                self.config.describe()
+            ),
             ModelOrigin::TinyTest => {
                 "tiny test model (random weights; the bundled model is not there yet)".into()
             }
@@ -263,11 +271,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The model of one plugin instance, kept across activations so reactivating does not reload it.
-/// Only the generator thread loads into it (one at a time: the previous thread is joined before
-/// the next starts); anyone may read [`ModelCache::current`] (e.g. to load styles for it).
+/// The generator thread loads the first one ([`ModelCache::get_or_load`] in its `start`); the
+/// loader thread ([`crate::library`]) loads the ones the user chooses later
+/// ([`ModelCache::load`]). Every installed model bumps [`ModelCache::version`], which is how the
+/// generator notices a new one and switches to it between answers. Anyone may read
+/// [`ModelCache::current`] (e.g. to load styles for it). Never touched by the audio thread.
 #[derive(Debug, Default)]
 pub struct ModelCache {
     slot: Mutex<Option<(ModelLocation, Arc<Moonbeam>)>>,
+    version: AtomicU64,
+    /// What the generator loads when it starts; `None`: [`locate_model`].
+    wanted: Mutex<Option<ModelLocation>>,
 }
 
 impl ModelCache {
@@ -276,32 +290,81 @@ impl ModelCache {
         lock(&self.slot).as_ref().map(|(_, model)| model.clone())
     }
 
+    /// Where the loaded model came from, if any.
+    pub fn current_location(&self) -> Option<ModelLocation> {
+        lock(&self.slot).as_ref().map(|(location, _)| location.clone())
+    }
+
+    /// Increases every time a model is installed.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The model the generator should start with.
+    pub fn start_location(&self) -> Result<ModelLocation, String> {
+        match lock(&self.wanted).clone() {
+            Some(location) => Ok(location),
+            None => locate_model(),
+        }
+    }
+
+    fn install(&self, location: &ModelLocation, model: Arc<Moonbeam>) {
+        *lock(&self.slot) = Some((location.clone(), model));
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The model at `location`: another instance's, or freshly loaded. Slow when it loads.
+    fn shared(location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
+        // Held while loading, so two instances asking for the same file load it once.
+        let mut shared = lock(&LOADED);
+        shared.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(model) = shared
+            .iter()
+            .find(|(loaded, _)| loaded == location)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return Ok(model);
+        }
+        let model = Arc::new(load_model(location)?);
+        shared.push((location.clone(), Arc::downgrade(&model)));
+        Ok(model)
+    }
+
     /// The model at `location`: this instance's, another instance's, or freshly loaded. Slow
     /// when it loads; call it on the generator thread only.
     pub fn get_or_load(&self, location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
-        let mut slot = lock(&self.slot);
-        if let Some((loaded, model)) = &*slot {
+        if let Some((loaded, model)) = &*lock(&self.slot) {
             if loaded == location {
                 return Ok(model.clone());
             }
         }
-        // Held while loading, so two instances asking for the same file load it once.
-        let mut shared = lock(&LOADED);
-        shared.retain(|(_, weak)| weak.strong_count() > 0);
-        let found = shared
-            .iter()
-            .find(|(loaded, _)| loaded == location)
-            .and_then(|(_, weak)| weak.upgrade());
-        let model = match found {
-            Some(model) => model,
-            None => {
-                let model = Arc::new(load_model(location)?);
-                shared.push((location.clone(), Arc::downgrade(&model)));
-                model
-            }
-        };
-        *slot = Some((location.clone(), model.clone()));
+        let model = Self::shared(location)?;
+        self.install(location, model.clone());
         Ok(model)
+    }
+
+    /// Loads the model at `location` and makes it this instance's; the generator switches to
+    /// it between answers. On failure nothing changes. Slow; call it on the loader thread.
+    pub fn load(&self, location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
+        let previous = std::mem::replace(&mut *lock(&self.wanted), Some(location.clone()));
+        match Self::shared(location) {
+            Ok(model) => {
+                self.install(location, model.clone());
+                Ok(model)
+            }
+            Err(e) => {
+                *lock(&self.wanted) = previous;
+                Err(e)
+            }
+        }
+    }
+
+    /// Loads the default model ([`locate_model`]).
+    pub fn load_default(&self) -> Result<Arc<Moonbeam>, String> {
+        let location = locate_model()?;
+        self.load(&location)?;
+        *lock(&self.wanted) = None;
+        self.current().ok_or_else(|| "the model is gone".into())
     }
 }
 
@@ -314,6 +377,18 @@ impl ModelCache {
 pub struct NamedStyle {
     pub name: String,
     pub style: Style,
+    /// The base it was made for; the generator uses the style only with that base (a style
+    /// for a previous model waits for the loader to bring one for the new model). `None`: any
+    /// base of the right shapes.
+    pub model: Option<Weak<Moonbeam>>,
+}
+
+impl NamedStyle {
+    fn fits(&self, model: &Arc<Moonbeam>) -> bool {
+        self.model
+            .as_ref()
+            .is_none_or(|made_for| std::ptr::eq(made_for.as_ptr(), Arc::as_ptr(model)))
+    }
 }
 
 /// The style the generator should use. The style menu (or anything else) calls
@@ -330,11 +405,32 @@ impl StyleSlot {
     /// Asks for `style` (made for the loaded base, see [`ModelCache::current`]; its adapters'
     /// strengths are further scaled by the style strength parameter).
     pub fn set(&self, name: impl Into<String>, style: Style) {
-        *lock(&self.style) = Some(NamedStyle {
+        self.put(NamedStyle {
             name: name.into(),
             style,
+            model: None,
         });
+    }
+
+    /// Asks for `style`, made for `model`; the generator uses it only with that model.
+    pub fn set_for(&self, model: &Arc<Moonbeam>, name: impl Into<String>, style: Style) {
+        self.put(NamedStyle {
+            name: name.into(),
+            style,
+            model: Some(Arc::downgrade(model)),
+        });
+    }
+
+    fn put(&self, style: NamedStyle) {
+        *lock(&self.style) = Some(style);
         self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The name of the style asked for (`None`: the plain base), and the base it was made for.
+    pub fn requested(&self) -> Option<(String, Option<Weak<Moonbeam>>)> {
+        lock(&self.style)
+            .as_ref()
+            .map(|named| (named.name.clone(), named.model.clone()))
     }
 
     /// Back to the plain base model.
@@ -498,6 +594,8 @@ struct Answer {
     /// When the trigger reached the generator.
     triggered: Instant,
     decode_time: Duration,
+    /// The notes sent, for the capture log.
+    captured: Vec<CapturedNote>,
 }
 
 /// How a generated pitch fits the range: folded by octaves, or `None` if no octave fits.
@@ -566,6 +664,8 @@ pub struct MoonbeamGenerator {
     style_dirty: bool,
 
     answer: Option<Answer>,
+    /// The [`ModelCache::version`] the engine runs.
+    model_version: u64,
     /// Batched prefills done (for tests and diagnostics).
     prefills: u64,
     /// Single rows pushed to sync the played context (not counting answers).
@@ -612,6 +712,7 @@ impl MoonbeamGenerator {
             style: None,
             style_dirty: false,
             answer: None,
+            model_version: 0,
             prefills: 0,
             context_pushes: 0,
         }
@@ -649,9 +750,19 @@ impl MoonbeamGenerator {
         self.context_pushes
     }
 
-    /// The name of the style in use (`None`: the plain base).
+    /// The name of the style in use (`None`: the plain base, also while the style asked for was
+    /// made for another base than the one running).
     pub fn style_name(&self) -> Option<&str> {
-        self.style.as_ref().map(|s| s.name.as_str())
+        let model = self.engine.as_ref().map(|e| e.session.borrow_owner());
+        self.style
+            .as_ref()
+            .filter(|s| model.is_none_or(|m| s.fits(m)))
+            .map(|s| s.name.as_str())
+    }
+
+    /// The model running, if any.
+    pub fn model(&self) -> Option<&Arc<Moonbeam>> {
+        self.engine.as_ref().map(|e| e.session.borrow_owner())
     }
 
     fn limits(&self) -> Limits {
@@ -800,6 +911,46 @@ impl MoonbeamGenerator {
             .is_some_and(|e| e.synced != Some(self.context.len()))
     }
 
+    /// Switches to the model the loader installed in [`ModelCache`], if there is a new one.
+    /// Called between answers; the played context is kept and prefilled into the new model
+    /// while idle. Returns whether it switched.
+    fn switch_model(&mut self) -> bool {
+        let version = self.models.version();
+        if version == self.model_version || self.engine.is_none() {
+            return false;
+        }
+        self.model_version = version;
+        let Some(model) = self.models.current() else {
+            return false;
+        };
+        if self
+            .engine
+            .as_ref()
+            .is_some_and(|e| Arc::ptr_eq(e.session.borrow_owner(), &model))
+        {
+            return false;
+        }
+        let started = Instant::now();
+        let params = model.cfg.n_params();
+        let engine = Engine::new(model);
+        if self.context.len() > engine.limits.context_max {
+            let excess = self.context.len() - engine.limits.context_keep;
+            self.context.drain(..excess);
+        }
+        self.engine = Some(engine);
+        self.style_dirty = true;
+        let label = self
+            .models
+            .current_location()
+            .map_or_else(String::new, |l| l.label());
+        self.status.set_model_label(&format!(
+            "{label} · {:.1} M parameters · switched in {:.0} ms",
+            params as f64 / 1e6,
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+        true
+    }
+
     /// Applies a new style or strength to the session. Called between decode steps.
     fn apply_style(&mut self) {
         if let Some(change) = self.styles.take_change(&mut self.style_seen) {
@@ -817,7 +968,8 @@ impl MoonbeamGenerator {
         } else {
             1.0
         };
-        let style = match &self.style {
+        let model = engine.session.borrow_owner();
+        let style = match self.style.as_ref().filter(|named| named.fits(model)) {
             Some(named) => Style {
                 parts: named
                     .style
@@ -895,6 +1047,7 @@ impl MoonbeamGenerator {
             recent: VecDeque::new(),
             triggered,
             decode_time: Duration::ZERO,
+            captured: Vec::new(),
         });
     }
 
@@ -910,6 +1063,15 @@ impl MoonbeamGenerator {
             let us = answer.decode_time.as_micros() as u64 / answer.decoded as u64;
             self.status.us_per_note.store(us.max(1), Ordering::Relaxed);
         }
+        self.status.captures.file(CapturedAnswer {
+            number: 0,
+            style: self
+                .style_name()
+                .map_or_else(|| "base model".to_string(), str::to_string),
+            tempo_bpm: 60_000.0 / answer.ms_per_beat,
+            channel: 0,
+            notes: answer.captured,
+        });
         if self.engine.is_some() {
             out.send(FromEngine::Status(EngineStatus::Idle));
         }
@@ -1020,8 +1182,25 @@ impl MoonbeamGenerator {
             }
             answer.anchor.get_or_insert(note.onset);
             out.send(FromEngine::Note(generated));
+            answer.captured.push(Self::captured(answer, &generated));
         }
         Ok(answer.decoded < answer.budget)
+    }
+
+    /// A sent note with its times in beats after the answer's start.
+    fn captured(answer: &Answer, note: &GeneratedNote) -> CapturedNote {
+        let start = answer.request.start;
+        let beats = |time: NoteTime| match (time, start.beats) {
+            (NoteTime::Beats(b), Some(origin)) => b - origin,
+            (NoteTime::Millis(ms), _) => (ms - start.clock_ms) / answer.ms_per_beat,
+            (NoteTime::Beats(b), None) => b,
+        };
+        CapturedNote {
+            start_beats: beats(note.start),
+            end_beats: beats(note.end),
+            key: note.key,
+            velocity: note.velocity,
+        }
     }
 
     /// The note to send for a decoded row, or `None` if it is not played (invalid, a drum, out
@@ -1081,7 +1260,7 @@ impl MoonbeamGenerator {
 impl Generator for MoonbeamGenerator {
     fn start(&mut self, out: &mut Outbox<'_>) {
         let location = match &self.source {
-            Source::Locate => locate_model(),
+            Source::Locate => self.models.start_location(),
             Source::Fixed(location) => Ok(location.clone()),
         };
         let label = location.as_ref().map(ModelLocation::label).ok();
@@ -1089,9 +1268,21 @@ impl Generator for MoonbeamGenerator {
             self.status.set_model_label(&format!("loading {label}…"));
         }
         let started = Instant::now();
-        match location.and_then(|location| self.models.get_or_load(&location)) {
+        let mut loaded = location.and_then(|location| self.models.get_or_load(&location));
+        if let (Err(e), Source::Locate) = (&loaded, &self.source) {
+            // A chosen model that cannot be loaded (e.g. a file gone since the project was
+            // saved): say so and fall back to the default.
+            if let Ok(default) = locate_model() {
+                if Some(&default) != self.models.current_location().as_ref() {
+                    self.error(&format!("{e}; using the default model"));
+                    loaded = self.models.load_default();
+                }
+            }
+        }
+        match loaded {
             Ok(model) => {
                 let params = model.cfg.n_params();
+                self.model_version = self.models.version();
                 self.engine = Some(Engine::new(model));
                 self.style_dirty = true;
                 self.apply_style();
@@ -1101,7 +1292,9 @@ impl Generator for MoonbeamGenerator {
                     params as f64 / 1e6,
                     started.elapsed().as_secs_f64() * 1000.0
                 ));
-                self.status.set_last_error("");
+                if self.models.start_location().ok() == self.models.current_location() {
+                    self.status.set_last_error("");
+                }
                 out.send(FromEngine::Status(EngineStatus::Idle));
             }
             Err(e) => {
@@ -1142,6 +1335,9 @@ impl Generator for MoonbeamGenerator {
     }
 
     fn step(&mut self, out: &mut Outbox<'_>) -> bool {
+        if self.answer.is_none() && self.switch_model() {
+            return true;
+        }
         self.apply_style();
         if self.answer.is_some() {
             if self.params.density_cap_per_beat <= 0.0 {
@@ -1719,6 +1915,50 @@ mod tests {
         rig.generator.styles.clear();
         rig.step();
         assert_eq!(rig.generator.style_name(), None);
+    }
+
+    /// A model the loader installs is taken between answers (never in the middle of one); the
+    /// played context carries over, and a style made for the previous model is not used with
+    /// the new one.
+    #[test]
+    fn a_new_model_is_taken_between_answers() {
+        let mut rig = Rig::new();
+        let old = rig.generator.models.current().unwrap();
+        let golden = Path::new(SOURCE_ROOT).join("engine/testdata/golden");
+        let adapter =
+            continuo_engine::lora::Adapter::from_peft_dir(&golden.join("lora_adapter"), &old.cfg)
+                .unwrap();
+        rig.generator
+            .styles
+            .set_for(&old, "golden", Style::single(Arc::new(adapter), 1.0));
+        rig.play(&phrase(10, 0.0));
+        rig.settle();
+        assert_eq!(rig.generator.style_name(), Some("golden"));
+        rig.handle(ToEngine::Trigger(request(1, 4000.0, None, 16.0)));
+        rig.step();
+        let other = ModelLocation {
+            origin: ModelOrigin::User,
+            config: ConfigSpec::File(golden.join("tiny_config.json")),
+            weights: golden.join("tiny_model_release_format_bf16.pt"),
+        };
+        let new = rig.generator.models.load(&other).unwrap();
+        assert!(!Arc::ptr_eq(&old, &new));
+        rig.step();
+        assert!(Arc::ptr_eq(rig.generator.model().unwrap(), &old));
+        rig.settle();
+        assert_eq!(rig.ended(1), 1);
+        assert!(Arc::ptr_eq(rig.generator.model().unwrap(), &new));
+        assert_eq!(rig.generator.style_name(), None);
+        assert_eq!(rig.generator.context_len(), 10);
+        assert!(rig.generator.is_synced());
+        rig.handle(ToEngine::Trigger(request(2, 8000.0, None, 16.0)));
+        rig.settle();
+        assert_eq!(rig.ended(2), 1);
+        assert!(!rig.notes(2).is_empty());
+        // The answers were filed for export.
+        let kept = rig.status.captures.try_list().unwrap();
+        assert_eq!(kept.last().unwrap().notes.len(), rig.notes(2).len());
+        assert_eq!(kept.last().unwrap().style, "base model");
     }
 
     #[test]

@@ -6,8 +6,12 @@
 //! default to CLAP hosts as `normalized * step_count`, and hosts truncate it: a default of
 //! 2 in `1..=16` would come out as 1.99999 and be read as 1 (see shared/plugin-notes.md).
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
 use nice_plug::prelude::*;
 
+use crate::library::{ModelChoice, StyleChoice, MAX_STYLES};
 use crate::protocol::GenParams;
 
 /// What makes the plugin play.
@@ -70,6 +74,50 @@ pub struct ContinuoParams {
     /// A rising edge asks for an answer now (also "regenerate" while an answer plays).
     #[id = "trig"]
     pub trigger: BoolParam,
+    /// The style: 0 = the plain base model, `n` = entry `n` of the style menu (see
+    /// [`crate::library`]). The chosen style's path is saved apart ([`Self::style_choice`]) and
+    /// wins on restore.
+    #[id = "style"]
+    pub style: IntParam,
+
+    /// The chosen style by path and name.
+    #[persist = "style-choice"]
+    pub style_choice: Arc<Mutex<StyleChoice>>,
+    /// The user's folder of styles and exported answers; `None`: the default folder.
+    #[persist = "user-folder"]
+    pub user_folder: Arc<Mutex<Option<PathBuf>>>,
+    /// The chosen base model.
+    #[persist = "model"]
+    pub model: Arc<Mutex<ModelChoice>>,
+    /// The style menu's names, for the `style` parameter's text. Filled by the loader thread.
+    pub style_names: Arc<RwLock<Vec<String>>>,
+}
+
+fn style_name(names: &RwLock<Vec<String>>, value: i32) -> String {
+    if value <= 0 {
+        return "Base model (no style)".to_string();
+    }
+    // Never waits: the loader holds the lock only to replace the list.
+    match names.try_read() {
+        Ok(names) => names
+            .get(value as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| format!("Style {value} (none)")),
+        Err(_) => format!("Style {value}"),
+    }
+}
+
+fn style_value(names: &RwLock<Vec<String>>, text: &str) -> Option<i32> {
+    let text = text.trim();
+    if text.to_lowercase().starts_with("base") {
+        return Some(0);
+    }
+    if let Ok(names) = names.try_read() {
+        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
+            return Some(i as i32 + 1);
+        }
+    }
+    text.trim_start_matches("Style").trim().parse().ok()
 }
 
 fn note_name(key: i32) -> String {
@@ -85,6 +133,7 @@ fn note_name(key: i32) -> String {
 
 impl Default for ContinuoParams {
     fn default() -> Self {
+        let style_names: Arc<RwLock<Vec<String>>> = Arc::default();
         Self {
             bypass: BoolParam::new("Bypass", false).make_bypass(),
             mode: EnumParam::new("Mode", Mode::CallResponse),
@@ -92,12 +141,12 @@ impl Default for ContinuoParams {
             voice: BoolParam::new("Built-in voice", true),
             out_channel: IntParam::new("Output channel", 1, IntRange::Linear { min: 1, max: 16 }),
             answer_bars: IntParam::new("Answer length", 2, IntRange::Linear { min: 0, max: 16 })
-                .with_value_to_string(std::sync::Arc::new(|bars| match bars {
+                .with_value_to_string(Arc::new(|bars| match bars {
                     0 => "as played".to_string(),
                     1 => "1 bar".to_string(),
                     n => format!("{n} bars"),
                 }))
-                .with_string_to_value(std::sync::Arc::new(|s| {
+                .with_string_to_value(Arc::new(|s| {
                     let s = s.trim();
                     if s.starts_with("as") {
                         Some(0)
@@ -151,9 +200,9 @@ impl Default for ContinuoParams {
             )
             .with_step_size(0.01),
             pitch_low: IntParam::new("Lowest note", 0, IntRange::Linear { min: 0, max: 127 })
-                .with_value_to_string(std::sync::Arc::new(note_name)),
+                .with_value_to_string(Arc::new(note_name)),
             pitch_high: IntParam::new("Highest note", 127, IntRange::Linear { min: 0, max: 127 })
-                .with_value_to_string(std::sync::Arc::new(note_name)),
+                .with_value_to_string(Arc::new(note_name)),
             density_cap: FloatParam::new(
                 "Density cap",
                 8.0,
@@ -165,6 +214,23 @@ impl Default for ContinuoParams {
             .with_step_size(0.5)
             .with_unit(" notes/beat"),
             trigger: BoolParam::new("Trigger", false),
+            style: {
+                let (to_text, from_text) = (style_names.clone(), style_names.clone());
+                IntParam::new(
+                    "Style",
+                    0,
+                    IntRange::Linear {
+                        min: 0,
+                        max: MAX_STYLES as i32,
+                    },
+                )
+                .with_value_to_string(Arc::new(move |v| style_name(&to_text, v)))
+                .with_string_to_value(Arc::new(move |t| style_value(&from_text, t)))
+            },
+            style_choice: Arc::default(),
+            user_folder: Arc::default(),
+            model: Arc::default(),
+            style_names,
         }
     }
 }
@@ -243,7 +309,7 @@ mod tests {
             .into_iter()
             .map(|(id, _, _)| id)
             .collect();
-        assert_eq!(ids.len(), 16);
+        assert_eq!(ids.len(), 17);
         for id in &ids {
             assert!(id.len() <= 6, "{id}");
         }

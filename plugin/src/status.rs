@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
+use crate::capture::CaptureLog;
 use crate::protocol::EngineStatus;
 
 /// Counters and flags shared by all threads of one plugin instance.
@@ -47,6 +48,9 @@ pub struct SharedStatus {
     /// (rarely: at load time and on errors), read by the editor with `try_lock`. The audio
     /// thread never touches it.
     pub engine_info: Mutex<EngineInfo>,
+    /// The last answers, for export. Filed by the generator thread, read by the editor and the
+    /// loader thread; never touched by the audio thread.
+    pub captures: CaptureLog,
 }
 
 /// What the editor shows about the model. See [`SharedStatus::engine_info`].

@@ -1,0 +1,393 @@
+//! The last few answers, kept so the user can export them as MIDI files.
+//!
+//! FL Studio (and some other hosts) cannot record a plugin's MIDI output, so Continuo keeps
+//! what it generated itself. The generator thread records every note it sends for an answer
+//! and files the answer here when it ends; the editor lists them and asks the loader thread
+//! ([`crate::library`]) to write one as a `.mid` file into the user's folder. The audio thread
+//! never touches any of this.
+//!
+//! Times are in beats from the answer's first beat, so an exported file lines up with the
+//! host's grid when dropped at that beat. The file carries the tempo the answer was made at
+//! (480 ticks per quarter note, one track, the generated channel).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use midly::num::{u15, u24, u28, u4, u7};
+use midly::{Format, Header, MetaMessage, MidiMessage, Smf, Timing, TrackEvent, TrackEventKind};
+
+/// How many answers are kept.
+pub const CAPTURE_KEEP: usize = 8;
+/// Ticks per quarter note of exported files.
+pub const EXPORT_TICKS_PER_BEAT: u16 = 480;
+
+/// One generated note, as sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapturedNote {
+    /// Start, in beats after the answer's first beat.
+    pub start_beats: f64,
+    /// End, in beats after the answer's first beat.
+    pub end_beats: f64,
+    pub key: u8,
+    /// Velocity in `(0, 1]`.
+    pub velocity: f32,
+}
+
+/// One answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedAnswer {
+    /// Counts answers since the plugin was loaded (1 = the first), for names.
+    pub number: u64,
+    /// The style it was generated with ("base model" without one).
+    pub style: String,
+    pub tempo_bpm: f64,
+    /// Zero-based MIDI channel the notes were sent on.
+    pub channel: u8,
+    pub notes: Vec<CapturedNote>,
+}
+
+impl CapturedAnswer {
+    /// Length in beats (the end of the last note).
+    pub fn length_beats(&self) -> f64 {
+        self.notes.iter().map(|n| n.end_beats).fold(0.0, f64::max)
+    }
+
+    /// A one-line description for the editor.
+    pub fn label(&self) -> String {
+        format!(
+            "#{} · {} · {} notes · {:.1} beats at {:.0} BPM",
+            self.number,
+            self.style,
+            self.notes.len(),
+            self.length_beats(),
+            self.tempo_bpm
+        )
+    }
+}
+
+/// The kept answers, newest last. Written by the generator thread, read by the editor and the
+/// loader thread; never by the audio thread.
+#[derive(Debug, Default)]
+pub struct CaptureLog {
+    answers: Mutex<VecDeque<CapturedAnswer>>,
+    /// Answers filed so far.
+    filed: std::sync::atomic::AtomicU64,
+}
+
+impl CaptureLog {
+    /// Files an answer (empty ones are not kept), dropping the oldest beyond [`CAPTURE_KEEP`].
+    pub fn file(&self, mut answer: CapturedAnswer) {
+        if answer.notes.is_empty() {
+            return;
+        }
+        let number = self.filed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        answer.number = number;
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.push_back(answer);
+        while answers.len() > CAPTURE_KEEP {
+            answers.pop_front();
+        }
+    }
+
+    /// Copies of the kept answers, oldest first; `None` if the generator is filing one right
+    /// now (the editor then shows what it showed before). Never blocks.
+    pub fn try_list(&self) -> Option<Vec<CapturedAnswer>> {
+        match self.answers.try_lock() {
+            Ok(answers) => Some(answers.iter().cloned().collect()),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().iter().cloned().collect()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The answer with this number, if it is still kept (blocks briefly; not for the GUI).
+    pub fn get(&self, number: u64) -> Option<CapturedAnswer> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.iter().find(|a| a.number == number).cloned()
+    }
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot create the folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot encode the MIDI file: {0}")]
+    Encode(String),
+}
+
+fn ticks(beats: f64) -> u64 {
+    (beats.max(0.0) * f64::from(EXPORT_TICKS_PER_BEAT)).round() as u64
+}
+
+/// The answer as a Standard MIDI File (format 0). Every note gets a note-off after its
+/// note-on, at least one tick later; a note that starts again while sounding on the same key
+/// is ended there first, so no note is stuck or of zero length.
+pub fn answer_to_midi(answer: &CapturedAnswer) -> Result<Vec<u8>, ExportError> {
+    let channel = u4::new(answer.channel.min(15));
+    // (tick, order, key, velocity): order 0 = note-off, 1 = note-on, so an off at the same tick
+    // as an on of the same key comes first.
+    let mut events: Vec<(u64, u8, u8, u8)> = Vec::with_capacity(answer.notes.len() * 2);
+    let mut notes: Vec<&CapturedNote> = answer.notes.iter().filter(|n| n.key < 128).collect();
+    notes.sort_by(|a, b| a.start_beats.total_cmp(&b.start_beats));
+    // (start, end) in ticks of the latest note of each key.
+    let mut sounding = [None::<(u64, u64)>; 128];
+    for note in notes {
+        let start = ticks(note.start_beats);
+        let end = ticks(note.end_beats).max(start + 1);
+        let key = usize::from(note.key);
+        if let Some((since, until)) = sounding[key] {
+            if since == start {
+                // The same key struck twice at once: one note.
+                continue;
+            }
+            if until > start {
+                // Cut the earlier note short: move its note-off to this start.
+                if let Some(off) = events
+                    .iter_mut()
+                    .rev()
+                    .find(|e| e.1 == 0 && e.2 == note.key && e.0 == until)
+                {
+                    off.0 = start;
+                }
+            }
+        }
+        let velocity = (note.velocity * 127.0).round().clamp(1.0, 127.0) as u8;
+        events.push((start, 1, note.key, velocity));
+        events.push((end, 0, note.key, 0));
+        sounding[key] = Some((start, end));
+    }
+    events.sort_by_key(|&(tick, order, key, _)| (tick, order, key));
+
+    let tempo_bpm = if answer.tempo_bpm.is_finite() && answer.tempo_bpm > 0.0 {
+        answer.tempo_bpm
+    } else {
+        120.0
+    };
+    let us_per_beat = (60_000_000.0 / tempo_bpm).round().clamp(1.0, f64::from(0xff_ffff)) as u32;
+    let mut track = Vec::with_capacity(events.len() + 3);
+    track.push(TrackEvent {
+        delta: u28::new(0),
+        kind: TrackEventKind::Meta(MetaMessage::TrackName(b"Continuo answer")),
+    });
+    track.push(TrackEvent {
+        delta: u28::new(0),
+        kind: TrackEventKind::Meta(MetaMessage::Tempo(u24::new(us_per_beat))),
+    });
+    let mut last = 0_u64;
+    for (tick, order, key, velocity) in events {
+        let delta = u28::try_from((tick - last) as u32)
+            .ok_or_else(|| ExportError::Encode(format!("a gap of {} ticks is too long", tick - last)))?;
+        last = tick;
+        let message = if order == 1 {
+            MidiMessage::NoteOn {
+                key: u7::new(key),
+                vel: u7::new(velocity),
+            }
+        } else {
+            MidiMessage::NoteOff {
+                key: u7::new(key),
+                vel: u7::new(0),
+            }
+        };
+        track.push(TrackEvent {
+            delta,
+            kind: TrackEventKind::Midi { channel, message },
+        });
+    }
+    track.push(TrackEvent {
+        delta: u28::new(0),
+        kind: TrackEventKind::Meta(MetaMessage::EndOfTrack),
+    });
+    let smf = Smf {
+        header: Header::new(
+            Format::SingleTrack,
+            Timing::Metrical(u15::new(EXPORT_TICKS_PER_BEAT)),
+        ),
+        tracks: vec![track],
+    };
+    let mut bytes = Vec::new();
+    smf.write_std(&mut bytes)
+        .map_err(|e| ExportError::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// A file name made of letters, digits and dashes only.
+fn slug(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+/// Writes the answer into `folder` (created if needed) as
+/// `continuo-answer-<number>-<style>.mid`, never overwriting a file: an existing name gets
+/// `-2`, `-3`, ... Returns the path written.
+pub fn export_answer(answer: &CapturedAnswer, folder: &Path) -> Result<PathBuf, ExportError> {
+    let bytes = answer_to_midi(answer)?;
+    std::fs::create_dir_all(folder).map_err(|source| ExportError::Folder {
+        path: folder.to_owned(),
+        source,
+    })?;
+    let stem = format!("continuo-answer-{}-{}", answer.number, slug(&answer.style));
+    for n in 1.. {
+        let name = if n == 1 {
+            format!("{stem}.mid")
+        } else {
+            format!("{stem}-{n}.mid")
+        };
+        let path = folder.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(&bytes)
+                    .map_err(|source| ExportError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(ExportError::Write { path, source }),
+        }
+    }
+    unreachable!("the loop only ends by returning")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(notes: &[(f64, f64, u8)]) -> CapturedAnswer {
+        CapturedAnswer {
+            number: 3,
+            style: "Irish Folk Tune".into(),
+            tempo_bpm: 90.0,
+            channel: 2,
+            notes: notes
+                .iter()
+                .map(|&(start_beats, end_beats, key)| CapturedNote {
+                    start_beats,
+                    end_beats,
+                    key,
+                    velocity: 0.5,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn log_keeps_the_newest_and_numbers_them() {
+        let log = CaptureLog::default();
+        log.file(answer(&[]));
+        for _ in 0..CAPTURE_KEEP + 2 {
+            log.file(answer(&[(0.0, 1.0, 60)]));
+        }
+        let kept = log.try_list().unwrap();
+        assert_eq!(kept.len(), CAPTURE_KEEP);
+        // The empty answer was not filed, so numbering starts at the first real one.
+        assert_eq!(kept.last().unwrap().number, CAPTURE_KEEP as u64 + 2);
+        assert_eq!(kept[0].number, 3);
+        assert!(log.get(1).is_none());
+        assert_eq!(log.get(5).unwrap().number, 5);
+    }
+
+    #[test]
+    fn midi_has_the_tempo_channel_and_beat_times() {
+        let bytes = answer_to_midi(&answer(&[(0.0, 1.0, 60), (1.5, 2.0, 64)])).unwrap();
+        let smf = Smf::parse(&bytes).unwrap();
+        assert_eq!(smf.header.timing, Timing::Metrical(u15::new(480)));
+        let mut tick = 0_u64;
+        let mut seen = Vec::new();
+        for event in &smf.tracks[0] {
+            tick += u64::from(event.delta.as_int());
+            match event.kind {
+                TrackEventKind::Meta(MetaMessage::Tempo(t)) => {
+                    assert_eq!(t.as_int(), 666_667);
+                }
+                TrackEventKind::Midi { channel, message } => {
+                    assert_eq!(channel.as_int(), 2);
+                    seen.push((tick, message));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (0, MidiMessage::NoteOn { key: u7::new(60), vel: u7::new(64) }),
+                (480, MidiMessage::NoteOff { key: u7::new(60), vel: u7::new(0) }),
+                (720, MidiMessage::NoteOn { key: u7::new(64), vel: u7::new(64) }),
+                (960, MidiMessage::NoteOff { key: u7::new(64), vel: u7::new(0) }),
+            ]
+        );
+    }
+
+    /// Every note-on is closed by a later note-off of the same key, with nothing stuck, whatever
+    /// the notes overlap: checked with the engine's own MIDI reader.
+    #[test]
+    fn overlapping_and_zero_length_notes_give_no_stuck_notes() {
+        let bytes = answer_to_midi(&answer(&[
+            (0.0, 2.0, 60),
+            (1.0, 3.0, 60),
+            (1.0, 1.0, 62),
+            (2.0, 1.5, 64),
+            (2.5, 2.5, 60),
+            (4.0, 5.0, 67),
+            (4.0, 4.5, 67),
+        ]))
+        .unwrap();
+        let notes = continuo_engine::midi::midi_to_notes(&bytes).unwrap();
+        assert_eq!(notes.len(), 6);
+        assert!(notes.iter().all(|n| n.duration > 0), "{notes:?}");
+        let mut depth = [0_i32; 128];
+        let smf = Smf::parse(&bytes).unwrap();
+        for event in &smf.tracks[0] {
+            if let TrackEventKind::Midi { message, .. } = event.kind {
+                match message {
+                    MidiMessage::NoteOn { key, .. } => depth[key.as_int() as usize] += 1,
+                    MidiMessage::NoteOff { key, .. } => depth[key.as_int() as usize] -= 1,
+                    _ => {}
+                }
+                assert!(depth.iter().all(|&d| (0..=1).contains(&d)), "{depth:?}");
+            }
+        }
+        assert!(depth.iter().all(|&d| d == 0));
+    }
+
+    #[test]
+    fn export_never_overwrites() {
+        let dir = std::env::temp_dir().join(format!("continuo-capture-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = answer(&[(0.0, 1.0, 60)]);
+        let first = export_answer(&a, &dir).unwrap();
+        let second = export_answer(&a, &dir).unwrap();
+        assert_eq!(
+            first.file_name().unwrap(),
+            "continuo-answer-3-irish-folk-tune.mid"
+        );
+        assert_eq!(
+            second.file_name().unwrap(),
+            "continuo-answer-3-irish-folk-tune-2.mid"
+        );
+        assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
