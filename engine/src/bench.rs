@@ -41,14 +41,25 @@ pub fn synthetic_prompt(n: usize) -> Vec<Note> {
                 onset += [25, 12, 38, 25][i % 4];
             }
             let pitch = 48 + 12 * ((i / 7) % 3) as u8 + scale[(i * 5) % 7];
-            Note::from_pitch(onset, 20 + (i % 5) as i64 * 10, pitch, 0, 60 + (i % 40) as i64)
+            Note::from_pitch(
+                onset,
+                20 + (i % 5) as i64 * 10,
+                pitch,
+                0,
+                60 + (i % 40) as i64,
+            )
         })
         .collect()
 }
 
 /// Runs `notes` greedy decode steps after a prefill of `prompt_notes`, without stopping on EOS
 /// (as the reference benchmark does), so exactly `notes` notes are timed.
-pub fn run(model: &Moonbeam, load: Duration, prompt_notes: usize, notes: usize) -> Result<BenchReport, crate::error::ModelError> {
+pub fn run(
+    model: &Moonbeam,
+    load: Duration,
+    prompt_notes: usize,
+    notes: usize,
+) -> Result<BenchReport, crate::error::ModelError> {
     let prompt = synthetic_prompt(prompt_notes);
     let mut session = Session::new(model, prompt_notes + notes + 1);
     session.set_style(Style::base());
@@ -63,7 +74,14 @@ pub fn run(model: &Moonbeam, load: Duration, prompt_notes: usize, notes: usize) 
         if i > 0 {
             // EOS/SOS codes are fed back as they are (all lie inside the embedding tables),
             // as the reference does with its EOS checks disabled.
-            let row = [prev_onset + values[0], values[1], values[2], values[3], values[4], values[5]];
+            let row = [
+                prev_onset + values[0],
+                values[1],
+                values[2],
+                values[3],
+                values[4],
+                values[5],
+            ];
             prev_onset = row[0];
             let t = Instant::now();
             session.push(row)?;
@@ -77,7 +95,13 @@ pub fn run(model: &Moonbeam, load: Duration, prompt_notes: usize, notes: usize) 
     let per_note: Vec<Duration> = head
         .iter()
         .enumerate()
-        .map(|(i, h)| *h + if i > 0 { transformer[i - 1] } else { Duration::ZERO })
+        .map(|(i, h)| {
+            *h + if i > 0 {
+                transformer[i - 1]
+            } else {
+                Duration::ZERO
+            }
+        })
         .skip(1)
         .collect();
     let peak_rss = peak_rss_bytes();
@@ -140,7 +164,10 @@ pub fn measure_bandwidth_gb_s() -> f64 {
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        let s: f32 = buf.par_chunks(1 << 14).map(|c| crate::kernels::dot(c, &ones)).sum();
+        let s: f32 = buf
+            .par_chunks(1 << 14)
+            .map(|c| crate::kernels::dot(c, &ones))
+            .sum();
         std::hint::black_box(s);
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -152,9 +179,11 @@ pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
         })
         .map_or(0, |kb| kb * 1024)
 }
@@ -172,7 +201,12 @@ pub struct StyleBenchReport {
 
 /// Writes a random style of rank `rank` for `model`, then times loading it (read, parse,
 /// shape and finiteness checks), swapping styles in a live session, and decoding with it.
-pub fn run_style(model: &Moonbeam, rank: usize, prompt_notes: usize, notes: usize) -> anyhow::Result<StyleBenchReport> {
+pub fn run_style(
+    model: &Moonbeam,
+    rank: usize,
+    prompt_notes: usize,
+    notes: usize,
+) -> anyhow::Result<StyleBenchReport> {
     use std::sync::Arc;
     let (vars, _) = crate::train::params::new_lora(model, rank, 2.0 * rank as f64, 9)?;
     // Non-zero B so the style really changes the output.
@@ -214,7 +248,10 @@ pub fn run_style(model: &Moonbeam, rank: usize, prompt_notes: usize, notes: usiz
         loads.push(t.elapsed());
         loaded = Some(a);
     }
-    let styled = Style::single(Arc::new(loaded.ok_or_else(|| anyhow::anyhow!("no style"))?), 1.0);
+    let styled = Style::single(
+        Arc::new(loaded.ok_or_else(|| anyhow::anyhow!("no style"))?),
+        1.0,
+    );
     let prompt = synthetic_prompt(prompt_notes);
     let mut session = Session::new(model, prompt_notes + notes + 1);
     session.prefill(&prompt)?;
@@ -263,7 +300,12 @@ pub struct TrainBenchReport {
 
 /// Times `steps` LoRA training steps (forward, backward, AdamW) on one packed sequence of
 /// `context_rows` rows of the synthetic prompt.
-pub fn run_train(model: &Moonbeam, rank: usize, context_rows: usize, steps: usize) -> anyhow::Result<TrainBenchReport> {
+pub fn run_train(
+    model: &Moonbeam,
+    rank: usize,
+    context_rows: usize,
+    steps: usize,
+) -> anyhow::Result<TrainBenchReport> {
     use crate::train::loss::{packed_loss, PackedBatch};
     let (vars, style) = crate::train::params::new_lora(model, rank, 2.0 * rank as f64, 1)?;
     let mut opt = crate::train::optim::AdamW::new(vars, 3e-4, 0.0)?;
@@ -274,7 +316,11 @@ pub fn run_train(model: &Moonbeam, rank: usize, context_rows: usize, steps: usiz
     let mut times = Vec::new();
     for _ in 0..steps.max(1) {
         let t = Instant::now();
-        let batch = PackedBatch { rows: vec![&rows], segments: segments.clone(), loss_mask: loss_mask.clone() };
+        let batch = PackedBatch {
+            rows: vec![&rows],
+            segments: segments.clone(),
+            loss_mask: loss_mask.clone(),
+        };
         let (loss, _) = packed_loss(model, &style, &batch)?;
         opt.backward_step(&loss)?;
         times.push(t.elapsed());

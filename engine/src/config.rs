@@ -134,17 +134,28 @@ impl ConfigFile {
             ));
         }
         if self.hidden_size == 0 || self.hidden_size % 12 != 0 {
-            return bad(format!("hidden_size {} must be a positive multiple of 12", self.hidden_size));
+            return bad(format!(
+                "hidden_size {} must be a positive multiple of 12",
+                self.hidden_size
+            ));
         }
         if (self.hidden_size / 12) % 2 != 0 {
-            return bad(format!("head dimension {} must be even for rotary", self.hidden_size / 12));
+            return bad(format!(
+                "head dimension {} must be even for rotary",
+                self.hidden_size / 12
+            ));
         }
         if self.attention_bias == Some(true) || self.mlp_bias == Some(true) {
-            return bad("attention_bias and mlp_bias are not supported (the official models have none)".into());
+            return bad(
+                "attention_bias and mlp_bias are not supported (the official models have none)"
+                    .into(),
+            );
         }
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return bad(format!("hidden_act {act:?} is not supported, only \"silu\""));
+                return bad(format!(
+                    "hidden_act {act:?} is not supported, only \"silu\""
+                ));
             }
         }
         let fme = [
@@ -158,7 +169,11 @@ impl ConfigFile {
         for (i, (name, e)) in fme.iter().enumerate() {
             match (e.method.as_str(), e.base) {
                 ("FME", Some(base)) if base > 1.0 => fme_base[i] = base,
-                _ => return bad(format!("{name} must be {{\"method\": \"FME\", \"base\": > 1}}, got {e:?}")),
+                _ => {
+                    return bad(format!(
+                        "{name} must be {{\"method\": \"FME\", \"base\": > 1}}, got {e:?}"
+                    ))
+                }
             }
         }
         if self.instrument_embedding.method != "WE" {
@@ -178,7 +193,10 @@ impl ConfigFile {
         let minimum = [3, 3, 13, 14, 131, 130];
         for (i, (&v, &min)) in vocab.iter().zip(minimum.iter()).enumerate() {
             if v < min {
-                return bad(format!("{} vocabulary {v} is below the minimum {min}", Attribute::ALL[i].name()));
+                return bad(format!(
+                    "{} vocabulary {v} is below the minimum {min}",
+                    Attribute::ALL[i].name()
+                ));
             }
         }
         let expected_decode = 1 + vocab.iter().sum::<usize>();
@@ -190,7 +208,9 @@ impl ConfigFile {
         }
         if let Some(imp) = &self.decoder.attn_implementation {
             if imp != "GRU" {
-                return bad(format!("decoder._attn_implementation {imp:?} is not supported, only \"GRU\""));
+                return bad(format!(
+                    "decoder._attn_implementation {imp:?} is not supported, only \"GRU\""
+                ));
             }
         }
         if self.decoder.hidden_size == 0 || self.decoder.num_hidden_layers == 0 {
@@ -226,8 +246,10 @@ impl ConfigFile {
 impl Config {
     /// Reads and validates an official-schema JSON config.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         ConfigFile::from_json(&text)?.into_config()
     }
 
@@ -317,7 +339,13 @@ impl Config {
         let supp = 2 * h + (h * (h / 2) + h / 2) + (h / 2 * h + h);
         let layer = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size + 2 * h;
         let gru = self.gru_layers * (2 * 3 * g * g + 2 * 3 * g) + g * g + g;
-        fme + instr + supp + self.n_layers * layer + h + gru + 2 * self.decode_vocab_size * g + g * h
+        fme + instr
+            + supp
+            + self.n_layers * layer
+            + h
+            + gru
+            + 2 * self.decode_vocab_size * g
+            + g * h
     }
 }
 
@@ -335,7 +363,13 @@ mod tests {
 
     #[test]
     fn medium_offsets_match_the_spec() {
-        assert_eq!(Config::medium().decode_offsets(), [1, 4100, 8199, 8212, 8226, 8357]);
-        assert_eq!(Config::small().decode_offsets(), [1, 1027, 2053, 2066, 2080, 2211]);
+        assert_eq!(
+            Config::medium().decode_offsets(),
+            [1, 4100, 8199, 8212, 8226, 8357]
+        );
+        assert_eq!(
+            Config::small().decode_offsets(),
+            [1, 1027, 2053, 2066, 2080, 2211]
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config is not valid JSON in the Moonbeam schema: {0}")]
     Json(serde_json::Error),
     #[error("unsupported config: {0}")]
@@ -17,13 +20,20 @@ pub enum ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("cannot read weights {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a safetensors file or a PyTorch checkpoint: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("tensor `{name}` is missing from the checkpoint (expected shape {expected:?})")]
     Missing { name: String, expected: Vec<usize> },
     #[error("tensor `{name}` has shape {got:?}, expected {expected:?}; the weights do not match the config")]
-    Shape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("tensor `{name}` has unsupported dtype {dtype}")]
     Dtype { name: String, dtype: String },
     #[error("tensor `{name}` contains non-finite values")]
@@ -49,11 +59,18 @@ pub enum ModelError {
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("not a valid adapter: {0}")]
     Format(String),
     #[error("adapter tensor `{tensor}` has shape {got:?}, expected {expected:?}: it was made for another base model")]
-    Shape { tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        tensor: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("adapter was made for another base model: {0}")]
     BaseMismatch(String),
     #[error(transparent)]

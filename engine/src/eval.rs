@@ -26,7 +26,14 @@ fn attribute_values(notes: &[Note]) -> Vec<[i64; 6]> {
         .map(|n| {
             let ts = n.onset - prev;
             prev = n.onset;
-            [ts, n.duration, n.octave, n.pitch_class, n.instrument, n.velocity]
+            [
+                ts,
+                n.duration,
+                n.octave,
+                n.pitch_class,
+                n.instrument,
+                n.velocity,
+            ]
         })
         .collect()
 }
@@ -44,7 +51,11 @@ impl Loss {
     fn from_sums(sums: [f64; 6], notes: usize) -> Self {
         let n = notes.max(1) as f64;
         let per_attribute = sums.map(|s| s / n);
-        Loss { per_note: per_attribute.iter().sum(), per_attribute, notes }
+        Loss {
+            per_note: per_attribute.iter().sum(),
+            per_attribute,
+            notes,
+        }
     }
 }
 
@@ -56,9 +67,14 @@ pub fn model_loss(model: &Moonbeam, style: &Style, samples: &[Vec<Note>]) -> any
     for s in samples {
         let rows: Vec<Row> = vocab::input_rows(s, true);
         if rows.len() > model.cfg.max_len {
-            anyhow::bail!("a sample of {} rows exceeds the context of {}", rows.len(), model.cfg.max_len);
+            anyhow::bail!(
+                "a sample of {} rows exceeds the context of {}",
+                rows.len(),
+                model.cfg.max_len
+            );
         }
-        let labels = vocab::labels(&model.cfg, &rows).map_err(|(r, why)| anyhow::anyhow!("row {r}: {why}"))?;
+        let labels = vocab::labels(&model.cfg, &rows)
+            .map_err(|(r, why)| anyhow::anyhow!("row {r}: {why}"))?;
         let out = model.forward(&[&rows], Mask::Causal, style, None)?;
         let l = rows.len();
         let inputs: Vec<u32> = labels[1..].iter().flat_map(|r| r[0..6].to_vec()).collect();
@@ -66,8 +82,14 @@ pub fn model_loss(model: &Moonbeam, style: &Style, samples: &[Vec<Note>]) -> any
         let inputs = Tensor::from_vec(inputs, (1, l - 1, 6), &Device::Cpu)?;
         let targets = Tensor::from_vec(targets, (1, l - 1, 6, 1), &Device::Cpu)?;
         let logits = model.gru_logits(&out.hidden, &inputs, style)?;
-        let nll = candle_nn::ops::log_softmax(&logits, D::Minus1)?.gather(&targets, D::Minus1)?.neg()?;
-        let per_attr = nll.squeeze(D::Minus1)?.squeeze(0)?.sum(0)?.to_vec1::<f32>()?;
+        let nll = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+            .gather(&targets, D::Minus1)?
+            .neg()?;
+        let per_attr = nll
+            .squeeze(D::Minus1)?
+            .squeeze(0)?
+            .sum(0)?
+            .to_vec1::<f32>()?;
         for a in 0..6 {
             sums[a] += per_attr[a] as f64;
         }
@@ -107,7 +129,11 @@ impl Baselines {
                 }
             }
         }
-        Baselines { vocab, unigram, markov }
+        Baselines {
+            vocab,
+            unigram,
+            markov,
+        }
     }
 
     fn unigram_p(&self, a: usize, v: usize) -> f64 {
@@ -124,7 +150,8 @@ impl Baselines {
                 let total: f64 = row.iter().sum();
                 // Interpolated: a row seen rarely leans on the unigram.
                 let lambda = total / (total + 5.0);
-                lambda * (row[v] + 0.1) / (total + 0.1 * self.vocab[a] as f64) + (1.0 - lambda) * self.unigram_p(a, v)
+                lambda * (row[v] + 0.1) / (total + 0.1 * self.vocab[a] as f64)
+                    + (1.0 - lambda) * self.unigram_p(a, v)
             }
         }
     }
@@ -147,10 +174,23 @@ impl Baselines {
     }
 
     /// Samples a continuation of `n` notes after `prompt`.
-    pub fn generate(&self, prompt: &[Note], n: usize, markov: bool, rng: &mut impl rand::Rng) -> Vec<Note> {
+    pub fn generate(
+        &self,
+        prompt: &[Note],
+        n: usize,
+        markov: bool,
+        rng: &mut impl rand::Rng,
+    ) -> Vec<Note> {
         let mut prev: Option<[usize; 6]> = prompt.last().map(|last| {
             let before = prompt.len().checked_sub(2).map_or(0, |i| prompt[i].onset);
-            let v = [last.onset - before, last.duration, last.octave, last.pitch_class, last.instrument, last.velocity];
+            let v = [
+                last.onset - before,
+                last.duration,
+                last.octave,
+                last.pitch_class,
+                last.instrument,
+                last.velocity,
+            ];
             std::array::from_fn(|a| v[a].clamp(0, self.vocab[a] as i64 - 1) as usize)
         });
         let mut onset = prompt.last().map_or(0, |n| n.onset);
@@ -188,8 +228,15 @@ impl Baselines {
 }
 
 /// The seven statistics compared between generated and held-out continuations.
-pub const STATISTICS: [&str; 7] =
-    ["pitch_class", "interval", "inter_onset", "duration", "velocity", "polyphony", "notes_per_second"];
+pub const STATISTICS: [&str; 7] = [
+    "pitch_class",
+    "interval",
+    "inter_onset",
+    "duration",
+    "velocity",
+    "polyphony",
+    "notes_per_second",
+];
 
 /// Histograms of the seven statistics over a set of continuations.
 #[derive(Debug, Clone, Serialize)]
@@ -200,20 +247,38 @@ pub struct Stats {
 fn log_bin(ticks: i64, bins: usize) -> usize {
     // 0, 1, 2-3, 4-7, ... (10 ms ticks): bin k holds [2^(k-1), 2^k).
     let t = ticks.max(0) as u64;
-    let b = if t == 0 { 0 } else { 64 - t.leading_zeros() as usize };
+    let b = if t == 0 {
+        0
+    } else {
+        64 - t.leading_zeros() as usize
+    };
     b.min(bins - 1)
 }
 
 impl Stats {
     pub fn of(continuations: &[Vec<Note>]) -> Self {
-        let mut h: Vec<Vec<f64>> = vec![vec![0.0; 12], vec![0.0; 25], vec![0.0; 12], vec![0.0; 12], vec![0.0; 16], vec![0.0; 8], vec![0.0; 16]];
+        let mut h: Vec<Vec<f64>> = vec![
+            vec![0.0; 12],
+            vec![0.0; 25],
+            vec![0.0; 12],
+            vec![0.0; 12],
+            vec![0.0; 16],
+            vec![0.0; 8],
+            vec![0.0; 16],
+        ];
         for c in continuations {
-            let notes: Vec<&Note> = c.iter().filter(|n| n.is_valid_midi() && n.instrument != 128).collect();
+            let notes: Vec<&Note> = c
+                .iter()
+                .filter(|n| n.is_valid_midi() && n.instrument != 128)
+                .collect();
             for n in &notes {
                 h[0][n.pitch_class as usize] += 1.0;
                 h[3][log_bin(n.duration, 12)] += 1.0;
                 h[4][(n.velocity as usize / 8).min(15)] += 1.0;
-                let sounding = notes.iter().filter(|m| m.onset <= n.onset && m.onset + m.duration > n.onset).count();
+                let sounding = notes
+                    .iter()
+                    .filter(|m| m.onset <= n.onset && m.onset + m.duration > n.onset)
+                    .count();
                 h[5][sounding.clamp(1, 8) - 1] += 1.0;
             }
             for w in notes.windows(2) {
@@ -234,8 +299,15 @@ impl Stats {
             .iter()
             .zip(&other.histograms)
             .map(|(a, b)| {
-                let (sa, sb) = (a.iter().sum::<f64>().max(1e-12), b.iter().sum::<f64>().max(1e-12));
-                0.5 * a.iter().zip(b).map(|(x, y)| (x / sa - y / sb).abs()).sum::<f64>()
+                let (sa, sb) = (
+                    a.iter().sum::<f64>().max(1e-12),
+                    b.iter().sum::<f64>().max(1e-12),
+                );
+                0.5 * a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x / sa - y / sb).abs())
+                    .sum::<f64>()
             })
             .collect()
     }
@@ -289,9 +361,19 @@ pub fn evaluate(
     let need = opts.prompt_notes + opts.continuation_notes;
     let mut prompts = Vec::new();
     let mut references = Vec::new();
-    for p in pieces.iter().filter(|p| p.len() >= need).take(opts.max_prompts) {
+    for p in pieces
+        .iter()
+        .filter(|p| p.len() >= need)
+        .take(opts.max_prompts)
+    {
         let start = p[0].onset;
-        let rezeroed: Vec<Note> = p[..need].iter().map(|n| Note { onset: n.onset - start, ..*n }).collect();
+        let rezeroed: Vec<Note> = p[..need]
+            .iter()
+            .map(|n| Note {
+                onset: n.onset - start,
+                ..*n
+            })
+            .collect();
         prompts.push(rezeroed[..opts.prompt_notes].to_vec());
         references.push(rezeroed[opts.prompt_notes..].to_vec());
     }
@@ -300,14 +382,27 @@ pub fn evaluate(
     }
     let reference = Stats::of(&references);
     let mut systems = Vec::new();
-    let gen_opts = GenerateOptions { max_notes: opts.continuation_notes, max_duration_ticks: None, sampling: opts.sampling };
+    let gen_opts = GenerateOptions {
+        max_notes: opts.continuation_notes,
+        max_duration_ticks: None,
+        sampling: opts.sampling,
+    };
     let mut generated = Vec::new();
     let (mut total, mut valid) = (0, 0);
     let t = std::time::Instant::now();
     for (i, prompt) in prompts.iter().enumerate() {
         let mut o = gen_opts.clone();
-        if let Sampling::TopP { temperature, top_p, seed } = o.sampling {
-            o.sampling = Sampling::TopP { temperature, top_p, seed: seed.wrapping_add(i as u64) };
+        if let Sampling::TopP {
+            temperature,
+            top_p,
+            seed,
+        } = o.sampling
+        {
+            o.sampling = Sampling::TopP {
+                temperature,
+                top_p,
+                seed: seed.wrapping_add(i as u64),
+            };
         }
         let g = continue_notes(model, style, prompt, &o, |_, _| {})?;
         total += g.rows.len();
@@ -324,7 +419,10 @@ pub fn evaluate(
     });
     for (name, markov) in [("markov", true), ("unigram", false)] {
         let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-        let conts: Vec<Vec<Note>> = prompts.iter().map(|p| baselines.generate(p, opts.continuation_notes, markov, &mut rng)).collect();
+        let conts: Vec<Vec<Note>> = prompts
+            .iter()
+            .map(|p| baselines.generate(p, opts.continuation_notes, markov, &mut rng))
+            .collect();
         let n: usize = conts.iter().map(Vec::len).sum();
         let v: usize = conts.iter().flatten().filter(|x| x.is_valid_midi()).count();
         systems.push(SystemReport {
@@ -372,7 +470,10 @@ impl EvalReport {
             for d in &sys.distances {
                 s += &format!(" {d:>16.4}");
             }
-            s += &format!(" {:>7.1}%\n", 100.0 * sys.valid_notes as f64 / sys.generated_notes.max(1) as f64);
+            s += &format!(
+                " {:>7.1}%\n",
+                100.0 * sys.valid_notes as f64 / sys.generated_notes.max(1) as f64
+            );
         }
         s
     }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use crate::error::ModelError;
+use crate::lora::Style;
 use crate::model::decode::{DecodeScratch, KvCache};
 use crate::model::forward::Row;
 use crate::model::gru::{Chooser, GruScratch};
-use crate::lora::Style;
 use crate::model::Moonbeam;
 use crate::note::Note;
 use crate::vocab::SOS_ROW;
@@ -24,14 +24,22 @@ pub enum Sampling {
     /// Argmax inside the attribute's allowed range (the reference's `temperature == 0` branch).
     Greedy,
     /// Temperature and top-p over the full vocabulary, restricted to the allowed range.
-    TopP { temperature: f32, top_p: f32, seed: u64 },
+    TopP {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
 }
 
 impl Sampling {
     pub fn chooser(&self) -> Box<dyn Chooser + Send> {
         match *self {
             Sampling::Greedy => Box::new(Greedy),
-            Sampling::TopP { temperature, top_p, seed } => Box::new(TopP::new(temperature, top_p, seed)),
+            Sampling::TopP {
+                temperature,
+                top_p,
+                seed,
+            } => Box::new(TopP::new(temperature, top_p, seed)),
         }
     }
 }
@@ -87,7 +95,11 @@ impl TopP {
     fn truncate(probs: &mut [f32], order: &mut Vec<u32>, top_p: f32) {
         order.clear();
         order.extend(0..probs.len() as u32);
-        order.sort_unstable_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+        order.sort_unstable_by(|&a, &b| {
+            probs[b as usize]
+                .total_cmp(&probs[a as usize])
+                .then(a.cmp(&b))
+        });
         let mut before = 0.0f32;
         for &i in order.iter() {
             let p = probs[i as usize];
@@ -121,7 +133,8 @@ impl Chooser for TopP {
 
     fn choose(&mut self, _attr: usize, allowed: Range<usize>, logits: &[f32]) -> usize {
         self.probs.clear();
-        self.probs.extend(logits.iter().map(|&l| l / self.temperature));
+        self.probs
+            .extend(logits.iter().map(|&l| l / self.temperature));
         crate::kernels::softmax_in_place(&mut self.probs);
         let mut probs = std::mem::take(&mut self.probs);
         let mut order = std::mem::take(&mut self.order);
@@ -130,7 +143,10 @@ impl Chooser for TopP {
             Some(i) => i,
             None => {
                 // Fallback: softmax of the probabilities themselves over the allowed range.
-                let mut q: Vec<f32> = logits[allowed.clone()].iter().map(|&l| l / self.temperature).collect();
+                let mut q: Vec<f32> = logits[allowed.clone()]
+                    .iter()
+                    .map(|&l| l / self.temperature)
+                    .collect();
                 crate::kernels::softmax_in_place(&mut q);
                 let mut full_q = q.clone();
                 crate::kernels::softmax_in_place(&mut full_q);
@@ -220,7 +236,8 @@ impl<'m> Session<'m> {
         let mut rows = Vec::with_capacity(notes.len() + 1);
         rows.push(SOS_ROW);
         rows.extend(notes.iter().map(|n| n.to_row()));
-        self.model.prefill(&rows, &mut self.cache, &mut self.scratch, &self.style)?;
+        self.model
+            .prefill(&rows, &mut self.cache, &mut self.scratch, &self.style)?;
         self.rows = rows;
         Ok(())
     }
@@ -228,10 +245,12 @@ impl<'m> Session<'m> {
     /// Appends one row to the context (a single-token step).
     pub fn push(&mut self, row: Row) -> Result<(), ModelError> {
         if self.rows.is_empty() && row != SOS_ROW {
-            self.model.step(&SOS_ROW, &mut self.cache, &mut self.scratch, &self.style)?;
+            self.model
+                .step(&SOS_ROW, &mut self.cache, &mut self.scratch, &self.style)?;
             self.rows.push(SOS_ROW);
         }
-        self.model.step(&row, &mut self.cache, &mut self.scratch, &self.style)?;
+        self.model
+            .step(&row, &mut self.cache, &mut self.scratch, &self.style)?;
         self.rows.push(row);
         Ok(())
     }
@@ -241,7 +260,9 @@ impl<'m> Session<'m> {
         if self.rows.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
-        Ok(self.model.decode_note(&self.scratch.hidden, &mut self.gru, chooser, &self.style)?)
+        Ok(self
+            .model
+            .decode_note(&self.scratch.hidden, &mut self.gru, chooser, &self.style)?)
     }
 
     /// Final normed hidden state of the last row in the context.
@@ -275,7 +296,11 @@ pub struct Generation {
 impl Generation {
     /// The playable notes: generated rows that are valid MIDI.
     pub fn valid_notes(&self) -> Vec<Note> {
-        self.rows.iter().copied().filter(Note::is_valid_midi).collect()
+        self.rows
+            .iter()
+            .copied()
+            .filter(Note::is_valid_midi)
+            .collect()
     }
 }
 
@@ -297,7 +322,10 @@ pub fn continue_notes(
     let cfg = &model.cfg;
     let prompt_rows = prompt.len() + 1;
     if prompt_rows >= cfg.max_len {
-        return Err(ModelError::TooLong { len: prompt_rows + 1, max: cfg.max_len });
+        return Err(ModelError::TooLong {
+            len: prompt_rows + 1,
+            max: cfg.max_len,
+        });
     }
     let max_new = opts.max_notes.min(cfg.max_len - prompt_rows);
     let mut session = Session::new(model, prompt_rows + max_new);
@@ -308,8 +336,18 @@ pub fn continue_notes(
     let mut chooser = opts.sampling.chooser();
     let last_prompt_onset = prompt.last().map_or(0, |n| n.onset);
     let mut prev_onset = last_prompt_onset;
-    let stop = if max_new < opts.max_notes { StopReason::ContextFull } else { StopReason::MaxNotes };
-    let mut out = Generation { rows: Vec::new(), invalid: Vec::new(), stop, prefill, timings: Vec::new() };
+    let stop = if max_new < opts.max_notes {
+        StopReason::ContextFull
+    } else {
+        StopReason::MaxNotes
+    };
+    let mut out = Generation {
+        rows: Vec::new(),
+        invalid: Vec::new(),
+        stop,
+        prefill,
+        timings: Vec::new(),
+    };
     for i in 0..max_new {
         let mut transformer = Duration::ZERO;
         if i > 0 {
@@ -319,7 +357,10 @@ pub fn continue_notes(
         }
         let t = Instant::now();
         let values = session.next_values(chooser.as_mut())?;
-        out.timings.push(NoteTiming { transformer, head: t.elapsed() });
+        out.timings.push(NoteTiming {
+            transformer,
+            head: t.elapsed(),
+        });
         if cfg.is_eos(&values) {
             out.stop = StopReason::Eos;
             break;

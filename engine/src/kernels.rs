@@ -58,7 +58,9 @@ fn dot_fn() -> DotFn {
         use std::sync::OnceLock;
         static CHOICE: OnceLock<DotFn> = OnceLock::new();
         *CHOICE.get_or_init(|| {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 dot_avx2_entry
             } else {
                 dot_portable
@@ -114,16 +116,29 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: o + 32 <= n, and both slices hold at least n elements.
         unsafe {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o + 8)), _mm256_loadu_ps(pb.add(o + 8)), acc1);
-            acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o + 16)), _mm256_loadu_ps(pb.add(o + 16)), acc2);
-            acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o + 24)), _mm256_loadu_ps(pb.add(o + 24)), acc3);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(o + 8)),
+                _mm256_loadu_ps(pb.add(o + 8)),
+                acc1,
+            );
+            acc2 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(o + 16)),
+                _mm256_loadu_ps(pb.add(o + 16)),
+                acc2,
+            );
+            acc3 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(o + 24)),
+                _mm256_loadu_ps(pb.add(o + 24)),
+                acc3,
+            );
         }
     }
     let acc = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
     let mut lanes = [0f32; 8];
     // SAFETY: `lanes` holds exactly 8 f32s.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
     for k in chunks * 32..n {
         sum += a[k] * b[k];
     }
@@ -182,19 +197,32 @@ mod tests {
 
     fn naive(w: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
         (0..rows)
-            .map(|r| w[r * x.len()..(r + 1) * x.len()].iter().zip(x).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() as f32)
+            .map(|r| {
+                w[r * x.len()..(r + 1) * x.len()]
+                    .iter()
+                    .zip(x)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum::<f64>() as f32
+            })
             .collect()
     }
 
     #[test]
     fn matvec_matches_naive_on_odd_shapes() {
         for &(rows, cols) in &[(1, 1), (3, 7), (5, 33), (130, 515), (700, 1000)] {
-            let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-            let x: Vec<f32> = (0..cols).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0)
+                .collect();
             let mut out = vec![0.0; rows];
             matvec(&w, &x, None, &mut out);
             for (a, b) in out.iter().zip(naive(&w, &x, rows)) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{rows}x{cols}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{rows}x{cols}: {a} vs {b}"
+                );
             }
         }
     }

@@ -14,8 +14,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
 use crate::error::AdapterError;
-use crate::model::linear::with_f32;
 use crate::kernels::matvec;
+use crate::model::linear::with_f32;
 
 /// One low-rank pair: `delta(x) = scale * B (A x)` with `A: (r, in)` and `B: (out, r)`.
 /// For the embedding target, `A: (r, vocab)` and `B: (dim, r)` and `delta(id) = scale * B A[:, id]`.
@@ -74,7 +74,12 @@ impl Target {
         for i in 0..cfg.n_layers {
             out.extend([Target::Q(i), Target::K(i), Target::V(i), Target::O(i)]);
         }
-        out.extend([Target::DecoderEmbedding, Target::SummaryProjection, Target::LmHead, Target::FcOut]);
+        out.extend([
+            Target::DecoderEmbedding,
+            Target::SummaryProjection,
+            Target::LmHead,
+            Target::FcOut,
+        ]);
         out
     }
 
@@ -107,29 +112,47 @@ impl Adapter {
     /// Reads a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
     pub fn from_peft_dir(dir: &Path, cfg: &Config) -> Result<Self, AdapterError> {
         let config_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|source| AdapterError::Io { path: config_path.clone(), source })?;
+        let text = std::fs::read_to_string(&config_path).map_err(|source| AdapterError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| AdapterError::Format(format!("{}: {e}", config_path.display())))?;
-        let rank = json["r"].as_u64().ok_or_else(|| AdapterError::Format("adapter_config.json has no integer `r`".into()))? as usize;
-        let alpha = json["lora_alpha"].as_f64().ok_or_else(|| AdapterError::Format("adapter_config.json has no `lora_alpha`".into()))?;
+        let rank = json["r"]
+            .as_u64()
+            .ok_or_else(|| AdapterError::Format("adapter_config.json has no integer `r`".into()))?
+            as usize;
+        let alpha = json["lora_alpha"].as_f64().ok_or_else(|| {
+            AdapterError::Format("adapter_config.json has no `lora_alpha`".into())
+        })?;
         if json["use_rslora"].as_bool() == Some(true) || json["use_dora"].as_bool() == Some(true) {
-            return Err(AdapterError::Format("rsLoRA and DoRA adapters are not supported".into()));
+            return Err(AdapterError::Format(
+                "rsLoRA and DoRA adapters are not supported".into(),
+            ));
         }
         let weights = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|source| AdapterError::Io { path: weights.clone(), source })?;
+        let bytes = std::fs::read(&weights).map_err(|source| AdapterError::Io {
+            path: weights.clone(),
+            source,
+        })?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| AdapterError::Format(format!("{}: {e}", weights.display())))?;
         let mut named = HashMap::new();
         for (name, t) in tensors {
-            let key = name.strip_prefix("base_model.model.").unwrap_or(&name).to_owned();
+            let key = name
+                .strip_prefix("base_model.model.")
+                .unwrap_or(&name)
+                .to_owned();
             named.insert(key, t);
         }
         let mut pairs = HashMap::new();
         for target in Target::all(cfg) {
             let m = target.module_name();
             let (a_key, b_key) = match target {
-                Target::DecoderEmbedding => (format!("{m}.lora_embedding_A"), format!("{m}.lora_embedding_B")),
+                Target::DecoderEmbedding => (
+                    format!("{m}.lora_embedding_A"),
+                    format!("{m}.lora_embedding_B"),
+                ),
                 _ => (format!("{m}.lora_A.weight"), format!("{m}.lora_B.weight")),
             };
             match (named.remove(&a_key), named.remove(&b_key)) {
@@ -137,14 +160,25 @@ impl Adapter {
                     pairs.insert(target, LoraPair { a, b });
                 }
                 (None, None) => {}
-                _ => return Err(AdapterError::Format(format!("{m} has only one of its two LoRA matrices"))),
+                _ => {
+                    return Err(AdapterError::Format(format!(
+                        "{m} has only one of its two LoRA matrices"
+                    )))
+                }
             }
         }
         let lm_head_base = named.remove("lm_head.base_layer.weight");
         if let Some(extra) = named.keys().find(|k| k.contains("lora_")) {
-            return Err(AdapterError::Format(format!("LoRA tensor `{extra}` targets a module this model does not have")));
+            return Err(AdapterError::Format(format!(
+                "LoRA tensor `{extra}` targets a module this model does not have"
+            )));
         }
-        let adapter = Adapter { rank, alpha, pairs, lm_head_base };
+        let adapter = Adapter {
+            rank,
+            alpha,
+            pairs,
+            lm_head_base,
+        };
         adapter.validated(cfg)
     }
 
@@ -154,7 +188,9 @@ impl Adapter {
             return Err(AdapterError::Format("rank 0".into()));
         }
         if self.pairs.is_empty() {
-            return Err(AdapterError::Format("the adapter holds no LoRA pairs".into()));
+            return Err(AdapterError::Format(
+                "the adapter holds no LoRA pairs".into(),
+            ));
         }
         for (target, pair) in self.pairs.iter_mut() {
             let (a_shape, b_shape) = target.pair_shapes(cfg, self.rank);
@@ -167,9 +203,16 @@ impl Adapter {
                     });
                 }
                 *t = t.to_dtype(DType::F32)?.contiguous()?;
-                let finite = t.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+                let finite = t
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .all(|v| v.is_finite());
                 if !finite {
-                    return Err(AdapterError::Format(format!("{}.lora_{which} holds non-finite values", target.module_name())));
+                    return Err(AdapterError::Format(format!(
+                        "{}.lora_{which} holds non-finite values",
+                        target.module_name()
+                    )));
                 }
             }
         }
@@ -195,7 +238,9 @@ impl Style {
     }
 
     pub fn single(adapter: Arc<Adapter>, strength: f32) -> Self {
-        Style { parts: vec![(adapter, strength)] }
+        Style {
+            parts: vec![(adapter, strength)],
+        }
     }
 
     pub fn is_base(&self) -> bool {
@@ -214,7 +259,10 @@ impl Style {
     pub fn linear_delta(&self, target: Target, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let mut acc: Option<Tensor> = None;
         for (pair, scale) in self.terms(target) {
-            let d = (x.broadcast_matmul(&pair.a.t()?)?.broadcast_matmul(&pair.b.t()?)? * scale)?;
+            let d = (x
+                .broadcast_matmul(&pair.a.t()?)?
+                .broadcast_matmul(&pair.b.t()?)?
+                * scale)?;
             acc = Some(match acc {
                 Some(a) => (a + d)?,
                 None => d,
@@ -238,7 +286,13 @@ impl Style {
     }
 
     /// Single-vector side path: `out += scale * B (A x)`, for output rows `rows` of B.
-    pub fn add_matvec(&self, target: Target, x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) -> candle_core::Result<()> {
+    pub fn add_matvec(
+        &self,
+        target: Target,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
         for (pair, scale) in self.terms(target) {
             let r = pair.a.dim(0)?;
             let mut tmp = [0f32; 256];
@@ -255,7 +309,11 @@ impl Style {
             })?;
             with_f32(&pair.b, |b| {
                 for (o, row) in out.iter_mut().zip(rows.clone()) {
-                    let v: f32 = b[row * r..(row + 1) * r].iter().zip(tmp.iter()).map(|(p, q)| p * q).sum();
+                    let v: f32 = b[row * r..(row + 1) * r]
+                        .iter()
+                        .zip(tmp.iter())
+                        .map(|(p, q)| p * q)
+                        .sum();
                     *o += (scale as f32) * v;
                 }
                 Ok(())

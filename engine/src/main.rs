@@ -10,12 +10,16 @@ use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling};
 use continuo_engine::lora::{Adapter, Style};
-use continuo_engine::style::{self, StyleCard};
 use continuo_engine::model::forward::Mask;
+use continuo_engine::style::{self, StyleCard};
 use continuo_engine::{bench, midi, train, vocab, Config, Moonbeam, Note, Precision};
 
 #[derive(Parser)]
-#[command(name = "continuo", version, about = "Moonbeam MIDI continuation on the CPU")]
+#[command(
+    name = "continuo",
+    version,
+    about = "Moonbeam MIDI continuation on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,9 +129,20 @@ struct CardArgs {
 
 impl CardArgs {
     /// A card for an adapter of `rank` and `alpha`; the name defaults to `default_name`.
-    fn card(&self, default_name: Option<&std::ffi::OsStr>, base_fingerprint: String, rank: usize, alpha: f64, data: serde_json::Value) -> StyleCard {
+    fn card(
+        &self,
+        default_name: Option<&std::ffi::OsStr>,
+        base_fingerprint: String,
+        rank: usize,
+        alpha: f64,
+        data: serde_json::Value,
+    ) -> StyleCard {
         StyleCard {
-            name: self.name.clone().unwrap_or_else(|| default_name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            name: self.name.clone().unwrap_or_else(|| {
+                default_name
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
             description: self.description.clone(),
             author: self.author.clone(),
             base_model: self.base_model.clone(),
@@ -358,7 +373,9 @@ fn load_config(spec: &str) -> Result<Config> {
     match spec {
         "small" => Ok(Config::small()),
         "medium" => Ok(Config::medium()),
-        path => Config::from_file(Path::new(path)).with_context(|| format!("cannot use config {path}")),
+        path => {
+            Config::from_file(Path::new(path)).with_context(|| format!("cannot use config {path}"))
+        }
     }
 }
 
@@ -387,7 +404,8 @@ fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
 }
 
 fn read_prompt(path: &Path, limit: Option<usize>) -> Result<Vec<Note>> {
-    let mut notes = midi::read_midi_file(path).with_context(|| format!("cannot read MIDI {}", path.display()))?;
+    let mut notes = midi::read_midi_file(path)
+        .with_context(|| format!("cannot read MIDI {}", path.display()))?;
     if let Some(n) = limit {
         notes.truncate(n);
     }
@@ -395,7 +413,10 @@ fn read_prompt(path: &Path, limit: Option<usize>) -> Result<Vec<Note>> {
 }
 
 fn rows_json(rows: impl IntoIterator<Item = [i64; 6]>) -> String {
-    let rows: Vec<String> = rows.into_iter().map(|r| format!("  {}", serde_json::to_string(&r).unwrap_or_default())).collect();
+    let rows: Vec<String> = rows
+        .into_iter()
+        .map(|r| format!("  {}", serde_json::to_string(&r).unwrap_or_default()))
+        .collect();
     format!("[\n{}\n]", rows.join(",\n"))
 }
 
@@ -427,7 +448,11 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let sampling = if args.greedy {
         Sampling::Greedy
     } else {
-        Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+        Sampling::TopP {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        }
     };
     let opts = GenerateOptions {
         max_notes: args.notes,
@@ -437,10 +462,12 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
     let mut all = prompt.clone();
     all.extend(gen.valid_notes());
-    midi::write_midi_file(&args.out, &all).with_context(|| format!("cannot write {}", args.out.display()))?;
+    midi::write_midi_file(&args.out, &all)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     if let Some(path) = &args.json {
-        let prompt_with_sos: Vec<[i64; 6]> =
-            std::iter::once(vocab::SOS_ROW).chain(prompt.iter().map(|n| n.to_row())).collect();
+        let prompt_with_sos: Vec<[i64; 6]> = std::iter::once(vocab::SOS_ROW)
+            .chain(prompt.iter().map(|n| n.to_row()))
+            .collect();
         let generated: Vec<[i64; 6]> = gen.rows.iter().map(|n| n.to_row()).collect();
         let out = serde_json::json!({
             "prompt_with_sos": prompt_with_sos,
@@ -455,9 +482,14 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
             "invalid_rows": gen.invalid,
             "stop_reason": gen.stop,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&out)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let decode: f64 = gen.timings.iter().map(|t| (t.transformer + t.head).as_secs_f64()).sum();
+    let decode: f64 = gen
+        .timings
+        .iter()
+        .map(|t| (t.transformer + t.head).as_secs_f64())
+        .sum();
     eprintln!(
         "generated {} notes ({} not playable, left out of the MIDI), stopped by {:?}; load {:.2} s, prefill {:.1} ms, {:.2} ms per note",
         gen.rows.len(),
@@ -476,7 +508,11 @@ fn forward(args: ForwardArgs) -> Result<()> {
     let notes = read_prompt(&args.midi, args.prompt_notes)?;
     let rows = vocab::input_rows(&notes, true);
     if rows.len() > model.cfg.max_len {
-        bail!("{} notes exceed the model's context of {} rows; use --prompt-notes", notes.len(), model.cfg.max_len);
+        bail!(
+            "{} notes exceed the model's context of {} rows; use --prompt-notes",
+            notes.len(),
+            model.cfg.max_len
+        );
     }
     model.validate_rows(&rows)?;
     let outside = vocab::out_of_range(&model.cfg, &rows);
@@ -489,8 +525,12 @@ fn forward(args: ForwardArgs) -> Result<()> {
             attr.name()
         );
     }
-    let labels = vocab::labels(&model.cfg, &rows)
-        .map_err(|(row, why)| anyhow::anyhow!("note {} cannot be a training label: {why}", row.saturating_sub(1)))?;
+    let labels = vocab::labels(&model.cfg, &rows).map_err(|(row, why)| {
+        anyhow::anyhow!(
+            "note {} cannot be a training label: {why}",
+            row.saturating_sub(1)
+        )
+    })?;
     let out = model.forward(&[&rows], Mask::Causal, &style, None)?;
     let l = rows.len();
     let dev = Device::Cpu;
@@ -500,15 +540,26 @@ fn forward(args: ForwardArgs) -> Result<()> {
     let logits = model.gru_logits(&out.hidden, &inputs, &style)?;
     let v = model.cfg.decode_vocab_size;
     let flat = logits.reshape(((l - 1) * 6, v))?;
-    let loss = candle_nn::loss::cross_entropy(&flat, &Tensor::from_vec(targets, (l - 1) * 6, &dev)?)?;
-    let summary = model.summary_projection.forward_styled(&out.hidden, &style, continuo_engine::lora::Target::SummaryProjection)?;
+    let loss =
+        candle_nn::loss::cross_entropy(&flat, &Tensor::from_vec(targets, (l - 1) * 6, &dev)?)?;
+    let summary = model.summary_projection.forward_styled(
+        &out.hidden,
+        &style,
+        continuo_engine::lora::Target::SummaryProjection,
+    )?;
     let mut tensors = HashMap::new();
     tensors.insert("final_hidden".to_string(), out.hidden.squeeze(0)?);
     tensors.insert("summary".to_string(), summary.squeeze(0)?);
     tensors.insert("gru_logits".to_string(), logits.squeeze(0)?);
     tensors.insert("loss".to_string(), loss.reshape(1)?);
-    candle_core::safetensors::save(&tensors, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("loss {:.6} over {} notes; wrote {}", loss.to_scalar::<f32>()?, notes.len(), args.out.display());
+    candle_core::safetensors::save(&tensors, &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "loss {:.6} over {} notes; wrote {}",
+        loss.to_scalar::<f32>()?,
+        notes.len(),
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -522,19 +573,38 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     let load = t.elapsed();
     if let Some(context) = args.train_context {
         let r = bench::run_train(&model, 8, context, 3)?;
-        println!("config            {} ({} parameters, f32, loaded in {:.2} s)", args.config, cfg.n_params(), load.as_secs_f64());
-        println!("LoRA training     rank {}, {} rows per step", r.rank, r.context_rows);
-        println!("step              median {:.2} s (forward, backward, AdamW)", r.step_s_median);
+        println!(
+            "config            {} ({} parameters, f32, loaded in {:.2} s)",
+            args.config,
+            cfg.n_params(),
+            load.as_secs_f64()
+        );
+        println!(
+            "LoRA training     rank {}, {} rows per step",
+            r.rank, r.context_rows
+        );
+        println!(
+            "step              median {:.2} s (forward, backward, AdamW)",
+            r.step_s_median
+        );
         println!("throughput        {:.1} notes/s", r.notes_per_s);
         println!("peak RSS          {:.0} MiB", r.peak_rss_mib);
         return Ok(());
     }
     if args.prompt_notes + args.notes + 1 > cfg.max_len {
-        bail!("prompt plus notes exceed the model's context of {} rows", cfg.max_len);
+        bail!(
+            "prompt plus notes exceed the model's context of {} rows",
+            cfg.max_len
+        );
     }
     let r = bench::run(&model, load, args.prompt_notes, args.notes)?;
     let style_report = match args.style_rank {
-        Some(rank) => Some(bench::run_style(&model, rank, args.prompt_notes, args.notes)?),
+        Some(rank) => Some(bench::run_style(
+            &model,
+            rank,
+            args.prompt_notes,
+            args.notes,
+        )?),
         None => None,
     };
     if let Some(s) = &style_report {
@@ -542,8 +612,14 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(s)?);
         } else {
             println!("style file        {:.1} MB (rank {})", s.file_mb, s.rank);
-            println!("style load        median {:.1} ms (read + validate)", s.load_ms_median);
-            println!("style swap        median {:.3} us, max {:.3} us", s.swap_us_median, s.swap_us_max);
+            println!(
+                "style load        median {:.1} ms (read + validate)",
+                s.load_ms_median
+            );
+            println!(
+                "style swap        median {:.3} us, max {:.3} us",
+                s.swap_us_median, s.swap_us_max
+            );
             println!("per note (styled) median {:.2} ms", s.note_ms_median);
         }
     }
@@ -551,16 +627,39 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("config            {} ({} parameters, f32)", args.config, cfg.n_params());
+    println!(
+        "config            {} ({} parameters, f32)",
+        args.config,
+        cfg.n_params()
+    );
     println!("threads           {}", r.threads);
     println!("load              {:.2} s", r.load_s);
-    println!("prefill           {:.1} ms ({} notes + SOS)", r.prefill_s * 1e3, r.prompt_notes);
-    println!("per note          median {:.2} ms, p95 {:.2} ms", r.note_ms_median, r.note_ms_p95);
-    println!("  transformer     median {:.2} ms, p95 {:.2} ms", r.transformer_ms_median, r.transformer_ms_p95);
-    println!("  GRU head        median {:.2} ms, p95 {:.2} ms", r.head_ms_median, r.head_ms_p95);
-    println!("total             {:.2} s (prefill + {} notes)", r.total_s, r.notes);
+    println!(
+        "prefill           {:.1} ms ({} notes + SOS)",
+        r.prefill_s * 1e3,
+        r.prompt_notes
+    );
+    println!(
+        "per note          median {:.2} ms, p95 {:.2} ms",
+        r.note_ms_median, r.note_ms_p95
+    );
+    println!(
+        "  transformer     median {:.2} ms, p95 {:.2} ms",
+        r.transformer_ms_median, r.transformer_ms_p95
+    );
+    println!(
+        "  GRU head        median {:.2} ms, p95 {:.2} ms",
+        r.head_ms_median, r.head_ms_p95
+    );
+    println!(
+        "total             {:.2} s (prefill + {} notes)",
+        r.total_s, r.notes
+    );
     println!("peak RSS          {:.0} MiB", r.peak_rss_mib);
-    println!("memory bandwidth  {:.1} GB/s (measured, {} threads)", r.bandwidth_gb_s, r.threads);
+    println!(
+        "memory bandwidth  {:.1} GB/s (measured, {} threads)",
+        r.bandwidth_gb_s, r.threads
+    );
     println!(
         "bandwidth bound   {:.2} ms per note ({:.0} MB read per note); measured is {:.2}x the bound",
         r.bound_ms_per_note,
@@ -572,14 +671,26 @@ fn run_bench(args: BenchArgs) -> Result<()> {
 
 fn run_style(cmd: StyleCommand) -> Result<()> {
     match cmd {
-        StyleCommand::Import { peft_dir, out, config, weights, card } => {
+        StyleCommand::Import {
+            peft_dir,
+            out,
+            config,
+            weights,
+            card,
+        } => {
             let cfg = load_config(&config)?;
-            let adapter = Adapter::from_peft_dir(&peft_dir, &cfg).with_context(|| format!("cannot import {}", peft_dir.display()))?;
+            let adapter = Adapter::from_peft_dir(&peft_dir, &cfg)
+                .with_context(|| format!("cannot import {}", peft_dir.display()))?;
             let base_fingerprint = match &weights {
                 Some(w) => {
-                    let base = Moonbeam::load(&cfg, w, Precision::F32).with_context(|| format!("cannot load base {}", w.display()))?;
+                    let base = Moonbeam::load(&cfg, w, Precision::F32)
+                        .with_context(|| format!("cannot load base {}", w.display()))?;
                     if let Some(copy) = &adapter.lm_head_base {
-                        let diff = (copy - &base.lm_head.weight)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                        let diff = (copy - &base.lm_head.weight)?
+                            .abs()?
+                            .flatten_all()?
+                            .max(0)?
+                            .to_scalar::<f32>()?;
                         if diff > 1e-2 {
                             bail!("the adapter's stored lm_head differs from this base's (max |diff| {diff}): it was trained on another base");
                         }
@@ -589,17 +700,31 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
                 None => String::new(),
             };
             let data = serde_json::json!({ "imported_from": peft_dir.display().to_string() });
-            let card = card.card(peft_dir.file_name(), base_fingerprint, adapter.rank, adapter.alpha, data);
+            let card = card.card(
+                peft_dir.file_name(),
+                base_fingerprint,
+                adapter.rank,
+                adapter.alpha,
+                data,
+            );
             style::save_style(&out, &adapter, &card)?;
-            eprintln!("wrote {} ({} LoRA pairs, rank {}, alpha {})", out.display(), adapter.pairs.len(), adapter.rank, adapter.alpha);
+            eprintln!(
+                "wrote {} ({} LoRA pairs, rank {}, alpha {})",
+                out.display(),
+                adapter.pairs.len(),
+                adapter.rank,
+                adapter.alpha
+            );
         }
         StyleCommand::Info { file } => {
-            let card = style::read_card(&file).with_context(|| format!("cannot read style {}", file.display()))?;
+            let card = style::read_card(&file)
+                .with_context(|| format!("cannot read style {}", file.display()))?;
             print_out(&serde_json::to_string_pretty(&card)?)?;
         }
         StyleCommand::ExportPeft { file, out, config } => {
             let cfg = load_config(&config)?;
-            let (adapter, _) = style::load_style(&file, &cfg, None).with_context(|| format!("cannot read style {}", file.display()))?;
+            let (adapter, _) = style::load_style(&file, &cfg, None)
+                .with_context(|| format!("cannot read style {}", file.display()))?;
             style::export_peft(&out, &adapter)?;
             eprintln!("wrote {}", out.display());
         }
@@ -612,7 +737,11 @@ fn dataset(common: &TrainCommon, cfg: &Config) -> Result<train::data::Dataset> {
         context_rows: common.context,
         val_fraction: common.val_fraction,
         seed: common.seed,
-        augment: if common.no_augment { None } else { Some(train::data::Augment::default()) },
+        augment: if common.no_augment {
+            None
+        } else {
+            Some(train::data::Augment::default())
+        },
         augment_copies: common.augment_copies,
     };
     let data = train::data::build_dataset(&common.data, cfg, options)
@@ -627,12 +756,19 @@ fn dataset(common: &TrainCommon, cfg: &Config) -> Result<train::data::Dataset> {
     }
     eprintln!(
         "split: {} training files ({} samples per epoch), {} validation files ({} samples)",
-        data.split.train_files.len(), data.split.train_samples_per_epoch, data.split.val_files.len(), data.split.val_samples
+        data.split.train_files.len(),
+        data.split.train_samples_per_epoch,
+        data.split.val_files.len(),
+        data.split.val_samples
     );
     Ok(data)
 }
 
-fn train_config(common: &TrainCommon, trainable: train::run::Trainable, out: &Path) -> train::run::TrainConfig {
+fn train_config(
+    common: &TrainCommon,
+    trainable: train::run::Trainable,
+    out: &Path,
+) -> train::run::TrainConfig {
     train::run::TrainConfig {
         trainable,
         epochs: common.epochs,
@@ -666,7 +802,12 @@ struct StyleSink {
 }
 
 impl train::run::Sink for StyleSink {
-    fn save_best(&mut self, _model: &Moonbeam, style: &Style, summary: &train::run::TrainSummary) -> Result<()> {
+    fn save_best(
+        &mut self,
+        _model: &Moonbeam,
+        style: &Style,
+        summary: &train::run::TrainSummary,
+    ) -> Result<()> {
         let adapter = train::params::adapter_of(style).context("no adapter to save")?;
         let mut card = self.card.clone();
         card.metrics = serde_json::to_value(summary)?;
@@ -677,13 +818,38 @@ impl train::run::Sink for StyleSink {
 
 fn train_style(args: TrainStyleArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
-    let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else { return Ok(()) };
-    let base = Moonbeam::load(&cfg, &args.weights, Precision::F32).with_context(|| format!("cannot load base {}", args.weights.display()))?;
+    let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
+        return Ok(());
+    };
+    let base = Moonbeam::load(&cfg, &args.weights, Precision::F32)
+        .with_context(|| format!("cannot load base {}", args.weights.display()))?;
     let before: Vec<Vec<u32>> = fingerprint_all(&base)?;
-    let card = args.card.card(args.out.file_stem(), base.fingerprint(), args.rank, args.alpha, data_summary(&data));
-    let tc = train_config(&args.common, train::run::Trainable::Lora { rank: args.rank, alpha: args.alpha }, &args.out);
-    let mut sink = StyleSink { path: args.out.clone(), card };
-    let summary = train::run::train(&base, &tc, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink)?;
+    let card = args.card.card(
+        args.out.file_stem(),
+        base.fingerprint(),
+        args.rank,
+        args.alpha,
+        data_summary(&data),
+    );
+    let tc = train_config(
+        &args.common,
+        train::run::Trainable::Lora {
+            rank: args.rank,
+            alpha: args.alpha,
+        },
+        &args.out,
+    );
+    let mut sink = StyleSink {
+        path: args.out.clone(),
+        card,
+    };
+    let summary = train::run::train(
+        &base,
+        &tc,
+        |e| data.epoch_samples(e as u64),
+        &data.val_samples,
+        &mut sink,
+    )?;
     if fingerprint_all(&base)? != before {
         bail!("internal error: the base weights changed during style training");
     }
@@ -696,7 +862,13 @@ fn fingerprint_all(model: &Moonbeam) -> Result<Vec<Vec<u32>>> {
     model
         .named_tensors()
         .into_iter()
-        .map(|(_, t)| Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect()))
+        .map(|(_, t)| {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f32::to_bits)
+                .collect())
+        })
         .collect()
 }
 
@@ -706,7 +878,12 @@ struct BaseSink {
 }
 
 impl train::run::Sink for BaseSink {
-    fn save_best(&mut self, model: &Moonbeam, _style: &Style, summary: &train::run::TrainSummary) -> Result<()> {
+    fn save_best(
+        &mut self,
+        model: &Moonbeam,
+        _style: &Style,
+        summary: &train::run::TrainSummary,
+    ) -> Result<()> {
         let mut meta = self.meta.clone();
         meta["metrics"] = serde_json::to_value(summary)?;
         continuo_engine::model::weights::save_weights(model, &self.path, &meta)?;
@@ -716,7 +893,9 @@ impl train::run::Sink for BaseSink {
 
 fn train_base(args: TrainBaseArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
-    let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else { return Ok(()) };
+    let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
+        return Ok(());
+    };
     let base = match &args.init {
         Some(path) => Moonbeam::load(&cfg, path, Precision::F32)?,
         None => Moonbeam::init_for_training(&cfg, args.common.seed)?,
@@ -724,17 +903,34 @@ fn train_base(args: TrainBaseArgs) -> Result<()> {
     eprintln!("training {} parameters", cfg.n_params());
     let meta = serde_json::json!({ "data": data_summary(&data), "config": args.config });
     let tc = train_config(&args.common, train::run::Trainable::Full, &args.out);
-    let mut sink = BaseSink { path: args.out.clone(), meta };
-    let summary = train::run::train(&base, &tc, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink)?;
+    let mut sink = BaseSink {
+        path: args.out.clone(),
+        meta,
+    };
+    let summary = train::run::train(
+        &base,
+        &tc,
+        |e| data.epoch_samples(e as u64),
+        &data.val_samples,
+        &mut sink,
+    )?;
     finish(&summary, &tc, &args.out);
     Ok(())
 }
 
 /// Builds the training set, or, with `--dry-run`, prints its report and returns `None`.
-fn dataset_unless_dry_run(common: &TrainCommon, cfg: &Config) -> Result<Option<train::data::Dataset>> {
+fn dataset_unless_dry_run(
+    common: &TrainCommon,
+    cfg: &Config,
+) -> Result<Option<train::data::Dataset>> {
     let data = dataset(common, cfg)?;
     if common.dry_run {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"report": data.report, "split": data.split}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"report": data.report, "split": data.split})
+            )?
+        );
         return Ok(None);
     }
     Ok(Some(data))
@@ -762,8 +958,10 @@ fn report_summary(summary: &train::run::TrainSummary, out: &Path) {
 /// MIDI files of a data spec: a folder (recursive) or `manifest.json:SPLIT`.
 fn data_files(spec: &str) -> Result<Vec<PathBuf>> {
     if let Some((manifest, split)) = spec.rsplit_once(':').filter(|(m, _)| m.ends_with(".json")) {
-        let text = std::fs::read_to_string(manifest).with_context(|| format!("cannot read {manifest}"))?;
-        let entries: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| format!("{manifest} is not a manifest"))?;
+        let text =
+            std::fs::read_to_string(manifest).with_context(|| format!("cannot read {manifest}"))?;
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_str(&text).with_context(|| format!("{manifest} is not a manifest"))?;
         let root = Path::new(manifest).parent().unwrap_or(Path::new("."));
         let files: Vec<PathBuf> = entries
             .iter()
@@ -775,7 +973,8 @@ fn data_files(spec: &str) -> Result<Vec<PathBuf>> {
         }
         Ok(files)
     } else {
-        let files = train::data::find_midi_files(Path::new(spec)).with_context(|| format!("cannot list {spec}"))?;
+        let files = train::data::find_midi_files(Path::new(spec))
+            .with_context(|| format!("cannot list {spec}"))?;
         if files.is_empty() {
             bail!("no MIDI files under {spec}");
         }
@@ -788,9 +987,16 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let (held_out, report) = train::data::load_pieces(&data_files(&args.data)?, &model.cfg);
     eprintln!("held-out data: {report}");
     let context = args.context.min(model.cfg.max_len);
-    let samples: Vec<Vec<Note>> = held_out.iter().flat_map(|p| train::data::windows(&p.notes, context)).collect();
+    let samples: Vec<Vec<Note>> = held_out
+        .iter()
+        .flat_map(|p| train::data::windows(&p.notes, context))
+        .collect();
     let train_pieces: Vec<Vec<Note>> = match &args.train_data {
-        Some(spec) => train::data::load_pieces(&data_files(spec)?, &model.cfg).0.into_iter().map(|p| p.notes).collect(),
+        Some(spec) => train::data::load_pieces(&data_files(spec)?, &model.cfg)
+            .0
+            .into_iter()
+            .map(|p| p.notes)
+            .collect(),
         None => {
             eprintln!("warning: no --train-data; the baselines are fitted on the held-out data");
             held_out.iter().map(|p| p.notes.clone()).collect()
@@ -802,17 +1008,23 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         sampling: if args.greedy {
             Sampling::Greedy
         } else {
-            Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed }
+            Sampling::TopP {
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+            }
         },
         max_prompts: args.max_prompts,
         seed: args.seed,
     };
     let pieces: Vec<Vec<Note>> = held_out.iter().map(|p| p.notes.clone()).collect();
-    let r = continuo_engine::eval::evaluate(&model, &style, &samples, &pieces, &train_pieces, &opts)?;
+    let r =
+        continuo_engine::eval::evaluate(&model, &style, &samples, &pieces, &train_pieces, &opts)?;
     println!("{}", r.table());
     println!("generation: {:.2} ms per note", r.ms_per_generated_note);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&r)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -822,7 +1034,9 @@ fn shipped_styles(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.join("lora-weights")];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -837,31 +1051,50 @@ fn shipped_styles(root: &Path) -> Vec<PathBuf> {
 }
 
 fn run_demo(args: DemoArgs) -> Result<()> {
-    let root = args.root.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let root = args
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
     let config_path = root.join("assets/configs/continuo_base.json");
     let weights = root.join("assets/continuo_base.safetensors");
     let prompt_path = root.join("assets/examples/satie_gymnopedie_no1.mid");
-    let cfg = Config::from_file(&config_path).with_context(|| format!("cannot read the bundled config {}", config_path.display()))?;
+    let cfg = Config::from_file(&config_path)
+        .with_context(|| format!("cannot read the bundled config {}", config_path.display()))?;
     let t = Instant::now();
     let model = Moonbeam::load(&cfg, &weights, Precision::F32)
         .with_context(|| format!("cannot load the bundled model {}", weights.display()))?;
-    eprintln!("loaded the bundled model ({} parameters) in {:.2} s", cfg.n_params(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded the bundled model ({} parameters) in {:.2} s",
+        cfg.n_params(),
+        t.elapsed().as_secs_f64()
+    );
     let prompt = read_prompt(&prompt_path, Some(args.prompt_notes))?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let fingerprint = model.fingerprint();
     let mut styles: Vec<(String, Style)> = vec![("base".into(), Style::base())];
     for path in shipped_styles(&root) {
         match style::load_style(&path, &cfg, Some(&fingerprint)) {
-            Ok((adapter, card)) => styles.push((card.name.clone(), Style::single(Arc::new(adapter), 1.0))),
+            Ok((adapter, card)) => {
+                styles.push((card.name.clone(), Style::single(Arc::new(adapter), 1.0)))
+            }
             Err(e) => eprintln!("skipping style {}: {e}", path.display()),
         }
     }
-    eprintln!("prompt: {} notes of {}", prompt.len(), prompt_path.display());
+    eprintln!(
+        "prompt: {} notes of {}",
+        prompt.len(),
+        prompt_path.display()
+    );
     for (name, st) in &styles {
         let opts = GenerateOptions {
             max_notes: args.notes,
             max_duration_ticks: None,
-            sampling: Sampling::TopP { temperature: args.temperature, top_p: args.top_p, seed: args.seed },
+            sampling: Sampling::TopP {
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+            },
         };
         let t = Instant::now();
         let mut first: Option<f64> = None;
@@ -870,14 +1103,27 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         })?;
         let elapsed = t.elapsed().as_secs_f64() * 1e3;
         let continuation = gen.valid_notes();
-        let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let slug: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
         let mid = args.out.join(format!("{slug}.mid"));
         let png = args.out.join(format!("{slug}.png"));
         let mut all = prompt.clone();
         all.extend(continuation.iter().copied());
         midi::write_midi_file(&mid, &all)?;
         continuo_engine::pianoroll::render(&prompt, &continuation, &png)?;
-        let per_note: f64 = gen.timings.iter().map(|t| (t.transformer + t.head).as_secs_f64() * 1e3).sum::<f64>()
+        let per_note: f64 = gen
+            .timings
+            .iter()
+            .map(|t| (t.transformer + t.head).as_secs_f64() * 1e3)
+            .sum::<f64>()
             / gen.timings.len().max(1) as f64;
         println!(
             "{name:<16} {:>3} notes ({} not playable), first note after {:.1} ms, {:.2} ms per note, total {:.0} ms -> {} and {}",

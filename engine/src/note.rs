@@ -25,7 +25,13 @@ pub struct Note {
 
 impl Note {
     /// Builds a note from a MIDI key number (0..=127).
-    pub fn from_pitch(onset: i64, duration: i64, pitch: u8, instrument: i64, velocity: i64) -> Self {
+    pub fn from_pitch(
+        onset: i64,
+        duration: i64,
+        pitch: u8,
+        instrument: i64,
+        velocity: i64,
+    ) -> Self {
         Note {
             onset,
             duration,
@@ -39,7 +45,9 @@ impl Note {
     /// The MIDI key number `octave * 12 + pitch_class` (may be out of 0..=127 for generated rows).
     pub fn pitch(&self) -> i64 {
         // Saturating, so that absurd generated or hand-made values cannot overflow.
-        self.octave.saturating_mul(12).saturating_add(self.pitch_class)
+        self.octave
+            .saturating_mul(12)
+            .saturating_add(self.pitch_class)
     }
 
     /// The note the model's six decoded values describe when the previous note started at
@@ -57,7 +65,14 @@ impl Note {
 
     /// The row in the reference's column order.
     pub fn to_row(self) -> [i64; 6] {
-        [self.onset, self.duration, self.octave, self.pitch_class, self.instrument, self.velocity]
+        [
+            self.onset,
+            self.duration,
+            self.octave,
+            self.pitch_class,
+            self.instrument,
+            self.velocity,
+        ]
     }
 
     pub fn from_row(row: [i64; 6]) -> Self {

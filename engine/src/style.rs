@@ -81,13 +81,25 @@ pub fn save_style(path: &Path, adapter: &Adapter, card: &StyleCard) -> Result<()
         tensors.push((format!("{}.lora_A", t.module_name()), pair.a.clone()));
         tensors.push((format!("{}.lora_B", t.module_name()), pair.b.clone()));
     }
-    let card_json = serde_json::to_string(&card).map_err(|e| AdapterError::Format(e.to_string()))?;
-    let metadata: HashMap<String, String> = [("continuo.style".to_string(), card_json), ("format".to_string(), "pt".to_string())].into();
+    let card_json =
+        serde_json::to_string(&card).map_err(|e| AdapterError::Format(e.to_string()))?;
+    let metadata: HashMap<String, String> = [
+        ("continuo.style".to_string(), card_json),
+        ("format".to_string(), "pt".to_string()),
+    ]
+    .into();
     let tmp = path.with_extension("safetensors.partial");
-    let io = |source| AdapterError::Io { path: path.to_owned(), source };
+    let io = |source| AdapterError::Io {
+        path: path.to_owned(),
+        source,
+    };
     // Written to a temporary file and renamed, so a crash never leaves a half-written style.
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &tmp)
-        .map_err(|e| AdapterError::Format(format!("cannot write {}: {e}", tmp.display())))?;
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &tmp,
+    )
+    .map_err(|e| AdapterError::Format(format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())
 }
@@ -98,19 +110,31 @@ pub fn save_style(path: &Path, adapter: &Adapter, card: &StyleCard) -> Result<()
 /// a folder of styles does not read their weights.
 pub fn read_card(path: &Path) -> Result<StyleCard, AdapterError> {
     use std::io::Read;
-    let io = |source| AdapterError::Io { path: path.to_owned(), source };
+    let io = |source| AdapterError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut len = [0_u8; 8];
-    file.read_exact(&mut len).map_err(|_| AdapterError::Format(format!("{}: not a safetensors file (too short)", path.display())))?;
+    file.read_exact(&mut len).map_err(|_| {
+        AdapterError::Format(format!(
+            "{}: not a safetensors file (too short)",
+            path.display()
+        ))
+    })?;
     let len = u64::from_le_bytes(len);
     let file_len = file.metadata().map_err(io)?.len();
     if len > 100_000_000 || len > file_len.saturating_sub(8) {
-        return Err(AdapterError::Format(format!("{}: not a safetensors file (bad header length {len})", path.display())));
+        return Err(AdapterError::Format(format!(
+            "{}: not a safetensors file (bad header length {len})",
+            path.display()
+        )));
     }
     let mut header = vec![0_u8; len as usize];
     file.read_exact(&mut header).map_err(io)?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| AdapterError::Format(format!("{}: not a safetensors file ({e})", path.display())))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| {
+        AdapterError::Format(format!("{}: not a safetensors file ({e})", path.display()))
+    })?;
     let json = header
         .get("__metadata__")
         .and_then(|m| m.get("continuo.style"))
@@ -131,7 +155,8 @@ fn card_from_bytes(bytes: &[u8]) -> Result<StyleCard, AdapterError> {
 }
 
 fn card_from_json(json: &str) -> Result<StyleCard, AdapterError> {
-    let card: StyleCard = serde_json::from_str(json).map_err(|e| AdapterError::Format(format!("bad style card: {e}")))?;
+    let card: StyleCard = serde_json::from_str(json)
+        .map_err(|e| AdapterError::Format(format!("bad style card: {e}")))?;
     if card.format_version > STYLE_FORMAT_VERSION {
         return Err(AdapterError::Format(format!(
             "style format version {} is newer than this build understands ({STYLE_FORMAT_VERSION})",
@@ -145,8 +170,15 @@ fn card_from_json(json: &str) -> Result<StyleCard, AdapterError> {
 ///
 /// `base_fingerprint` is the running base's [`Moonbeam::fingerprint`]; a style whose card
 /// names another fingerprint is refused. Shapes are always checked against `cfg`.
-pub fn load_style(path: &Path, cfg: &Config, base_fingerprint: Option<&str>) -> Result<(Adapter, StyleCard), AdapterError> {
-    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_owned(), source })?;
+pub fn load_style(
+    path: &Path,
+    cfg: &Config,
+    base_fingerprint: Option<&str>,
+) -> Result<(Adapter, StyleCard), AdapterError> {
+    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let card = card_from_bytes(&bytes)?;
     if let Some(fp) = base_fingerprint {
         if !card.base_fingerprint.is_empty() && card.base_fingerprint != fp {
@@ -168,7 +200,11 @@ pub fn load_style(path: &Path, cfg: &Config, base_fingerprint: Option<&str>) -> 
                 Target::Q(i) | Target::K(i) | Target::V(i) | Target::O(i) => *i < cfg.n_layers,
                 _ => true,
             })
-            .ok_or_else(|| AdapterError::Format(format!("tensor `{name}` targets a module this base does not have")))?;
+            .ok_or_else(|| {
+                AdapterError::Format(format!(
+                    "tensor `{name}` targets a module this base does not have"
+                ))
+            })?;
         let slot = halves.entry(target).or_default();
         match which {
             "lora_A" => slot.0 = Some(t),
@@ -182,17 +218,31 @@ pub fn load_style(path: &Path, cfg: &Config, base_fingerprint: Option<&str>) -> 
             (Some(a), Some(b)) => {
                 pairs.insert(target, LoraPair { a, b });
             }
-            _ => return Err(AdapterError::Format(format!("{} has only one of its two LoRA matrices", target.module_name()))),
+            _ => {
+                return Err(AdapterError::Format(format!(
+                    "{} has only one of its two LoRA matrices",
+                    target.module_name()
+                )))
+            }
         }
     }
-    let adapter = Adapter { rank: card.rank, alpha: card.alpha, pairs, lm_head_base: None }.validated(cfg)?;
+    let adapter = Adapter {
+        rank: card.rank,
+        alpha: card.alpha,
+        pairs,
+        lm_head_base: None,
+    }
+    .validated(cfg)?;
     Ok((adapter, card))
 }
 
 /// Writes a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`) that the
 /// official recipe's `PeftModel.from_pretrained` reads.
 pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
-    std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io { path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut modules = std::collections::BTreeSet::new();
     for (t, pair) in &adapter.pairs {
@@ -200,7 +250,10 @@ pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
         let short = m.rsplit('.').next().unwrap_or(&m).to_owned();
         modules.insert(short);
         let (a, b) = match t {
-            Target::DecoderEmbedding => (format!("{m}.lora_embedding_A"), format!("{m}.lora_embedding_B")),
+            Target::DecoderEmbedding => (
+                format!("{m}.lora_embedding_A"),
+                format!("{m}.lora_embedding_B"),
+            ),
             _ => (format!("{m}.lora_A.weight"), format!("{m}.lora_B.weight")),
         };
         tensors.push((format!("base_model.model.{a}"), pair.a.clone()));
@@ -208,8 +261,12 @@ pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
     }
     let weights = dir.join("adapter_model.safetensors");
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &weights)
-        .map_err(|e| AdapterError::Format(format!("cannot write {}: {e}", weights.display())))?;
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &weights,
+    )
+    .map_err(|e| AdapterError::Format(format!("cannot write {}: {e}", weights.display())))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -227,17 +284,27 @@ pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
         "modules_to_save": null,
     });
     let path = dir.join("adapter_config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap_or_default())
-        .map_err(|source| AdapterError::Io { path, source })?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(|source| AdapterError::Io { path, source })?;
     Ok(())
 }
 
 /// Loads a style from either a native style file or a peft folder.
-pub fn load_any(path: &Path, cfg: &Config, base_fingerprint: Option<&str>) -> Result<(Adapter, StyleCard), AdapterError> {
+pub fn load_any(
+    path: &Path,
+    cfg: &Config,
+    base_fingerprint: Option<&str>,
+) -> Result<(Adapter, StyleCard), AdapterError> {
     if path.is_dir() {
         let adapter = Adapter::from_peft_dir(path, cfg)?;
         let card = StyleCard {
-            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             description: "imported peft adapter".into(),
             author: String::new(),
             base_model: String::new(),

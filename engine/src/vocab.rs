@@ -34,7 +34,14 @@ pub fn labels(cfg: &Config, rows: &[Row]) -> Result<Vec<[u32; 7]>, (usize, Strin
         for a in 0..6 {
             let id = offsets[a] as i64 + values[a];
             if id < 0 || id >= cfg.decode_vocab_size as i64 {
-                return Err((i, format!("{} {} is outside the vocabulary", Attribute::ALL[a].name(), values[a])));
+                return Err((
+                    i,
+                    format!(
+                        "{} {} is outside the vocabulary",
+                        Attribute::ALL[a].name(),
+                        values[a]
+                    ),
+                ));
             }
             label[a + 1] = id as u32;
         }

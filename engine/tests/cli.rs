@@ -7,11 +7,16 @@ use candle_core::Device;
 use serde_json::Value;
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/golden")
+        .join(name)
 }
 
 fn continuo(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_continuo")).args(args).output().expect("run continuo")
+    Command::new(env!("CARGO_BIN_EXE_continuo"))
+        .args(args)
+        .output()
+        .expect("run continuo")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -31,7 +36,11 @@ fn path(p: &std::path::Path) -> &str {
 #[test]
 fn tokens_prints_the_golden_compounds() {
     let out = continuo(&["tokens", path(&golden("input.mid"))]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got, json(&golden("tokens.json"))["compounds"]);
 }
@@ -39,27 +48,50 @@ fn tokens_prints_the_golden_compounds() {
 #[test]
 fn continue_greedy_reproduces_the_reference_json_and_midi() {
     for (lora, reference) in [(None, "greedy_base"), (Some("lora_adapter"), "greedy_lora")] {
-        let (mid, js) = (tmp(&format!("{reference}.mid")), tmp(&format!("{reference}.json")));
+        let (mid, js) = (
+            tmp(&format!("{reference}.mid")),
+            tmp(&format!("{reference}.json")),
+        );
         let mut args = vec![
             "continue".to_string(),
-            "--config".into(), path(&golden("tiny_config.json")).into(),
-            "--weights".into(), path(&golden("tiny_model.safetensors")).into(),
-            "--midi".into(), path(&golden("input.mid")).into(),
-            "--notes".into(), "16".into(), "--greedy".into(),
-            "--out".into(), path(&mid).into(), "--json".into(), path(&js).into(),
+            "--config".into(),
+            path(&golden("tiny_config.json")).into(),
+            "--weights".into(),
+            path(&golden("tiny_model.safetensors")).into(),
+            "--midi".into(),
+            path(&golden("input.mid")).into(),
+            "--notes".into(),
+            "16".into(),
+            "--greedy".into(),
+            "--out".into(),
+            path(&mid).into(),
+            "--json".into(),
+            path(&js).into(),
         ];
         if let Some(l) = lora {
             args.extend(["--lora".into(), path(&golden(l)).into()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = continuo(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let want = json(&golden(&format!("{reference}.json")));
         let got = json(&js);
-        for key in ["generated_only", "output_tokens_prompt_plus_generated_no_sos", "prompt_with_sos"] {
+        for key in [
+            "generated_only",
+            "output_tokens_prompt_plus_generated_no_sos",
+            "prompt_with_sos",
+        ] {
             assert_eq!(got[key], want[key], "{reference}: {key}");
         }
-        assert_eq!(std::fs::read(&mid).unwrap(), std::fs::read(golden(&format!("{reference}.mid"))).unwrap(), "{reference}.mid");
+        assert_eq!(
+            std::fs::read(&mid).unwrap(),
+            std::fs::read(golden(&format!("{reference}.mid"))).unwrap(),
+            "{reference}.mid"
+        );
     }
 }
 
@@ -67,12 +99,24 @@ fn continue_greedy_reproduces_the_reference_json_and_midi() {
 fn forward_writes_the_reference_tensors() {
     let out_path = tmp("forward.safetensors");
     let out = continuo(&[
-        "forward", "--config", path(&golden("tiny_config.json")), "--weights", path(&golden("tiny_model.safetensors")),
-        "--midi", path(&golden("input.mid")), "--out", path(&out_path),
+        "forward",
+        "--config",
+        path(&golden("tiny_config.json")),
+        "--weights",
+        path(&golden("tiny_model.safetensors")),
+        "--midi",
+        path(&golden("input.mid")),
+        "--out",
+        path(&out_path),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = candle_core::safetensors::load(&out_path, &Device::Cpu).unwrap();
-    let want = candle_core::safetensors::load(golden("forward_outputs.safetensors"), &Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(golden("forward_outputs.safetensors"), &Device::Cpu)
+        .unwrap();
     for (ours, theirs, tol) in [
         ("final_hidden", "base/final_hidden_normed", 1e-4f32),
         ("summary", "base/summary_projection", 1e-4),
@@ -81,7 +125,16 @@ fn forward_writes_the_reference_tensors() {
     ] {
         let (a, b) = (&got[ours], &want[theirs]);
         assert_eq!(a.dims(), b.dims(), "{ours}");
-        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff <= tol, "{ours}: max |diff| {diff}");
     }
 }
@@ -91,11 +144,31 @@ fn sampling_is_seeded_and_valid() {
     let run = |seed: &str, name: &str| {
         let js = tmp(name);
         let out = continuo(&[
-            "continue", "--config", path(&golden("tiny_config.json")), "--weights", path(&golden("tiny_model.safetensors")),
-            "--midi", path(&golden("input.mid")), "--notes", "24", "--temperature", "1.0", "--top-p", "0.9", "--seed", seed,
-            "--out", path(&tmp(&format!("{name}.mid"))), "--json", path(&js),
+            "continue",
+            "--config",
+            path(&golden("tiny_config.json")),
+            "--weights",
+            path(&golden("tiny_model.safetensors")),
+            "--midi",
+            path(&golden("input.mid")),
+            "--notes",
+            "24",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--out",
+            path(&tmp(&format!("{name}.mid"))),
+            "--json",
+            path(&js),
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         json(&js)["generated_only"].clone()
     };
     let a = run("1", "a.json");
@@ -110,12 +183,27 @@ fn bad_input_is_an_error_not_a_panic() {
     let out = continuo(&["tokens", path(&junk)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("error:") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.starts_with("error:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 
     let out = continuo(&[
-        "continue", "--config", path(&golden("tiny_config.json")), "--weights", path(&golden("input.mid")),
-        "--midi", path(&golden("input.mid")), "--out", path(&tmp("x.mid")),
+        "continue",
+        "--config",
+        path(&golden("tiny_config.json")),
+        "--weights",
+        path(&golden("input.mid")),
+        "--midi",
+        path(&golden("input.mid")),
+        "--out",
+        path(&tmp("x.mid")),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("cannot load weights") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("cannot load weights")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }

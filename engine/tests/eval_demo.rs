@@ -8,14 +8,24 @@ use continuo_engine::eval::{Baselines, Stats};
 use continuo_engine::{midi, Config, Note};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/golden")
+        .join(name)
 }
 
 fn folk() -> Vec<Vec<Note>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "mid")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mid"))
+        .collect();
     files.sort();
-    files.iter().map(|f| midi::read_midi_file(f).unwrap()).collect()
+    files
+        .iter()
+        .map(|f| midi::read_midi_file(f).unwrap())
+        .collect()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -33,13 +43,24 @@ fn baseline_losses_are_proper_and_markov_fits_its_data_better() {
     let uniform: f64 = cfg.vocab.iter().map(|&v| (v as f64).ln()).sum();
     let unigram = b.loss(&cfg, &pieces, false);
     let markov = b.loss(&cfg, &pieces, true);
-    assert!(unigram.per_note < uniform, "{} vs uniform {uniform}", unigram.per_note);
+    assert!(
+        unigram.per_note < uniform,
+        "{} vs uniform {uniform}",
+        unigram.per_note
+    );
     // Folk tunes are predictable from the previous note; on its own training data the Markov model must win.
-    assert!(markov.per_note < unigram.per_note, "markov {} vs unigram {}", markov.per_note, unigram.per_note);
+    assert!(
+        markov.per_note < unigram.per_note,
+        "markov {} vs unigram {}",
+        markov.per_note,
+        unigram.per_note
+    );
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
     let cont = b.generate(&pieces[0][..16], 64, true, &mut rng);
     assert_eq!(cont.len(), 64);
-    assert!(cont.iter().all(|n| n.duration >= 1 && n.velocity >= 1 && n.onset >= pieces[0][15].onset));
+    assert!(cont
+        .iter()
+        .all(|n| n.duration >= 1 && n.velocity >= 1 && n.onset >= pieces[0][15].onset));
 }
 
 #[test]
@@ -54,11 +75,26 @@ fn statistics_are_distances() {
     // Transposing by a tritone moves the pitch-class histogram but not the rhythm.
     let shifted: Vec<Vec<Note>> = pieces[..4]
         .iter()
-        .map(|p| p.iter().map(|n| Note::from_pitch(n.onset, n.duration, (n.pitch() + 6) as u8, n.instrument, n.velocity)).collect())
+        .map(|p| {
+            p.iter()
+                .map(|n| {
+                    Note::from_pitch(
+                        n.onset,
+                        n.duration,
+                        (n.pitch() + 6) as u8,
+                        n.instrument,
+                        n.velocity,
+                    )
+                })
+                .collect()
+        })
         .collect();
     let s = Stats::of(&shifted).distances(&a);
     assert!(s[0] > 0.1, "pitch classes moved: {}", s[0]);
-    assert!(s[1] < 1e-12 && s[2] < 1e-12 && s[3] < 1e-12, "intervals and rhythm unchanged: {s:?}");
+    assert!(
+        s[1] < 1e-12 && s[2] < 1e-12 && s[3] < 1e-12,
+        "intervals and rhythm unchanged: {s:?}"
+    );
 }
 
 #[test]
@@ -68,8 +104,16 @@ fn piano_roll_draws_both_parts() {
     continuo_engine::pianoroll::render(&notes[..12], &notes[12..], &path).unwrap();
     let png = tiny_skia::Pixmap::load_png(&path).unwrap();
     assert_eq!(png.width(), 1600);
-    let orange = png.pixels().iter().filter(|p| p.red() == 230 && p.green() == 120 && p.blue() == 30).count();
-    let blue = png.pixels().iter().filter(|p| p.red() == 52 && p.green() == 101 && p.blue() == 164).count();
+    let orange = png
+        .pixels()
+        .iter()
+        .filter(|p| p.red() == 230 && p.green() == 120 && p.blue() == 30)
+        .count();
+    let blue = png
+        .pixels()
+        .iter()
+        .filter(|p| p.red() == 52 && p.green() == 101 && p.blue() == 164)
+        .count();
     assert!(orange > 50 && blue > 50, "orange {orange}, blue {blue}");
 }
 
@@ -80,23 +124,78 @@ fn demo_and_eval_run_end_to_end() {
     for d in ["assets/configs", "assets/examples", "lora-weights/golden"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(golden("tiny_config.json"), root.join("assets/configs/continuo_base.json")).unwrap();
-    std::fs::copy(golden("tiny_model.safetensors"), root.join("assets/continuo_base.safetensors")).unwrap();
-    std::fs::copy(golden("input.mid"), root.join("assets/examples/satie_gymnopedie_no1.mid")).unwrap();
+    std::fs::copy(
+        golden("tiny_config.json"),
+        root.join("assets/configs/continuo_base.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        golden("tiny_model.safetensors"),
+        root.join("assets/continuo_base.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        golden("input.mid"),
+        root.join("assets/examples/satie_gymnopedie_no1.mid"),
+    )
+    .unwrap();
     let exe = env!("CARGO_BIN_EXE_continuo");
     let style = root.join("lora-weights/golden/golden.safetensors");
     let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
     let out = Command::new(exe)
-        .args(["style", "import", &s(&golden("lora_adapter")), "-o", &s(&style), "--config", &s(&golden("tiny_config.json")), "--weights", &s(&golden("tiny_model.safetensors")), "--name", "Golden Style"])
+        .args([
+            "style",
+            "import",
+            &s(&golden("lora_adapter")),
+            "-o",
+            &s(&style),
+            "--config",
+            &s(&golden("tiny_config.json")),
+            "--weights",
+            &s(&golden("tiny_model.safetensors")),
+            "--name",
+            "Golden Style",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let demo_out = root.join("out");
-    let out = Command::new(exe).args(["demo", "--root", &s(&root), "--out", &s(&demo_out), "--prompt-notes", "16", "--notes", "12"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(exe)
+        .args([
+            "demo",
+            "--root",
+            &s(&root),
+            "--out",
+            &s(&demo_out),
+            "--prompt-notes",
+            "16",
+            "--notes",
+            "12",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("base") && stdout.contains("Golden Style") && stdout.contains("ms per note"), "{stdout}");
-    for f in ["base.mid", "base.png", "golden-style.mid", "golden-style.png"] {
+    assert!(
+        stdout.contains("base")
+            && stdout.contains("Golden Style")
+            && stdout.contains("ms per note"),
+        "{stdout}"
+    );
+    for f in [
+        "base.mid",
+        "base.png",
+        "golden-style.mid",
+        "golden-style.png",
+    ] {
         assert!(demo_out.join(f).exists(), "{f}");
     }
     // Every written note is valid and has a positive length (no stuck or zero-length notes).
@@ -106,13 +205,42 @@ fn demo_and_eval_run_end_to_end() {
     let json = root.join("eval.json");
     let folk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
     let out = Command::new(exe)
-        .args(["eval", "--config", &s(&golden("tiny_config.json")), "--weights", &s(&golden("tiny_model.safetensors")), "--data", &s(&folk), "--prompt-notes", "16", "--notes", "16", "--max-prompts", "3", "--context", "128", "--json", &s(&json)])
+        .args([
+            "eval",
+            "--config",
+            &s(&golden("tiny_config.json")),
+            "--weights",
+            &s(&golden("tiny_model.safetensors")),
+            "--data",
+            &s(&folk),
+            "--prompt-notes",
+            "16",
+            "--notes",
+            "16",
+            "--max-prompts",
+            "3",
+            "--context",
+            "128",
+            "--json",
+            &s(&json),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let systems = report["systems"].as_array().unwrap();
-    assert_eq!(systems.iter().map(|s| s["name"].as_str().unwrap()).collect::<Vec<_>>(), ["model", "markov", "unigram"]);
+    assert_eq!(
+        systems
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["model", "markov", "unigram"]
+    );
     for s in systems {
         assert_eq!(s["distances"].as_array().unwrap().len(), 7);
         assert!(s["loss"]["per_note"].as_f64().unwrap() > 0.0);

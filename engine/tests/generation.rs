@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use continuo_engine::generate::{continue_notes, GenerateOptions, Greedy, Sampling, StopReason, TopP};
+use continuo_engine::generate::{
+    continue_notes, GenerateOptions, Greedy, Sampling, StopReason, TopP,
+};
 use continuo_engine::lora::Style;
 use continuo_engine::model::gru::Chooser;
 use continuo_engine::{midi, Config, Moonbeam, Note, Precision};
@@ -26,11 +28,19 @@ fn only_playable_notes_reach_the_midi_output() {
         let opts = GenerateOptions {
             max_notes: 48,
             max_duration_ticks: None,
-            sampling: Sampling::TopP { temperature: 1.5, top_p: 1.0, seed },
+            sampling: Sampling::TopP {
+                temperature: 1.5,
+                top_p: 1.0,
+                seed,
+            },
         };
         let gen = continue_notes(&model, &Style::base(), &prompt(), &opts, |_, _| {}).unwrap();
         for (i, row) in gen.rows.iter().enumerate() {
-            assert_eq!(gen.invalid.contains(&i), !row.is_valid_midi(), "row {i}: {row:?}");
+            assert_eq!(
+                gen.invalid.contains(&i),
+                !row.is_valid_midi(),
+                "row {i}: {row:?}"
+            );
             for a in 0..6 {
                 assert_ne!(row.to_row()[a], cfg.eos_code(a), "an EOS row was returned");
             }
@@ -57,10 +67,21 @@ fn max_duration_stops_in_time() {
     let model = Moonbeam::random(&cfg, 3, Precision::F32).unwrap();
     let p = prompt();
     let last = p.last().unwrap().onset;
-    let opts = GenerateOptions { max_notes: 200, max_duration_ticks: Some(100), sampling: Sampling::TopP { temperature: 1.0, top_p: 0.9, seed: 5 } };
+    let opts = GenerateOptions {
+        max_notes: 200,
+        max_duration_ticks: Some(100),
+        sampling: Sampling::TopP {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 5,
+        },
+    };
     let gen = continue_notes(&model, &Style::base(), &p, &opts, |_, _| {}).unwrap();
     assert!(gen.rows.iter().all(|n| n.onset - last <= 100));
-    assert!(matches!(gen.stop, StopReason::MaxDuration | StopReason::Eos | StopReason::MaxNotes));
+    assert!(matches!(
+        gen.stop,
+        StopReason::MaxDuration | StopReason::Eos | StopReason::MaxNotes
+    ));
 }
 
 #[test]
@@ -68,7 +89,11 @@ fn context_limit_is_respected() {
     let mut cfg = config();
     cfg.max_len = 30;
     let model = Moonbeam::random(&cfg, 1, Precision::F32).unwrap();
-    let opts = GenerateOptions { max_notes: 100, max_duration_ticks: None, sampling: Sampling::Greedy };
+    let opts = GenerateOptions {
+        max_notes: 100,
+        max_duration_ticks: None,
+        sampling: Sampling::Greedy,
+    };
     let gen = continue_notes(&model, &Style::base(), &prompt(), &opts, |_, _| {}).unwrap();
     // 22 prompt notes + SOS leave room for 7 rows.
     assert!(gen.rows.len() <= 7);
@@ -78,7 +103,9 @@ fn context_limit_is_respected() {
 }
 
 fn logits() -> Vec<f32> {
-    (0..40).map(|i| ((i * 37 % 17) as f32) * 0.3 - 2.0).collect()
+    (0..40)
+        .map(|i| ((i * 37 % 17) as f32) * 0.3 - 2.0)
+        .collect()
 }
 
 #[test]
@@ -109,7 +136,10 @@ fn top_p_one_samples_the_restricted_softmax() {
         let p = ((l[i] / 0.8) as f64).exp() / z;
         let f = counts[k] as f64 / n as f64;
         let sd = (p * (1.0 - p) / n as f64).sqrt();
-        assert!((f - p).abs() < 5.0 * sd + 1e-4, "id {i}: frequency {f} vs probability {p}");
+        assert!(
+            (f - p).abs() < 5.0 * sd + 1e-4,
+            "id {i}: frequency {f} vs probability {p}"
+        );
     }
 }
 

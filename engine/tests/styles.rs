@@ -11,7 +11,9 @@ use continuo_engine::style::{self, StyleCard, STYLE_FORMAT_VERSION};
 use continuo_engine::{midi, Config, Moonbeam, Note, Precision};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/golden")
+        .join(name)
 }
 
 fn model() -> Moonbeam {
@@ -42,8 +44,17 @@ fn card(m: &Moonbeam) -> StyleCard {
 }
 
 fn final_hidden(m: &Moonbeam, style: &Style) -> Vec<f32> {
-    let rows = continuo_engine::vocab::input_rows(&midi::read_midi_file(&golden("input.mid")).unwrap(), true);
-    m.forward(&[&rows], Mask::Causal, style, None).unwrap().hidden.flatten_all().unwrap().to_vec1().unwrap()
+    let rows = continuo_engine::vocab::input_rows(
+        &midi::read_midi_file(&golden("input.mid")).unwrap(),
+        true,
+    );
+    m.forward(&[&rows], Mask::Causal, style, None)
+        .unwrap()
+        .hidden
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -73,8 +84,18 @@ fn strength_and_blends_scale_the_side_path() {
     let base = final_hidden(&m, &Style::base());
     let full = final_hidden(&m, &Style::single(a.clone(), 1.0));
     // Two halves of the same adapter blend to the whole.
-    let blend = final_hidden(&m, &Style { parts: vec![(a.clone(), 0.5), (a.clone(), 0.5)] });
-    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    let blend = final_hidden(
+        &m,
+        &Style {
+            parts: vec![(a.clone(), 0.5), (a.clone(), 0.5)],
+        },
+    );
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max)
+    };
     assert!(diff(&blend, &full) < 1e-4);
     assert_eq!(final_hidden(&m, &Style::single(a.clone(), 0.0)), base);
     let half = final_hidden(&m, &Style::single(a, 0.5));
@@ -91,23 +112,40 @@ fn bad_style_files_are_refused_with_a_reason() {
     for cut in [0, 7, 8, 60, bytes.len() / 2, bytes.len() - 1] {
         let p = tmp(&format!("cut{cut}.safetensors"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
-        assert!(style::load_style(&p, &m.cfg, None).is_err(), "truncated at {cut}");
+        assert!(
+            style::load_style(&p, &m.cfg, None).is_err(),
+            "truncated at {cut}"
+        );
     }
     // Made for another base: the fingerprint differs.
-    let err = style::load_style(&path, &m.cfg, Some("0123456789abcdef")).unwrap_err().to_string();
-    assert!(err.contains("another base") && err.contains("0123456789abcdef"), "{err}");
+    let err = style::load_style(&path, &m.cfg, Some("0123456789abcdef"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another base") && err.contains("0123456789abcdef"),
+        "{err}"
+    );
     // Another shape: the message names the tensor.
     let mut other = m.cfg.clone();
     other.gru_hidden = 64;
-    let err = style::load_style(&path, &other, None).unwrap_err().to_string();
+    let err = style::load_style(&path, &other, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lora_") && err.contains("expected"), "{err}");
     // A peft folder is not a style file.
-    let err = style::read_card(&golden("lora_adapter/adapter_model.safetensors")).unwrap_err().to_string();
+    let err = style::read_card(&golden("lora_adapter/adapter_model.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("style import"), "{err}");
 }
 
 /// Generates `n` greedy notes, applying `swaps[i]` (if any) right before decoding note i.
-fn generate(m: &Moonbeam, prompt: &[Note], n: usize, mut style_at: impl FnMut(usize) -> Option<Style>) -> Vec<[i64; 6]> {
+fn generate(
+    m: &Moonbeam,
+    prompt: &[Note],
+    n: usize,
+    mut style_at: impl FnMut(usize) -> Option<Style>,
+) -> Vec<[i64; 6]> {
     let mut session = Session::new(m, prompt.len() + n + 1);
     session.prefill(prompt).unwrap();
     let mut out = Vec::new();
@@ -131,7 +169,11 @@ fn generate(m: &Moonbeam, prompt: &[Note], n: usize, mut style_at: impl FnMut(us
 fn a_swap_between_decode_steps_is_atomic_and_does_not_stall() {
     let m = Arc::new(model());
     let a = Arc::new(Adapter::from_peft_dir(&golden("lora_adapter"), &m.cfg).unwrap());
-    let styles = [Style::base(), Style::single(a.clone(), 1.0), Style::single(a, 0.4)];
+    let styles = [
+        Style::base(),
+        Style::single(a.clone(), 1.0),
+        Style::single(a, 0.4),
+    ];
     let prompt = midi::read_midi_file(&golden("input.mid")).unwrap();
     let n = 40;
     // A generating thread polls for new styles between steps, as the inference thread does,
@@ -170,6 +212,12 @@ fn a_swap_between_decode_steps_is_atomic_and_does_not_stall() {
     let (notes, applied) = worker.join().unwrap();
     assert_eq!(notes.len(), n);
     // Replaying the same swaps at the same steps on one thread gives the same notes.
-    let replay = generate(&m, &prompt, n, |i| applied.iter().rev().find(|(at, _)| *at == i).map(|(_, k)| styles[*k].clone()));
+    let replay = generate(&m, &prompt, n, |i| {
+        applied
+            .iter()
+            .rev()
+            .find(|(at, _)| *at == i)
+            .map(|(_, k)| styles[*k].clone())
+    });
     assert_eq!(notes, replay, "swaps were applied at {applied:?}");
 }

@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use continuo_engine::train::data::{
-    build_dataset, find_midi_files, load_pieces, pack, preprocess, relative_key, split_by_hash, split_hash, windows,
-    windows_with, windows_with_stride, Augment, DataError, DatasetOptions, LoadOptions, Packed, Piece,
+    build_dataset, find_midi_files, load_pieces, pack, preprocess, relative_key, split_by_hash,
+    split_hash, windows, windows_with, windows_with_stride, Augment, DataError, DatasetOptions,
+    LoadOptions, Packed, Piece,
 };
 use continuo_engine::vocab::{input_rows, out_of_range};
 use continuo_engine::{Config, Note};
@@ -29,7 +30,10 @@ fn samples_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("NOTE: {} is absent; skipping the real-data test", dir.display());
+        eprintln!(
+            "NOTE: {} is absent; skipping the real-data test",
+            dir.display()
+        );
         None
     }
 }
@@ -66,7 +70,10 @@ fn check_packs(packs: &[Packed], samples: &[Vec<Note>], ctx: usize) {
                 i += 1;
             }
             assert_eq!(p.rows[i - 1], [-2; 6], "a sample ends with EOS");
-            let notes: Vec<Note> = p.rows[start + 1..i - 1].iter().map(|r| Note::from_row(*r)).collect();
+            let notes: Vec<Note> = p.rows[start + 1..i - 1]
+                .iter()
+                .map(|r| Note::from_row(*r))
+                .collect();
             seen.push(notes);
             expected_id += 1;
         }
@@ -75,7 +82,10 @@ fn check_packs(packs: &[Packed], samples: &[Vec<Note>], ctx: usize) {
             assert_eq!(p.segments[j], pad, "only padding after the samples");
             assert_eq!(p.rows[j], [0; 6], "padding rows are zero rows");
         }
-        assert!(p.segments[..i].iter().all(|&s| s != pad), "padding id is distinct");
+        assert!(
+            p.segments[..i].iter().all(|&s| s != pad),
+            "padding id is distinct"
+        );
         for t in 0..ctx - 1 {
             let want = p.segments[t] == p.segments[t + 1] && p.segments[t] != pad;
             assert_eq!(p.loss_mask[t], want, "loss mask at {t}");
@@ -99,7 +109,11 @@ fn check_packs(packs: &[Packed], samples: &[Vec<Note>], ctx: usize) {
 #[test]
 fn packing_is_greedy_and_keeps_its_invariants() {
     let lens = [3, 5, 1, 10, 0, 7, 14, 2, 2, 2];
-    let samples: Vec<Vec<Note>> = lens.iter().enumerate().map(|(i, &l)| marked_sample(i, l)).collect();
+    let samples: Vec<Vec<Note>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| marked_sample(i, l))
+        .collect();
     let ctx = 16;
     let packs = pack(&samples, ctx, None).unwrap();
     check_packs(&packs, &samples, ctx);
@@ -123,7 +137,10 @@ fn packing_rejects_samples_longer_than_the_context() {
         }) => {}
         other => panic!("expected SampleTooLong, got {other:?}"),
     }
-    assert!(matches!(pack(&samples, 2, None), Err(DataError::ContextTooSmall(2))));
+    assert!(matches!(
+        pack(&samples, 2, None),
+        Err(DataError::ContextTooSmall(2))
+    ));
     // Windowing first always fits.
     let windowed: Vec<Vec<Note>> = samples.iter().flat_map(|s| windows(s, 16)).collect();
     check_packs(&pack(&windowed, 16, None).unwrap(), &windowed, 16);
@@ -131,7 +148,9 @@ fn packing_rejects_samples_longer_than_the_context() {
 
 #[test]
 fn shuffled_packing_is_deterministic_and_a_permutation() {
-    let samples: Vec<Vec<Note>> = (0..40).map(|i| marked_sample(i, 1 + (i * 7) % 13)).collect();
+    let samples: Vec<Vec<Note>> = (0..40)
+        .map(|i| marked_sample(i, 1 + (i * 7) % 13))
+        .collect();
     let a = pack(&samples, 32, Some(9)).unwrap();
     let b = pack(&samples, 32, Some(9)).unwrap();
     let c = pack(&samples, 32, Some(10)).unwrap();
@@ -206,7 +225,10 @@ fn split_is_deterministic_disjoint_and_per_file() {
     assert_eq!((&t1, &v1), (&t2, &v2));
     assert_eq!(t1.len() + v1.len(), pieces.len());
     let (ts, vs) = (sources(&t1), sources(&v1));
-    assert!(ts.is_disjoint(&vs), "a file's chunks never straddle the split");
+    assert!(
+        ts.is_disjoint(&vs),
+        "a file's chunks never straddle the split"
+    );
     assert_eq!(vs.len(), 4, "round(0.2 × 20) validation files");
     assert_eq!(v1.len(), 12);
 
@@ -272,7 +294,13 @@ fn split_hash_is_pinned() {
 fn melody_with_drums() -> Vec<Note> {
     let mut notes = Vec::new();
     for i in 0..40u8 {
-        notes.push(note(i64::from(i) * 20, 15, 30 + i * 2 % 70, 0, 20 + i64::from(i) * 2));
+        notes.push(note(
+            i64::from(i) * 20,
+            15,
+            30 + i * 2 % 70,
+            0,
+            20 + i64::from(i) * 2,
+        ));
         notes.push(note(i64::from(i) * 20, 5, 36, 128, 100));
     }
     notes
@@ -298,10 +326,17 @@ fn transposition_stays_on_the_piano_and_never_moves_drums() {
             if a.instrument == 128 {
                 assert_eq!(a, b, "drums are untouched");
             } else {
-                assert!((21..=108).contains(&b.pitch()), "pitch {} off the piano", b.pitch());
+                assert!(
+                    (21..=108).contains(&b.pitch()),
+                    "pitch {} off the piano",
+                    b.pitch()
+                );
                 let s = b.pitch() - a.pitch();
                 assert_eq!(*shift.get_or_insert(s), s, "one shift per piece");
-                assert_eq!((a.onset, a.duration, a.velocity), (b.onset, b.duration, b.velocity));
+                assert_eq!(
+                    (a.onset, a.duration, a.velocity),
+                    (b.onset, b.duration, b.velocity)
+                );
             }
         }
         shifts.insert(shift.unwrap());
@@ -334,18 +369,29 @@ fn tempo_stretch_scales_onsets_and_durations() {
         tempo: (1.5, 1.5),
         velocity: (1.0, 1.0),
     };
-    let piece: Vec<Note> = (0..20).map(|i| note(i * 7 + i * i, 1 + i % 5, 60, 0, 80)).collect();
+    let piece: Vec<Note> = (0..20)
+        .map(|i| note(i * 7 + i * i, 1 + i % 5, 60, 0, 80))
+        .collect();
     let out = aug.apply(&piece, &cfg, &mut StdRng::seed_from_u64(3));
     for (a, b) in piece.iter().zip(&out) {
         assert_eq!(b.onset, (a.onset as f64 * 1.5).round_ties_even() as i64);
-        assert_eq!(b.duration, ((a.duration as f64 * 1.5).round_ties_even() as i64).max(1));
+        assert_eq!(
+            b.duration,
+            ((a.duration as f64 * 1.5).round_ties_even() as i64).max(1)
+        );
         assert_eq!(b.pitch(), a.pitch());
     }
     // Round half to even: 1 × 1.5 = 1.5 -> 2, 3 × 1.5 = 4.5 -> 4.
-    let halves = vec![note(0, 1, 60, 0, 80), note(1, 3, 60, 0, 80), note(3, 5, 60, 0, 80)];
+    let halves = vec![
+        note(0, 1, 60, 0, 80),
+        note(1, 3, 60, 0, 80),
+        note(3, 5, 60, 0, 80),
+    ];
     let out = aug.apply(&halves, &cfg, &mut StdRng::seed_from_u64(0));
     assert_eq!(
-        out.iter().map(|n| (n.onset, n.duration)).collect::<Vec<_>>(),
+        out.iter()
+            .map(|n| (n.onset, n.duration))
+            .collect::<Vec<_>>(),
         vec![(0, 2), (2, 4), (4, 8)]
     );
 
@@ -363,7 +409,9 @@ fn tempo_stretch_scales_onsets_and_durations() {
     ];
     let out = slow.apply(&edge, &tiny, &mut StdRng::seed_from_u64(0));
     assert_eq!(
-        out.iter().map(|n| (n.onset, n.duration)).collect::<Vec<_>>(),
+        out.iter()
+            .map(|n| (n.onset, n.duration))
+            .collect::<Vec<_>>(),
         vec![(0, 257), (297, 257), (310, 1)]
     );
     let fast = Augment {
@@ -478,13 +526,18 @@ fn gaps_split_pieces_and_chunks_restart_at_zero() {
             max_timeshift: None,
         },
     );
-    assert_eq!((chunks.len(), stats.split_gaps, stats.clipped_durations), (1, 0, 1));
+    assert_eq!(
+        (chunks.len(), stats.split_gaps, stats.clipped_durations),
+        (1, 0, 1)
+    );
     assert_eq!(chunks[0][0].onset, 0);
 }
 
 #[test]
 fn windows_cover_every_note() {
-    let piece: Vec<Note> = (0..1000).map(|i| note(100 + i * 3, i + 1, 60, 0, 80)).collect();
+    let piece: Vec<Note> = (0..1000)
+        .map(|i| note(100 + i * 3, i + 1, 60, 0, 80))
+        .collect();
     for (ctx, stride, phase) in [
         (100, 98, 0),
         (100, 49, 0),
@@ -547,7 +600,12 @@ fn real_samples_load_with_a_sensible_report() {
     let (pieces, report) = load_pieces(&files, &tiny);
     eprintln!("tiny config: {report}");
     assert_eq!(report.files.len(), 63);
-    assert_eq!(report.unreadable, 0, "{:?}", report.skipped().collect::<Vec<_>>());
+    assert_eq!(
+        report.unreadable,
+        0,
+        "{:?}",
+        report.skipped().collect::<Vec<_>>()
+    );
     assert_eq!(report.pieces, pieces.len());
     assert!(
         report.split_gaps > 0 && report.clipped_durations > 0,
@@ -597,7 +655,11 @@ fn real_dataset_is_deterministic_and_valid() {
     assert_eq!(ds.val_samples, val_windows);
 
     let e1 = ds.epoch_samples(1);
-    assert_eq!(e1, ds2.epoch_samples(1), "deterministic given seed and epoch");
+    assert_eq!(
+        e1,
+        ds2.epoch_samples(1),
+        "deterministic given seed and epoch"
+    );
     assert_ne!(e1, ds.epoch_samples(2), "augmentation varies by epoch");
     assert!(e1.len() >= 3 * ds.split.train_windows - ds.train.len() * 2);
     assert_eq!(ds.epoch_samples(0).len(), ds.split.train_samples_per_epoch);

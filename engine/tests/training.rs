@@ -11,7 +11,9 @@ use continuo_engine::train::params;
 use continuo_engine::{midi, vocab, Config, Moonbeam, Note, Precision};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/golden")
+        .join(name)
 }
 
 fn model() -> Moonbeam {
@@ -37,13 +39,19 @@ fn pack(samples: &[Vec<Note>], len: usize) -> (Vec<Row>, Vec<u32>, Vec<bool>) {
         rows.push([0; 6]);
         segs.push(pad);
     }
-    let mask = (0..len - 1).map(|t| segs[t] == segs[t + 1] && segs[t] != pad).collect();
+    let mask = (0..len - 1)
+        .map(|t| segs[t] == segs[t + 1] && segs[t] != pad)
+        .collect();
     (rows, segs, mask)
 }
 
 fn loss_of(m: &Moonbeam, style: &Style, samples: &[Vec<Note>], len: usize) -> (f32, usize) {
     let (rows, segs, mask) = pack(samples, len);
-    let batch = PackedBatch { rows: vec![&rows], segments: vec![segs], loss_mask: vec![mask] };
+    let batch = PackedBatch {
+        rows: vec![&rows],
+        segments: vec![segs],
+        loss_mask: vec![mask],
+    };
     let (loss, n) = packed_loss(m, style, &batch).unwrap();
     (loss.to_scalar::<f32>().unwrap(), n)
 }
@@ -64,7 +72,13 @@ fn packing_does_not_change_a_samples_loss() {
     let a: Vec<Note> = n[..10].to_vec();
     // The second sample is re-zeroed, as the data pipeline's windows are.
     let start = n[10].onset;
-    let b: Vec<Note> = n[10..].iter().map(|x| Note { onset: x.onset - start, ..*x }).collect();
+    let b: Vec<Note> = n[10..]
+        .iter()
+        .map(|x| Note {
+            onset: x.onset - start,
+            ..*x
+        })
+        .collect();
     let (la, na) = loss_of(&m, &Style::base(), &[a.clone()], a.len() + 2);
     let (lb, nb) = loss_of(&m, &Style::base(), &[b.clone()], b.len() + 2);
     let (lp, np) = loss_of(&m, &Style::base(), &[a, b], 40);
@@ -80,53 +94,90 @@ fn lora_gradients_match_finite_differences() {
     // Give every zero-initialised matrix (B of the linears, A of the embedding) a non-zero
     // value so that every matrix receives a gradient.
     for (i, (name, var)) in vars.iter().enumerate() {
-        let zero_init = if name.starts_with("decoder_embedding") { name.ends_with("lora_A") } else { name.ends_with("lora_B") };
+        let zero_init = if name.starts_with("decoder_embedding") {
+            name.ends_with("lora_A")
+        } else {
+            name.ends_with("lora_B")
+        };
         if zero_init {
             let shape = var.as_tensor().dims().to_vec();
             let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|k| (((k * 7919 + i * 31) % 97) as f32 / 97.0 - 0.5) * 0.1).collect();
-            var.set(&Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()).unwrap();
+            let data: Vec<f32> = (0..n)
+                .map(|k| (((k * 7919 + i * 31) % 97) as f32 / 97.0 - 0.5) * 0.1)
+                .collect();
+            var.set(&Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap())
+                .unwrap();
         }
     }
     let n = notes();
     let len = n.len() + 2;
     let (rows, segs, mask) = pack(&[n.clone()], len);
-    let batch = PackedBatch { rows: vec![&rows], segments: vec![segs], loss_mask: vec![mask] };
+    let batch = PackedBatch {
+        rows: vec![&rows],
+        segments: vec![segs],
+        loss_mask: vec![mask],
+    };
     let (loss, _) = packed_loss(&m, &style, &batch).unwrap();
     let grads = loss.backward().unwrap();
     let mut checked = 0;
     for (name, var) in &vars {
-        if !(name.contains("layers.1.self_attn.q_proj") || name.contains("lm_head") || name.contains("decoder_embedding") || name.contains("summary_projection")) {
+        if !(name.contains("layers.1.self_attn.q_proj")
+            || name.contains("lm_head")
+            || name.contains("decoder_embedding")
+            || name.contains("summary_projection"))
+        {
             continue;
         }
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient")).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // The coordinate with the largest gradient: finite differences are reliable there.
-        let k = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
-        let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let k = (0..g.len())
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let shape = var.as_tensor().dims().to_vec();
         let eps = 1e-2f32;
         let mut at = |delta: f32| {
             let mut v = original.clone();
             v[k] += delta;
-            var.set(&Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu).unwrap())
+                .unwrap();
             let (l, _) = packed_loss(&m, &style, &batch).unwrap();
             l.to_scalar::<f32>().unwrap() as f64
         };
         let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
-        var.set(&Tensor::from_vec(original, shape.clone(), &candle_core::Device::Cpu).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(original, shape.clone(), &candle_core::Device::Cpu).unwrap())
+            .unwrap();
         let an = g[k] as f64;
         assert!(an.abs() > 1e-5, "{name}: gradient vanished");
-        assert!((fd - an).abs() <= 0.03 * an.abs() + 2e-4, "{name}[{k}]: analytic {an} vs finite difference {fd}");
+        assert!(
+            (fd - an).abs() <= 0.03 * an.abs() + 2e-4,
+            "{name}[{k}]: analytic {an} vs finite difference {fd}"
+        );
         checked += 1;
     }
     assert!(checked >= 6, "checked {checked} tensors");
 }
 
-
 struct KeepBest(Option<continuo_engine::lora::Adapter>);
 
 impl continuo_engine::train::run::Sink for KeepBest {
-    fn save_best(&mut self, _m: &Moonbeam, style: &Style, _s: &continuo_engine::train::run::TrainSummary) -> anyhow::Result<()> {
+    fn save_best(
+        &mut self,
+        _m: &Moonbeam,
+        style: &Style,
+        _s: &continuo_engine::train::run::TrainSummary,
+    ) -> anyhow::Result<()> {
         self.0 = params::adapter_of(style);
         Ok(())
     }
@@ -140,15 +191,33 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
     let before: Vec<Vec<u32>> = m
         .named_tensors()
         .into_iter()
-        .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect())
+        .map(|(_, t)| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f32::to_bits)
+                .collect()
+        })
         .collect();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
-    let options = DatasetOptions { context_rows: 96, val_fraction: 0.25, seed: 1, augment: Some(Augment::default()), augment_copies: 1 };
+    let options = DatasetOptions {
+        context_rows: 96,
+        val_fraction: 0.25,
+        seed: 1,
+        augment: Some(Augment::default()),
+        augment_copies: 1,
+    };
     let data = build_dataset(&dir, &m.cfg, options).unwrap();
     assert!(!data.val_samples.is_empty());
-    let checkpoint = std::env::temp_dir().join(format!("continuo-train-test-{}.resume", std::process::id()));
+    let checkpoint =
+        std::env::temp_dir().join(format!("continuo-train-test-{}.resume", std::process::id()));
     let cfg = TrainConfig {
-        trainable: Trainable::Lora { rank: 4, alpha: 16.0 },
+        trainable: Trainable::Lora {
+            rank: 4,
+            alpha: 16.0,
+        },
         epochs: 2,
         lr: 3e-3,
         gamma: 1.0,
@@ -160,7 +229,14 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
         progress: false,
     };
     let mut sink = KeepBest(None);
-    let summary = train(&m, &cfg, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink).unwrap();
+    let summary = train(
+        &m,
+        &cfg,
+        |e| data.epoch_samples(e as u64),
+        &data.val_samples,
+        &mut sink,
+    )
+    .unwrap();
     let initial = summary.initial_val_loss.unwrap();
     let best = summary.best_val_loss.unwrap();
     assert!(best < initial - 0.5, "validation loss {initial} -> {best}");
@@ -168,15 +244,44 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
     let after: Vec<Vec<u32>> = m
         .named_tensors()
         .into_iter()
-        .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect())
+        .map(|(_, t)| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f32::to_bits)
+                .collect()
+        })
         .collect();
     assert!(before == after, "the base weights changed");
 
     // Resume: one more epoch continues from the saved state instead of starting over.
-    let cfg3 = TrainConfig { epochs: 3, resume: true, ..cfg };
-    let resumed = train(&m, &cfg3, |e| data.epoch_samples(e as u64), &data.val_samples, &mut sink).unwrap();
+    let cfg3 = TrainConfig {
+        epochs: 3,
+        resume: true,
+        ..cfg
+    };
+    let resumed = train(
+        &m,
+        &cfg3,
+        |e| data.epoch_samples(e as u64),
+        &data.val_samples,
+        &mut sink,
+    )
+    .unwrap();
     assert_eq!(resumed.epochs.len(), 3);
-    assert_eq!(resumed.epochs[..2].iter().map(|e| e.train_loss).collect::<Vec<_>>(), summary.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>());
+    assert_eq!(
+        resumed.epochs[..2]
+            .iter()
+            .map(|e| e.train_loss)
+            .collect::<Vec<_>>(),
+        summary
+            .epochs
+            .iter()
+            .map(|e| e.train_loss)
+            .collect::<Vec<_>>()
+    );
     assert!(resumed.epochs[2].train_loss < summary.epochs[0].train_loss);
     let _ = std::fs::remove_file(checkpoint);
 }

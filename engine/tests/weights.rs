@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use continuo_engine::{Config, Moonbeam, Precision};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/golden")
+        .join(name)
 }
 
 fn config() -> Config {
@@ -34,8 +36,14 @@ fn truncated_and_foreign_files_are_refused() {
     for cut in [10, pt.len() / 3, pt.len() - 10] {
         load_bytes(&format!("cut{cut}.pt"), &pt[..cut]);
     }
-    let err = load_bytes("midi.safetensors", &std::fs::read(golden("input.mid")).unwrap());
-    assert!(err.contains("safetensors") || err.contains("header"), "{err}");
+    let err = load_bytes(
+        "midi.safetensors",
+        &std::fs::read(golden("input.mid")).unwrap(),
+    );
+    assert!(
+        err.contains("safetensors") || err.contains("header"),
+        "{err}"
+    );
     let mut absurd = st.clone();
     absurd[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = load_bytes("absurd.safetensors", &absurd);
@@ -46,20 +54,43 @@ fn truncated_and_foreign_files_are_refused() {
 fn a_checkpoint_for_another_shape_names_the_tensor() {
     let mut cfg = config();
     cfg.gru_hidden = 64;
-    let err = Moonbeam::load(&cfg, &golden("tiny_model_release_format_bf16.pt"), Precision::F32).unwrap_err().to_string();
-    assert!(err.contains("decoder.gru.weight_ih_l0") && err.contains("[192, 64]") && err.contains("[96, 32]"), "{err}");
+    let err = Moonbeam::load(
+        &cfg,
+        &golden("tiny_model_release_format_bf16.pt"),
+        Precision::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("decoder.gru.weight_ih_l0")
+            && err.contains("[192, 64]")
+            && err.contains("[96, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn configs_are_validated() {
     let text = std::fs::read_to_string(golden("tiny_config.json")).unwrap();
     let bad = text.replace("\"decode_vocab_size\": 849", "\"decode_vocab_size\": 850");
-    assert!(Config::from_json(&bad).unwrap_err().to_string().contains("decode_vocab_size"));
+    assert!(Config::from_json(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("decode_vocab_size"));
     let bad = text.replace("\"num_attention_heads\": 12", "\"num_attention_heads\": 8");
-    assert!(Config::from_json(&bad).unwrap_err().to_string().contains("12 attention heads"));
+    assert!(Config::from_json(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("12 attention heads"));
     assert!(Config::from_json("{").is_err());
     // The shipped official configs parse to the spec's shapes.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/configs");
-    assert_eq!(Config::from_file(&root.join("moonbeam_small.json")).unwrap(), Config::small());
-    assert_eq!(Config::from_file(&root.join("moonbeam_medium.json")).unwrap(), Config::medium());
+    assert_eq!(
+        Config::from_file(&root.join("moonbeam_small.json")).unwrap(),
+        Config::small()
+    );
+    assert_eq!(
+        Config::from_file(&root.join("moonbeam_medium.json")).unwrap(),
+        Config::medium()
+    );
 }

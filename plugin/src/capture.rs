@@ -81,7 +81,10 @@ impl CaptureLog {
         if answer.notes.is_empty() {
             return;
         }
-        let number = self.filed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let number = self
+            .filed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         answer.number = number;
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         answers.push_back(answer);
@@ -95,7 +98,9 @@ impl CaptureLog {
     pub fn try_list(&self) -> Option<Vec<CapturedAnswer>> {
         match self.answers.try_lock() {
             Ok(answers) => Some(answers.iter().cloned().collect()),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().iter().cloned().collect()),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                Some(e.into_inner().iter().cloned().collect())
+            }
             Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
@@ -172,7 +177,9 @@ pub fn answer_to_midi(answer: &CapturedAnswer) -> Result<Vec<u8>, ExportError> {
     } else {
         120.0
     };
-    let us_per_beat = (60_000_000.0 / tempo_bpm).round().clamp(1.0, f64::from(0xff_ffff)) as u32;
+    let us_per_beat = (60_000_000.0 / tempo_bpm)
+        .round()
+        .clamp(1.0, f64::from(0xff_ffff)) as u32;
     let mut track = Vec::with_capacity(events.len() + 3);
     track.push(TrackEvent {
         delta: u28::new(0),
@@ -184,8 +191,9 @@ pub fn answer_to_midi(answer: &CapturedAnswer) -> Result<Vec<u8>, ExportError> {
     });
     let mut last = 0_u64;
     for (tick, order, key, velocity) in events {
-        let delta = u28::try_from((tick - last) as u32)
-            .ok_or_else(|| ExportError::Encode(format!("a gap of {} ticks is too long", tick - last)))?;
+        let delta = u28::try_from((tick - last) as u32).ok_or_else(|| {
+            ExportError::Encode(format!("a gap of {} ticks is too long", tick - last))
+        })?;
         last = tick;
         let message = if order == 1 {
             MidiMessage::NoteOn {
@@ -332,10 +340,34 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (0, MidiMessage::NoteOn { key: u7::new(60), vel: u7::new(64) }),
-                (480, MidiMessage::NoteOff { key: u7::new(60), vel: u7::new(0) }),
-                (720, MidiMessage::NoteOn { key: u7::new(64), vel: u7::new(64) }),
-                (960, MidiMessage::NoteOff { key: u7::new(64), vel: u7::new(0) }),
+                (
+                    0,
+                    MidiMessage::NoteOn {
+                        key: u7::new(60),
+                        vel: u7::new(64)
+                    }
+                ),
+                (
+                    480,
+                    MidiMessage::NoteOff {
+                        key: u7::new(60),
+                        vel: u7::new(0)
+                    }
+                ),
+                (
+                    720,
+                    MidiMessage::NoteOn {
+                        key: u7::new(64),
+                        vel: u7::new(64)
+                    }
+                ),
+                (
+                    960,
+                    MidiMessage::NoteOff {
+                        key: u7::new(64),
+                        vel: u7::new(0)
+                    }
+                ),
             ]
         );
     }
@@ -387,7 +419,10 @@ mod tests {
             second.file_name().unwrap(),
             "continuo-answer-3-irish-folk-tune-2.mid"
         );
-        assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap());
+        assert_eq!(
+            std::fs::read(&first).unwrap(),
+            std::fs::read(&second).unwrap()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

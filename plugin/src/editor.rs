@@ -16,6 +16,7 @@ use nice_plug_egui::{
 };
 
 use crate::library::Library;
+use crate::library_ui::LibraryPanel;
 use crate::params::ContinuoParams;
 use crate::status::{EditorSnapshot, EngineInfo, SharedStatus};
 
@@ -44,7 +45,7 @@ pub fn create(
             params,
             status,
             snapshot,
-            library,
+            library: LibraryPanel::new(library),
             gui: None,
             engine_info: EngineInfo::default(),
         },
@@ -55,7 +56,8 @@ pub struct ContinuoEditor {
     params: Arc<ContinuoParams>,
     status: Arc<SharedStatus>,
     snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
-    library: Arc<Library>,
+    /// The style menu, user folder, model choice and captured answers.
+    library: LibraryPanel,
     gui: Option<GuiContext>,
     /// The model and error texts last read from the generator.
     engine_info: EngineInfo,
@@ -134,6 +136,8 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
         if ui.button("Trigger answer").clicked() {
             self.status.trigger_request.store(true, Ordering::Relaxed);
         }
+        ui.separator();
+        self.library.ui(ui, params, &setter, &self.status);
         ui.separator();
 
         egui::Grid::new("params")

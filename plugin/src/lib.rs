@@ -10,6 +10,7 @@ pub mod capture;
 pub mod editor;
 pub mod generator;
 pub mod library;
+pub mod library_ui;
 pub mod moonbeam;
 pub mod params;
 pub mod protocol;

@@ -34,7 +34,9 @@ use continuo_engine::style::{load_any, read_card};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::export_answer;
-use crate::moonbeam::{locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, StyleSlot};
+use crate::moonbeam::{
+    locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, StyleSlot,
+};
 use crate::params::ContinuoParams;
 use crate::status::SharedStatus;
 
@@ -122,7 +124,10 @@ pub struct Catalog {
 impl Catalog {
     /// The `style` parameter value of the entry at `path` (0 if it is not in the menu).
     pub fn index_of(&self, path: &Path) -> Option<usize> {
-        self.entries.iter().position(|e| e.path == path).map(|i| i + 1)
+        self.entries
+            .iter()
+            .position(|e| e.path == path)
+            .map(|i| i + 1)
     }
 
     /// The entry for a `style` parameter value (`None` for 0 or past the end).
@@ -143,7 +148,11 @@ pub fn shipped_styles_dir() -> PathBuf {
 /// `~/Library/Application Support/Continuo` on macOS, `%APPDATA%\Continuo` on Windows.
 /// Styles are looked for in it, and answers are exported to its `answers` subfolder.
 pub fn default_user_folder() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if cfg!(target_os = "windows") {
         if let Some(appdata) = var("APPDATA") {
             return appdata.join("Continuo");
@@ -380,6 +389,7 @@ impl Loader {
         status: Arc<SharedStatus>,
     ) -> Self {
         let seen_index = params.style.value();
+        let applied_choice = Some(lock(&params.style_choice).clone());
         Self {
             params,
             library,
@@ -387,7 +397,7 @@ impl Loader {
             styles,
             status,
             seen_index,
-            applied_choice: None,
+            applied_choice,
             applied_model: None,
             applied_folder: None,
             style_model_version: None,
@@ -549,7 +559,10 @@ impl Loader {
                     choice.name.clone()
                 }
                 Err(e) => {
-                    let message = format!("style “{}” cannot be used: {e}; playing the base model", choice.name);
+                    let message = format!(
+                        "style “{}” cannot be used: {e}; playing the base model",
+                        choice.name
+                    );
                     self.status.set_last_error(&message);
                     self.library.set_message(message);
                     *lock(&self.params.style_choice) = StyleChoice::default();
@@ -738,7 +751,8 @@ pub(crate) mod tests {
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("continuo-library-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("continuo-library-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -750,7 +764,11 @@ pub(crate) mod tests {
         let dir = temp_dir(tag);
         tiny_style(&dir.join("zed.safetensors"), "Zed", 3.0);
         tiny_style(&dir.join("a.safetensors"), "Alpha", 1.0);
-        std::fs::copy(golden().join("tiny_model.safetensors"), dir.join("weights.safetensors")).unwrap();
+        std::fs::copy(
+            golden().join("tiny_model.safetensors"),
+            dir.join("weights.safetensors"),
+        )
+        .unwrap();
         let peft = dir.join("more/peft-style");
         std::fs::create_dir_all(&peft).unwrap();
         for file in ["adapter_config.json", "adapter_model.safetensors"] {
@@ -770,10 +788,21 @@ pub(crate) mod tests {
         let names: Vec<&str> = catalog.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
-            ["Bach Chorale", "Irish Folk Tune", "Ragtime", "Alpha", "peft-style", "Zed"]
+            [
+                "Bach Chorale",
+                "Irish Folk Tune",
+                "Ragtime",
+                "Alpha",
+                "peft-style",
+                "Zed"
+            ]
         );
-        assert!(catalog.entries[..3].iter().all(|e| e.origin == StyleOrigin::Shipped));
-        assert!(catalog.entries[3..].iter().all(|e| e.origin == StyleOrigin::User));
+        assert!(catalog.entries[..3]
+            .iter()
+            .all(|e| e.origin == StyleOrigin::Shipped));
+        assert!(catalog.entries[3..]
+            .iter()
+            .all(|e| e.origin == StyleOrigin::User));
         assert_eq!(catalog.problems.len(), 1, "{:?}", catalog.problems);
         assert!(catalog.problems[0].contains("weights.safetensors"));
         assert_eq!(catalog.index_of(&user.join("zed.safetensors")), Some(6));
@@ -801,7 +830,9 @@ pub(crate) mod tests {
             *lock(&params.user_folder) = Some(user.clone());
             let library = Arc::new(Library::new(params.style_names.clone()));
             let models = Arc::new(ModelCache::default());
-            models.get_or_load(&ModelLocation::tiny_test_model()).unwrap();
+            models
+                .get_or_load(&ModelLocation::tiny_test_model())
+                .unwrap();
             let styles = Arc::new(StyleSlot::default());
             let status = Arc::new(SharedStatus::default());
             let loader = Loader::new(
@@ -811,13 +842,26 @@ pub(crate) mod tests {
                 styles.clone(),
                 status.clone(),
             );
-            Self { params, library, models, styles, status, loader, user }
+            Self {
+                params,
+                library,
+                models,
+                styles,
+                status,
+                loader,
+                user,
+            }
         }
 
         fn set_style_param(&self, value: i32) {
             let normalized = self.params.style.preview_normalized(value);
             // SAFETY: the pointer comes from `self.params`, which is alive.
-            unsafe { self.params.style.as_ptr()._internal_set_normalized_value(normalized) };
+            unsafe {
+                self.params
+                    .style
+                    .as_ptr()
+                    ._internal_set_normalized_value(normalized)
+            };
             assert_eq!(self.params.style.value(), value);
         }
 
@@ -849,7 +893,12 @@ pub(crate) mod tests {
         assert_eq!(rig.requested(), None);
         assert_eq!(rig.library.view().catalog.entries.len(), 6);
         // The parameter's text comes from the menu.
-        assert_eq!(rig.params.style.normalized_value_to_string(rig.params.style.preview_normalized(4), false), "Alpha");
+        assert_eq!(
+            rig.params
+                .style
+                .normalized_value_to_string(rig.params.style.preview_normalized(4), false),
+            "Alpha"
+        );
 
         rig.set_style_param(6);
         rig.settle();
@@ -860,7 +909,10 @@ pub(crate) mod tests {
         assert_eq!(rig.library.view().active_style, "Zed");
         // Made for the loaded base.
         let (_, made_for) = rig.styles.requested().unwrap();
-        assert!(std::ptr::eq(made_for.unwrap().as_ptr(), Arc::as_ptr(&rig.models.current().unwrap())));
+        assert!(std::ptr::eq(
+            made_for.unwrap().as_ptr(),
+            Arc::as_ptr(&rig.models.current().unwrap())
+        ));
 
         rig.set_style_param(0);
         rig.settle();
@@ -881,10 +933,19 @@ pub(crate) mod tests {
         rig.settle();
         assert_eq!(rig.requested(), None);
         let view = rig.library.view();
-        assert!(view.message.contains("Bach Chorale") && view.message.contains("fingerprint"), "{}", view.message);
+        assert!(
+            view.message.contains("Bach Chorale") && view.message.contains("fingerprint"),
+            "{}",
+            view.message
+        );
         assert_eq!(view.active_style, "base model");
         assert_eq!(*lock(&rig.params.style_choice), StyleChoice::default());
-        assert!(rig.status.try_engine_info().unwrap().last_error.contains("Bach Chorale"));
+        assert!(rig
+            .status
+            .try_engine_info()
+            .unwrap()
+            .last_error
+            .contains("Bach Chorale"));
     }
 
     /// A restored project names its style by path: the path wins over the parameter, and a
@@ -908,7 +969,11 @@ pub(crate) mod tests {
         rig.settle();
         assert_eq!(rig.requested(), None);
         let view = rig.library.view();
-        assert!(view.message.contains("“Gone” is missing"), "{}", view.message);
+        assert!(
+            view.message.contains("“Gone” is missing"),
+            "{}",
+            view.message
+        );
         assert_eq!(view.active_style, "base model");
         assert_eq!(*lock(&rig.params.style_choice), StyleChoice::default());
     }
@@ -919,14 +984,29 @@ pub(crate) mod tests {
         rig.settle();
         rig.set_style_param(4);
         rig.settle();
-        let before = (rig.models.version(), rig.models.current_location(), lock(&rig.params.model).clone());
+        let before = (
+            rig.models.version(),
+            rig.models.current_location(),
+            lock(&rig.params.model).clone(),
+        );
         rig.library.request_model(ModelChoice {
             weights: Some(rig.user.join("missing.safetensors")),
             config: "small".into(),
         });
         rig.settle();
-        assert_eq!((rig.models.version(), rig.models.current_location(), lock(&rig.params.model).clone()), before);
-        assert!(rig.library.view().message.starts_with("model not changed"), "{}", rig.library.view().message);
+        assert_eq!(
+            (
+                rig.models.version(),
+                rig.models.current_location(),
+                lock(&rig.params.model).clone()
+            ),
+            before
+        );
+        assert!(
+            rig.library.view().message.starts_with("model not changed"),
+            "{}",
+            rig.library.view().message
+        );
         assert_eq!(rig.requested().as_deref(), Some("Alpha"));
     }
 
@@ -962,7 +1042,12 @@ pub(crate) mod tests {
             style: "Zed".into(),
             tempo_bpm: 100.0,
             channel: 0,
-            notes: vec![CapturedNote { start_beats: 0.0, end_beats: 1.0, key: 60, velocity: 0.8 }],
+            notes: vec![CapturedNote {
+                start_beats: 0.0,
+                end_beats: 1.0,
+                key: 60,
+                velocity: 0.8,
+            }],
         });
         rig.library.request_export(1);
         rig.library.request_export(7);

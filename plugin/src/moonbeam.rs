@@ -292,7 +292,9 @@ impl ModelCache {
 
     /// Where the loaded model came from, if any.
     pub fn current_location(&self) -> Option<ModelLocation> {
-        lock(&self.slot).as_ref().map(|(location, _)| location.clone())
+        lock(&self.slot)
+            .as_ref()
+            .map(|(location, _)| location.clone())
     }
 
     /// Increases every time a model is installed.

@@ -231,6 +231,55 @@ fn use_tiny_model_unless_set() {
     std::env::set_var("CONTINUO_CONFIG", golden.join("tiny_config.json"));
 }
 
+/// Preset names of the test styles [`use_test_styles`] makes, in menu order (`style` values 1
+/// and 2).
+pub const TEST_STYLES: [&str; 2] = ["Tiny A", "Tiny B"];
+
+/// Makes two styles for the tiny golden model (the golden peft adapter, at two strengths) in a
+/// temporary folder, points the plugin's shipped-styles folder (`CONTINUO_STYLES`) at it and its
+/// user folder (`XDG_DATA_HOME`) at an empty one, unless `CONTINUO_STYLES` is set. The shipped
+/// styles belong to the bundled base and would be refused by the tiny model. Returns the folder.
+pub fn use_test_styles() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("CONTINUO_STYLES").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        let root = std::env::temp_dir().join(format!("continuo-tests-{}", std::process::id()));
+        let styles = root.join("styles");
+        std::fs::create_dir_all(&styles).expect("temp folder");
+        std::fs::create_dir_all(root.join("data")).expect("temp folder");
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/testdata/golden");
+        let cfg = continuo_engine::Config::from_file(&golden.join("tiny_config.json"))
+            .expect("tiny config");
+        for (i, name) in TEST_STYLES.iter().enumerate() {
+            let mut adapter =
+                continuo_engine::lora::Adapter::from_peft_dir(&golden.join("lora_adapter"), &cfg)
+                    .expect("golden adapter");
+            adapter.alpha *= 1.0 + 2.0 * i as f64;
+            let card = continuo_engine::style::StyleCard {
+                name: (*name).to_string(),
+                description: "a test style for the tiny golden model".into(),
+                author: String::new(),
+                base_model: "tiny".into(),
+                base_fingerprint: String::new(),
+                rank: 0,
+                alpha: 0.0,
+                targets: Vec::new(),
+                data: serde_json::Value::Null,
+                metrics: serde_json::Value::Null,
+                format_version: 1,
+            };
+            let path = styles.join(format!("tiny-{i}.safetensors"));
+            continuo_engine::style::save_style(&path, &adapter, &card).expect("test style");
+        }
+        std::env::set_var("CONTINUO_STYLES", &styles);
+        std::env::set_var("XDG_DATA_HOME", root.join("data"));
+        styles
+    })
+    .clone()
+}
+
 impl Harness {
     /// Loads the bundle and instantiates the plugin (not yet activated).
     ///
@@ -240,6 +289,7 @@ impl Harness {
     /// `CONTINUO_CONFIG` to drive the bundle with another model.
     pub fn load() -> Result<Self> {
         use_tiny_model_unless_set();
+        use_test_styles();
         let path = bundle_path()?;
         // SAFETY: loading a CLAP bundle runs its initialisation code; this is the bundle built
         // from this workspace.
@@ -508,6 +558,37 @@ impl Harness {
         params
             .get_value(&handle, param_id(string_id))
             .context("no value")
+    }
+
+    /// The saved state as JSON (nice-plug's CLAP state is a little-endian `u64` length, then
+    /// the JSON with `params` and `fields`).
+    pub fn state_json(&mut self) -> Result<serde_json::Value> {
+        let bytes = self.save_state()?;
+        ensure!(bytes.len() >= 8, "state too short");
+        let len = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+        ensure!(
+            bytes.len() == 8 + len,
+            "state length {len} but {} bytes",
+            bytes.len()
+        );
+        Ok(serde_json::from_slice(&bytes[8..])?)
+    }
+
+    /// Loads a state given as JSON (see [`Harness::state_json`]).
+    pub fn load_state_json(&mut self, json: &serde_json::Value) -> Result<()> {
+        let text = serde_json::to_vec(json)?;
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&text);
+        self.load_state(&bytes)
+    }
+
+    /// A persisted field of the saved state, parsed (nice-plug stores each as a JSON string).
+    pub fn state_field(&mut self, key: &str) -> Result<serde_json::Value> {
+        let state = self.state_json()?;
+        let text = state["fields"][key]
+            .as_str()
+            .with_context(|| format!("no field {key} in {state}"))?;
+        Ok(serde_json::from_str(text)?)
     }
 
     pub fn save_state(&mut self) -> Result<Vec<u8>> {

@@ -8,7 +8,9 @@ use candle_core::Result;
 
 use super::forward::{ForwardOutput, Row};
 use super::linear::with_f32;
-use super::tables::{embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN};
+use super::tables::{
+    embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN,
+};
 use super::{Moonbeam, Precision};
 use crate::error::ModelError;
 use crate::kernels::{bf16_round, dot, rms_norm, silu, softmax_in_place};
@@ -122,10 +124,18 @@ impl DecodeScratch {
 impl Moonbeam {
     /// Seeds an empty cache with the K/V of a batched pass over one sequence
     /// (batch row 0) and leaves that pass's last hidden state in `scratch.hidden`.
-    pub fn load_prefill(&self, out: &ForwardOutput, cache: &mut KvCache, scratch: &mut DecodeScratch) -> std::result::Result<(), ModelError> {
+    pub fn load_prefill(
+        &self,
+        out: &ForwardOutput,
+        cache: &mut KvCache,
+        scratch: &mut DecodeScratch,
+    ) -> std::result::Result<(), ModelError> {
         let l = out.hidden.dim(1)?;
         if l > cache.capacity {
-            return Err(ModelError::TooLong { len: l, max: cache.capacity });
+            return Err(ModelError::TooLong {
+                len: l,
+                max: cache.capacity,
+            });
         }
         for (layer, (k, v)) in out.kv.iter().enumerate() {
             // (B, n_kv, L, hd) -> batch row 0.
@@ -136,7 +146,8 @@ impl Moonbeam {
                     for head in 0..cache.n_kv {
                         let s = head * l * cache.head_dim;
                         let d = head * cache.capacity * cache.head_dim;
-                        dst[d..d + l * cache.head_dim].copy_from_slice(&data[s..s + l * cache.head_dim]);
+                        dst[d..d + l * cache.head_dim]
+                            .copy_from_slice(&data[s..s + l * cache.head_dim]);
                     }
                     Ok(())
                 })?;
@@ -152,12 +163,21 @@ impl Moonbeam {
     }
 
     /// Runs a whole prompt through the batched path and seeds `cache` with it (clearing it first).
-    pub fn prefill(&self, rows: &[Row], cache: &mut KvCache, scratch: &mut DecodeScratch, style: &Style) -> std::result::Result<(), ModelError> {
+    pub fn prefill(
+        &self,
+        rows: &[Row],
+        cache: &mut KvCache,
+        scratch: &mut DecodeScratch,
+        style: &Style,
+    ) -> std::result::Result<(), ModelError> {
         if rows.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
         if rows.len() > cache.capacity {
-            return Err(ModelError::TooLong { len: rows.len(), max: cache.capacity });
+            return Err(ModelError::TooLong {
+                len: rows.len(),
+                max: cache.capacity,
+            });
         }
         self.validate_rows(rows)?;
         cache.clear();
@@ -166,9 +186,18 @@ impl Moonbeam {
     }
 
     /// Appends one token to the cache and leaves its final normed hidden state in `scratch.hidden`.
-    pub fn step(&self, row: &Row, cache: &mut KvCache, scratch: &mut DecodeScratch, style: &Style) -> std::result::Result<(), ModelError> {
+    pub fn step(
+        &self,
+        row: &Row,
+        cache: &mut KvCache,
+        scratch: &mut DecodeScratch,
+        style: &Style,
+    ) -> std::result::Result<(), ModelError> {
         if cache.len >= cache.capacity {
-            return Err(ModelError::TooLong { len: cache.len + 1, max: cache.capacity });
+            return Err(ModelError::TooLong {
+                len: cache.len + 1,
+                max: cache.capacity,
+            });
         }
         self.validate_rows(std::slice::from_ref(row))?;
         self.embed_one(row, scratch)?;
@@ -189,17 +218,35 @@ impl Moonbeam {
         let t_len = pos + 1;
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
-            with_f32(&layer.input_norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn)))?;
-            layer.q_proj.matvec_styled(&scratch.xn, &mut scratch.q, style, Target::Q(li))?;
-            layer.k_proj.matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
-            layer.v_proj.matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
+            with_f32(&layer.input_norm, |w| {
+                Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn))
+            })?;
+            layer
+                .q_proj
+                .matvec_styled(&scratch.xn, &mut scratch.q, style, Target::Q(li))?;
+            layer
+                .k_proj
+                .matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
+            layer
+                .v_proj
+                .matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
             for head in 0..nh {
                 let t = GROUP_TABLE[head / (nh / 6)];
-                rotate(&mut scratch.q[head * hd..(head + 1) * hd], &scratch.cos[t], &scratch.sin[t], half);
+                rotate(
+                    &mut scratch.q[head * hd..(head + 1) * hd],
+                    &scratch.cos[t],
+                    &scratch.sin[t],
+                    half,
+                );
             }
             for head in 0..nkv {
                 let t = GROUP_TABLE[head / (nkv / 6)];
-                rotate(&mut scratch.k[head * hd..(head + 1) * hd], &scratch.cos[t], &scratch.sin[t], half);
+                rotate(
+                    &mut scratch.k[head * hd..(head + 1) * hd],
+                    &scratch.cos[t],
+                    &scratch.sin[t],
+                    half,
+                );
                 let at = cache.index(head, pos);
                 cache.k[li][at..at + hd].copy_from_slice(&scratch.k[head * hd..(head + 1) * hd]);
                 cache.v[li][at..at + hd].copy_from_slice(&scratch.v[head * hd..(head + 1) * hd]);
@@ -223,11 +270,15 @@ impl Moonbeam {
                     }
                 }
             }
-            layer.o_proj.matvec_styled(&scratch.attn, &mut scratch.proj, style, Target::O(li))?;
+            layer
+                .o_proj
+                .matvec_styled(&scratch.attn, &mut scratch.proj, style, Target::O(li))?;
             for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
                 *x += p;
             }
-            with_f32(&layer.post_attention_norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn)))?;
+            with_f32(&layer.post_attention_norm, |w| {
+                Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn))
+            })?;
             layer.gate_proj.matvec(&scratch.xn, &mut scratch.gate)?;
             layer.up_proj.matvec(&scratch.xn, &mut scratch.up)?;
             for (g, u) in scratch.gate.iter_mut().zip(&scratch.up) {
@@ -238,7 +289,14 @@ impl Moonbeam {
                 *x += p;
             }
         }
-        with_f32(&self.norm, |w| Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.hidden)))?;
+        with_f32(&self.norm, |w| {
+            Ok(rms_norm(
+                &scratch.x,
+                w,
+                cfg.rms_norm_eps,
+                &mut scratch.hidden,
+            ))
+        })?;
         cache.len += 1;
         Ok(())
     }
@@ -272,7 +330,12 @@ impl Moonbeam {
                 }
                 let table = TABLE_COLUMN.iter().position(|&c| c == attr).unwrap_or(0);
                 let fme = &self.fme[table];
-                fme_sinusoid(value, &self.tables.fme_angles[table], precision, &mut scratch.pe);
+                fme_sinusoid(
+                    value,
+                    &self.tables.fme_angles[table],
+                    precision,
+                    &mut scratch.pe,
+                );
                 with_f32(&fme.translation_bias, |t| {
                     for (p, tv) in scratch.pe.iter_mut().zip(t) {
                         *p += tv;

@@ -2,7 +2,9 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::tables::{embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN};
+use super::tables::{
+    embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN,
+};
 use super::Moonbeam;
 use crate::error::ModelError;
 use crate::lora::{Style, Target};
@@ -46,7 +48,10 @@ impl Moonbeam {
                 continue;
             }
             if let Some(c) = row.iter().position(|&v| v < 0) {
-                return Err(ModelError::BadInput { row: i, reason: format!("column {c} is negative ({})", row[c]) });
+                return Err(ModelError::BadInput {
+                    row: i,
+                    reason: format!("column {c} is negative ({})", row[c]),
+                });
             }
             if row[4] >= self.cfg.vocab[4] as i64 {
                 return Err(ModelError::BadInput {
@@ -57,7 +62,8 @@ impl Moonbeam {
             if row[0] > 1 << 24 || row[1] > 1 << 24 {
                 return Err(ModelError::BadInput {
                     row: i,
-                    reason: "onset or duration beyond 2^24 ticks cannot be represented exactly".into(),
+                    reason: "onset or duration beyond 2^24 ticks cannot be represented exactly"
+                        .into(),
                 });
             }
         }
@@ -74,8 +80,10 @@ impl Moonbeam {
         let mut parts = Vec::with_capacity(6);
         for attr in 0..6 {
             let e = if attr == 4 {
-                let ids: Vec<u32> =
-                    batch.iter().flat_map(|s| s.iter().map(|r| embedding_input(r, 4) as u32)).collect();
+                let ids: Vec<u32> = batch
+                    .iter()
+                    .flat_map(|s| s.iter().map(|r| embedding_input(r, 4) as u32))
+                    .collect();
                 let ids = Tensor::from_vec(ids, b * l, &dev)?;
                 self.instrument.index_select(&ids, 0)?.reshape((b, l, d))?
             } else {
@@ -83,7 +91,12 @@ impl Moonbeam {
                 let fme = &self.fme[table];
                 let mut pe = vec![0f32; b * l * d];
                 for (chunk, row) in pe.chunks_mut(d).zip(batch.iter().flat_map(|s| s.iter())) {
-                    fme_sinusoid(embedding_input(row, attr), &self.tables.fme_angles[table], precision, chunk);
+                    fme_sinusoid(
+                        embedding_input(row, attr),
+                        &self.tables.fme_angles[table],
+                        precision,
+                        chunk,
+                    );
                 }
                 let pe = Tensor::from_vec(pe, (b, l, d), &dev)?;
                 let x = pe.broadcast_add(&fme.translation_bias)?;
@@ -99,8 +112,10 @@ impl Moonbeam {
         let x = Tensor::cat(&parts, D::Minus1)?;
         // Replace SOS and EOS rows by the learned vectors.
         let flag = |code: i64| -> Result<Tensor> {
-            let m: Vec<f32> =
-                batch.iter().flat_map(|s| s.iter().map(|r| if r[0] == code { 1.0 } else { 0.0 })).collect();
+            let m: Vec<f32> = batch
+                .iter()
+                .flat_map(|s| s.iter().map(|r| if r[0] == code { 1.0 } else { 0.0 }))
+                .collect();
             Tensor::from_vec(m, (b, l, 1), &dev)
         };
         let is_sos = flag(-1)?;
@@ -108,7 +123,9 @@ impl Moonbeam {
         let keep = (1.0 - (&is_sos + &is_eos)?)?;
         let sos = self.supplementary.get(0)?;
         let eos = self.supplementary.get(1)?;
-        let x = (x.broadcast_mul(&keep)? + is_sos.broadcast_mul(&sos)? + is_eos.broadcast_mul(&eos)?)?;
+        let x = (x.broadcast_mul(&keep)?
+            + is_sos.broadcast_mul(&sos)?
+            + is_eos.broadcast_mul(&eos)?)?;
         let x = self.mlp_out.forward(&self.mlp_in.forward(&x)?.relu()?)?;
         Ok(x)
     }
@@ -170,7 +187,13 @@ impl Moonbeam {
 
     /// Full forward over a batch of equally long sequences. Returns the final normed hidden
     /// states and every layer's K/V (for seeding the decode cache).
-    pub fn forward(&self, batch: &[&[Row]], mask: Mask<'_>, style: &Style, mut trace: Option<&mut Trace>) -> Result<ForwardOutput> {
+    pub fn forward(
+        &self,
+        batch: &[&[Row]],
+        mask: Mask<'_>,
+        style: &Style,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<ForwardOutput> {
         let b = batch.len();
         let l = batch.first().map_or(0, |s| s.len());
         if b == 0 || l == 0 || batch.iter().any(|s| s.len() != l) {
@@ -190,9 +213,24 @@ impl Moonbeam {
         for (li, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let xn = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let q = layer.q_proj.forward_styled(&xn, style, Target::Q(li))?.reshape((b, l, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = layer.k_proj.forward_styled(&xn, style, Target::K(li))?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = layer.v_proj.forward_styled(&xn, style, Target::V(li))?.reshape((b, l, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = layer
+                .q_proj
+                .forward_styled(&xn, style, Target::Q(li))?
+                .reshape((b, l, nh, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k = layer
+                .k_proj
+                .forward_styled(&xn, style, Target::K(li))?
+                .reshape((b, l, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = layer
+                .v_proj
+                .forward_styled(&xn, style, Target::V(li))?
+                .reshape((b, l, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
             let q = apply_rotary(&q, &cos_q, &sin_q)?;
             let k = apply_rotary(&k, &cos_k, &sin_k)?;
             kv.push((k.clone(), v.clone()));
@@ -204,7 +242,10 @@ impl Moonbeam {
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
             // The composed softmax, not `softmax_last_dim`: the fused kernel has no backward pass.
             let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, nh * hd))?;
+            let attn = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, l, nh * hd))?;
             x = (residual + layer.o_proj.forward_styled(&attn, style, Target::O(li))?)?;
             let residual = x.clone();
             let xn = rms_norm(&x, &layer.post_attention_norm, cfg.rms_norm_eps)?;
@@ -244,7 +285,9 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, n, l, hd) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, n, n_rep, l, hd))?.reshape((b, n * n_rep, l, hd))
+    x.unsqueeze(2)?
+        .expand((b, n, n_rep, l, hd))?
+        .reshape((b, n * n_rep, l, hd))
 }
 
 /// Additive mask `(B, 1, L, L)`: 0 where attention is allowed, `f32::MIN` elsewhere.

@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor, D};
 
 use super::linear::with_f32;
 use super::Moonbeam;
-use crate::kernels::{sigmoid, matvec};
+use crate::kernels::{matvec, sigmoid};
 use crate::lora::{Style, Target};
 
 /// Picks one token among an attribute's allowed ids.
@@ -49,10 +49,21 @@ impl GruScratch {
 impl Moonbeam {
     /// Decodes one note from the final normed hidden state of the last position.
     /// Returns the six attribute values (timeshift, duration, octave, pitch class, instrument, velocity).
-    pub fn decode_note(&self, hidden: &[f32], scratch: &mut GruScratch, chooser: &mut dyn Chooser, style: &Style) -> Result<[i64; 6]> {
+    pub fn decode_note(
+        &self,
+        hidden: &[f32],
+        scratch: &mut GruScratch,
+        chooser: &mut dyn Chooser,
+        style: &Style,
+    ) -> Result<[i64; 6]> {
         let offsets = self.cfg.decode_offsets();
         let g = self.cfg.gru_hidden;
-        self.summary_projection.matvec_styled(hidden, &mut scratch.summary, style, Target::SummaryProjection)?;
+        self.summary_projection.matvec_styled(
+            hidden,
+            &mut scratch.summary,
+            style,
+            Target::SummaryProjection,
+        )?;
         for h in scratch.h.iter_mut() {
             h.copy_from_slice(&scratch.summary);
         }
@@ -70,18 +81,30 @@ impl Moonbeam {
                 gru_cell(&scratch.gi, &scratch.gh, h);
                 scratch.x.copy_from_slice(h);
             }
-            self.fc_out.matvec_styled(&scratch.x, &mut scratch.y, style, Target::FcOut)?;
+            self.fc_out
+                .matvec_styled(&scratch.x, &mut scratch.y, style, Target::FcOut)?;
             let allowed = offsets[attr]..offsets[attr] + self.cfg.vocab[attr];
             let choice = if chooser.full_vocab() {
                 with_f32(&self.lm_head.weight, |w| {
                     matvec(w, &scratch.y, None, &mut scratch.logits);
                     Ok(())
                 })?;
-                style.add_matvec(Target::LmHead, &scratch.y, 0..self.cfg.decode_vocab_size, &mut scratch.logits)?;
+                style.add_matvec(
+                    Target::LmHead,
+                    &scratch.y,
+                    0..self.cfg.decode_vocab_size,
+                    &mut scratch.logits,
+                )?;
                 chooser.choose(attr, allowed.clone(), &scratch.logits)
             } else {
                 let n = allowed.len();
-                self.lm_head.matvec_rows_styled(&scratch.y, allowed.clone(), &mut scratch.logits[..n], style, Target::LmHead)?;
+                self.lm_head.matvec_rows_styled(
+                    &scratch.y,
+                    allowed.clone(),
+                    &mut scratch.logits[..n],
+                    style,
+                    Target::LmHead,
+                )?;
                 chooser.choose(attr, allowed.clone(), &scratch.logits[..n])
             };
             let choice = choice.min(allowed.len() - 1);
@@ -99,7 +122,14 @@ impl Moonbeam {
         let (b, l, _) = hidden.dims3()?;
         let g = self.cfg.gru_hidden;
         let n = b * (l - 1);
-        let s = self.summary_projection.forward_styled(&hidden.narrow(1, 0, l - 1)?, style, Target::SummaryProjection)?.reshape((n, g))?;
+        let s = self
+            .summary_projection
+            .forward_styled(
+                &hidden.narrow(1, 0, l - 1)?,
+                style,
+                Target::SummaryProjection,
+            )?
+            .reshape((n, g))?;
         let ids = inputs.reshape(n * 6)?;
         let mut x = self.decoder_embedding.index_select(&ids, 0)?;
         if let Some(d) = style.embedding_delta(&ids)? {
@@ -113,15 +143,25 @@ impl Moonbeam {
             for step in 0..6 {
                 let gi = gi_all.narrow(1, step, 1)?.squeeze(1)?;
                 let gh = layer.hh.forward(&h)?;
-                let r = candle_nn::ops::sigmoid(&(gi.narrow(D::Minus1, 0, g)? + gh.narrow(D::Minus1, 0, g)?)?)?;
-                let z = candle_nn::ops::sigmoid(&(gi.narrow(D::Minus1, g, g)? + gh.narrow(D::Minus1, g, g)?)?)?;
-                let nn = (gi.narrow(D::Minus1, 2 * g, g)? + (r * gh.narrow(D::Minus1, 2 * g, g)?)?)?.tanh()?;
+                let r = candle_nn::ops::sigmoid(
+                    &(gi.narrow(D::Minus1, 0, g)? + gh.narrow(D::Minus1, 0, g)?)?,
+                )?;
+                let z = candle_nn::ops::sigmoid(
+                    &(gi.narrow(D::Minus1, g, g)? + gh.narrow(D::Minus1, g, g)?)?,
+                )?;
+                let nn = (gi.narrow(D::Minus1, 2 * g, g)?
+                    + (r * gh.narrow(D::Minus1, 2 * g, g)?)?)?
+                .tanh()?;
                 h = ((&nn - (&z * &nn)?)? + (&z * &h)?)?;
                 outs.push(h.clone());
             }
             x = Tensor::stack(&outs, 1)?;
         }
-        let logits = self.lm_head.forward_styled(&self.fc_out.forward_styled(&x, style, Target::FcOut)?, style, Target::LmHead)?;
+        let logits = self.lm_head.forward_styled(
+            &self.fc_out.forward_styled(&x, style, Target::FcOut)?,
+            style,
+            Target::LmHead,
+        )?;
         logits.reshape((b, l - 1, 6, self.cfg.decode_vocab_size))
     }
 }

@@ -17,10 +17,25 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(ws: &WeightStore, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> std::result::Result<Self, WeightsError> {
+    pub fn load(
+        ws: &WeightStore,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> std::result::Result<Self, WeightsError> {
         let weight = ws.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias { Some(ws.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { weight, bias, out_dim, in_dim })
+        let bias = if bias {
+            Some(ws.get(&format!("{name}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            out_dim,
+            in_dim,
+        })
     }
 
     /// Batched forward for `x` of shape `(..., in)`.
@@ -42,13 +57,26 @@ impl Linear {
     }
 
     /// [`Linear::matvec`] plus the style's side path for `target`.
-    pub fn matvec_styled(&self, x: &[f32], out: &mut [f32], style: &Style, target: Target) -> Result<()> {
+    pub fn matvec_styled(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        style: &Style,
+        target: Target,
+    ) -> Result<()> {
         self.matvec(x, out)?;
         style.add_matvec(target, x, 0..self.out_dim, out)
     }
 
     /// [`Linear::matvec_rows`] plus the style's side path for `target`.
-    pub fn matvec_rows_styled(&self, x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32], style: &Style, target: Target) -> Result<()> {
+    pub fn matvec_rows_styled(
+        &self,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        style: &Style,
+        target: Target,
+    ) -> Result<()> {
         self.matvec_rows(x, rows.clone(), out)?;
         style.add_matvec(target, x, rows, out)
     }
@@ -68,7 +96,12 @@ impl Linear {
     }
 
     /// Only the output rows in `rows` (used where only one attribute's logits are needed).
-    pub fn matvec_rows(&self, x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<()> {
+    pub fn matvec_rows(
+        &self,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> Result<()> {
         with_f32(&self.weight, |w| {
             kernels::matvec_rows(w, x, rows.clone(), out);
             Ok(())

@@ -88,7 +88,11 @@ impl Moonbeam {
     }
 
     /// Builds the model from named tensors, checking every name and shape.
-    pub fn from_store(cfg: &Config, ws: &WeightStore, precision: Precision) -> Result<Self, WeightsError> {
+    pub fn from_store(
+        cfg: &Config,
+        ws: &WeightStore,
+        precision: Precision,
+    ) -> Result<Self, WeightsError> {
         let h = cfg.hidden_size;
         let d = cfg.attr_dim();
         let kv = cfg.n_kv_heads * cfg.head_dim();
@@ -116,17 +120,38 @@ impl Moonbeam {
                     k_proj: Linear::load(ws, &format!("{p}.self_attn.k_proj"), kv, h, false)?,
                     v_proj: Linear::load(ws, &format!("{p}.self_attn.v_proj"), kv, h, false)?,
                     o_proj: Linear::load(ws, &format!("{p}.self_attn.o_proj"), h, h, false)?,
-                    gate_proj: Linear::load(ws, &format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h, false)?,
-                    up_proj: Linear::load(ws, &format!("{p}.mlp.up_proj"), cfg.intermediate_size, h, false)?,
-                    down_proj: Linear::load(ws, &format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, false)?,
+                    gate_proj: Linear::load(
+                        ws,
+                        &format!("{p}.mlp.gate_proj"),
+                        cfg.intermediate_size,
+                        h,
+                        false,
+                    )?,
+                    up_proj: Linear::load(
+                        ws,
+                        &format!("{p}.mlp.up_proj"),
+                        cfg.intermediate_size,
+                        h,
+                        false,
+                    )?,
+                    down_proj: Linear::load(
+                        ws,
+                        &format!("{p}.mlp.down_proj"),
+                        h,
+                        cfg.intermediate_size,
+                        false,
+                    )?,
                     input_norm: ws.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    post_attention_norm: ws.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    post_attention_norm: ws
+                        .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
                 })
             })
             .collect::<Result<Vec<_>, WeightsError>>()?;
         let gru = (0..cfg.gru_layers)
             .map(|l| {
-                let w = |kind: &str, shape: &[usize]| ws.get(&format!("decoder.gru.{kind}_l{l}"), shape);
+                let w = |kind: &str, shape: &[usize]| {
+                    ws.get(&format!("decoder.gru.{kind}_l{l}"), shape)
+                };
                 Ok(GruLayer {
                     ih: Linear {
                         weight: w("weight_ih", &[3 * g, g])?,
@@ -147,7 +172,10 @@ impl Moonbeam {
             cfg: cfg.clone(),
             tables: Tables::new(cfg, precision),
             fme,
-            instrument: ws.get("model.instrument_embedding.embedding.weight", &[cfg.vocab[4], d])?,
+            instrument: ws.get(
+                "model.instrument_embedding.embedding.weight",
+                &[cfg.vocab[4], d],
+            )?,
             supplementary: ws.get("model.supplementary_embedding.weight", &[2, h])?,
             mlp_in: Linear::load(ws, "model.supplementary_MLP.0", h / 2, h, true)?,
             mlp_out: Linear::load(ws, "model.supplementary_MLP.2", h, h / 2, true)?,
@@ -180,7 +208,10 @@ impl Moonbeam {
             out.push((format!("{p}.linear_fme.weight"), vec![d, d]));
             out.push((format!("{p}.linear_fme.bias"), vec![d]));
         }
-        out.push(("model.instrument_embedding.embedding.weight".into(), vec![cfg.vocab[4], d]));
+        out.push((
+            "model.instrument_embedding.embedding.weight".into(),
+            vec![cfg.vocab[4], d],
+        ));
         out.push(("model.supplementary_embedding.weight".into(), vec![2, h]));
         out.push(("model.supplementary_MLP.0.weight".into(), vec![h / 2, h]));
         out.push(("model.supplementary_MLP.0.bias".into(), vec![h / 2]));
@@ -192,9 +223,18 @@ impl Moonbeam {
             out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
             out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
-            out.push((format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate_size, h]));
-            out.push((format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate_size, h]));
-            out.push((format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate_size]));
+            out.push((
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![cfg.intermediate_size, h],
+            ));
+            out.push((
+                format!("{p}.mlp.up_proj.weight"),
+                vec![cfg.intermediate_size, h],
+            ));
+            out.push((
+                format!("{p}.mlp.down_proj.weight"),
+                vec![h, cfg.intermediate_size],
+            ));
             out.push((format!("{p}.input_layernorm.weight"), vec![h]));
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         }
@@ -234,20 +274,26 @@ impl Moonbeam {
                 (-a, a)
             };
             let mut data = vec![0f32; n];
-            data.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-                let mut state = seed ^ ((k as u64) << 40) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                for v in chunk.iter_mut() {
-                    // splitmix64: cheap, and plenty for benchmark weights.
-                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                    let mut z = state;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    z ^= z >> 31;
-                    let u = (z >> 40) as f32 / (1u64 << 24) as f32;
-                    *v = low + (high - low) * u;
-                }
-            });
-            tensors.insert(name, Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?);
+            data.par_chunks_mut(1 << 16)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let mut state =
+                        seed ^ ((k as u64) << 40) ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    for v in chunk.iter_mut() {
+                        // splitmix64: cheap, and plenty for benchmark weights.
+                        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                        let mut z = state;
+                        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                        z ^= z >> 31;
+                        let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+                        *v = low + (high - low) * u;
+                    }
+                });
+            tensors.insert(
+                name,
+                Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?,
+            );
         }
         Self::from_store(cfg, &WeightStore::from_tensors(tensors), precision)
     }
@@ -278,8 +324,14 @@ impl Moonbeam {
             out.push((format!("{p}.translation_bias"), f.translation_bias.clone()));
             push_linear(&mut out, &format!("{p}.linear_fme"), &f.linear);
         }
-        out.push(("model.instrument_embedding.embedding.weight".into(), self.instrument.clone()));
-        out.push(("model.supplementary_embedding.weight".into(), self.supplementary.clone()));
+        out.push((
+            "model.instrument_embedding.embedding.weight".into(),
+            self.instrument.clone(),
+        ));
+        out.push((
+            "model.supplementary_embedding.weight".into(),
+            self.supplementary.clone(),
+        ));
         push_linear(&mut out, "model.supplementary_MLP.0", &self.mlp_in);
         push_linear(&mut out, "model.supplementary_MLP.2", &self.mlp_out);
         for (i, l) in self.layers.iter().enumerate() {
@@ -292,19 +344,31 @@ impl Moonbeam {
             push_linear(&mut out, &format!("{p}.mlp.up_proj"), &l.up_proj);
             push_linear(&mut out, &format!("{p}.mlp.down_proj"), &l.down_proj);
             out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_norm.clone()));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_norm.clone(),
+            ));
         }
         out.push(("model.norm.weight".into(), self.norm.clone()));
         for (l, layer) in self.gru.iter().enumerate() {
-            out.push((format!("decoder.gru.weight_ih_l{l}"), layer.ih.weight.clone()));
-            out.push((format!("decoder.gru.weight_hh_l{l}"), layer.hh.weight.clone()));
+            out.push((
+                format!("decoder.gru.weight_ih_l{l}"),
+                layer.ih.weight.clone(),
+            ));
+            out.push((
+                format!("decoder.gru.weight_hh_l{l}"),
+                layer.hh.weight.clone(),
+            ));
             if let (Some(bi), Some(bh)) = (&layer.ih.bias, &layer.hh.bias) {
                 out.push((format!("decoder.gru.bias_ih_l{l}"), bi.clone()));
                 out.push((format!("decoder.gru.bias_hh_l{l}"), bh.clone()));
             }
         }
         push_linear(&mut out, "decoder.fc_out", &self.fc_out);
-        out.push(("decoder_embedding.weight".into(), self.decoder_embedding.clone()));
+        out.push((
+            "decoder_embedding.weight".into(),
+            self.decoder_embedding.clone(),
+        ));
         push_linear(&mut out, "summary_projection", &self.summary_projection);
         push_linear(&mut out, "lm_head", &self.lm_head);
         out

@@ -92,7 +92,13 @@ pub fn rope_inv_freq(theta: f64, head_dim: usize, precision: Precision) -> Vec<f
 }
 
 /// cos and sin (each `hd/2` wide; the full table repeats them, HF half-split layout) of one position.
-pub fn rope_cos_sin(position: i64, inv_freq: &[f32], precision: Precision, cos: &mut [f32], sin: &mut [f32]) {
+pub fn rope_cos_sin(
+    position: i64,
+    inv_freq: &[f32],
+    precision: Precision,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
     let p = position as f32;
     for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
         let arg = p * f;

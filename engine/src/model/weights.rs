@@ -20,7 +20,10 @@ pub struct WeightStore {
 impl WeightStore {
     /// Opens a `.safetensors` file or a PyTorch `.pt` checkpoint (detected by content, not extension).
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
-        let io = |source| WeightsError::Io { path: path.to_owned(), source };
+        let io = |source| WeightsError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let mut head = [0u8; 8];
         {
             use std::io::Read;
@@ -33,7 +36,10 @@ impl WeightStore {
                 });
             }
         }
-        let format_err = |reason: String| WeightsError::Format { path: path.to_owned(), reason };
+        let format_err = |reason: String| WeightsError::Format {
+            path: path.to_owned(),
+            reason,
+        };
         let tensors: Vec<(String, Tensor)> = if head.starts_with(b"PK\x03\x04") || head[0] == 0x80 {
             // A torch.save pickle (zip container, or the legacy format).
             let with_key = candle_core::pickle::read_all_with_key(path, Some("model_state_dict"));
@@ -68,7 +74,14 @@ impl WeightStore {
         }
         let tensors = tensors
             .into_iter()
-            .map(|(name, t)| (name.strip_prefix("module.").map(str::to_owned).unwrap_or(name), t))
+            .map(|(name, t)| {
+                (
+                    name.strip_prefix("module.")
+                        .map(str::to_owned)
+                        .unwrap_or(name),
+                    t,
+                )
+            })
             .collect();
         Ok(WeightStore { tensors })
     }
@@ -91,10 +104,13 @@ impl WeightStore {
 
     /// The tensor `name` as contiguous f32, checked against `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
-        let t = self.tensors.get(name).ok_or_else(|| WeightsError::Missing {
-            name: name.to_owned(),
-            expected: shape.to_vec(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| WeightsError::Missing {
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+            })?;
         if t.dims() != shape {
             return Err(WeightsError::Shape {
                 name: name.to_owned(),
@@ -106,7 +122,10 @@ impl WeightStore {
             DType::F32 => t.clone(),
             DType::BF16 | DType::F16 | DType::F64 => t.to_dtype(DType::F32)?,
             other => {
-                return Err(WeightsError::Dtype { name: name.to_owned(), dtype: format!("{other:?}") });
+                return Err(WeightsError::Dtype {
+                    name: name.to_owned(),
+                    dtype: format!("{other:?}"),
+                });
             }
         };
         Ok(t.contiguous()?)
@@ -116,13 +135,30 @@ impl WeightStore {
 /// Writes a model's weights as safetensors with the official names, plus a JSON card in the
 /// metadata (`continuo.model`). Written to a temporary file and renamed, so a crash never
 /// leaves a half-written checkpoint.
-pub fn save_weights(model: &crate::model::Moonbeam, path: &Path, card: &serde_json::Value) -> Result<(), WeightsError> {
+pub fn save_weights(
+    model: &crate::model::Moonbeam,
+    path: &Path,
+    card: &serde_json::Value,
+) -> Result<(), WeightsError> {
     let tensors = model.named_tensors();
-    let metadata: HashMap<String, String> =
-        [("continuo.model".to_string(), card.to_string()), ("format".to_string(), "pt".to_string())].into();
+    let metadata: HashMap<String, String> = [
+        ("continuo.model".to_string(), card.to_string()),
+        ("format".to_string(), "pt".to_string()),
+    ]
+    .into();
     let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &tmp)
-        .map_err(|e| WeightsError::Format { path: path.to_owned(), reason: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &tmp,
+    )
+    .map_err(|e| WeightsError::Format {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| WeightsError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(())
 }

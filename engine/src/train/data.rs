@@ -346,7 +346,11 @@ fn rezero(notes: &mut [Note]) {
 /// tokenizer output is already sorted), drops impossible notes, clips durations into
 /// `1..=V_dur - 3`, splits wherever the onset gap exceeds the timeshift limit, re-zeroes each
 /// chunk to onset 0 and drops chunks shorter than `opts.min_notes`.
-pub fn preprocess(notes: &[Note], cfg: &Config, opts: &LoadOptions) -> (Vec<Vec<Note>>, ChunkStats) {
+pub fn preprocess(
+    notes: &[Note],
+    cfg: &Config,
+    opts: &LoadOptions,
+) -> (Vec<Vec<Note>>, ChunkStats) {
     let limits = Limits::new(cfg);
     let max_ts = opts
         .max_timeshift
@@ -401,7 +405,11 @@ pub fn load_pieces(files: &[PathBuf], cfg: &Config) -> (Vec<Piece>, DataReport) 
 
 /// Tokenizes and [`preprocess`]es every file (in parallel; the output keeps the order of
 /// `files`). Unreadable files are skipped and reported, never fatal.
-pub fn load_pieces_with(files: &[PathBuf], cfg: &Config, opts: &LoadOptions) -> (Vec<Piece>, DataReport) {
+pub fn load_pieces_with(
+    files: &[PathBuf],
+    cfg: &Config,
+    opts: &LoadOptions,
+) -> (Vec<Piece>, DataReport) {
     let limits = Limits::new(cfg);
     let results: Vec<(Vec<Piece>, FileReport)> = files
         .par_iter()
@@ -462,7 +470,10 @@ pub fn load_pieces_with(files: &[PathBuf], cfg: &Config, opts: &LoadOptions) -> 
     let max_ts = opts
         .max_timeshift
         .map_or(limits.max_timeshift, |t| t.clamp(0, limits.max_timeshift));
-    (pieces, DataReport::from_files(reports, max_ts, limits.max_duration))
+    (
+        pieces,
+        DataReport::from_files(reports, max_ts, limits.max_duration),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,7 +498,10 @@ fn finalize(mut z: u64) -> u64 {
 
 /// The split hash of a key: FNV-1a over the seed's little-endian bytes and the key's UTF-8.
 pub fn split_hash(key: &str, seed: u64) -> u64 {
-    finalize(fnv1a(key.as_bytes(), fnv1a(&seed.to_le_bytes(), 0xcbf2_9ce4_8422_2325)))
+    finalize(fnv1a(
+        key.as_bytes(),
+        fnv1a(&seed.to_le_bytes(), 0xcbf2_9ce4_8422_2325),
+    ))
 }
 
 /// `path` relative to `root` with `/` separators (the whole path if it is not under `root`):
@@ -506,7 +520,12 @@ pub fn relative_key(path: &Path, root: &Path) -> String {
 /// `val_fraction > 0` and there are at least 2 keys, and never all of them when
 /// `val_fraction < 1` (so a single file always trains). The order of items inside each side is kept. A key's side depends only
 /// on the key, the seed and the set of keys, never on the machine or the order of `items`.
-pub fn split_by_hash<T>(items: Vec<T>, key: impl Fn(&T) -> String, val_fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+pub fn split_by_hash<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    val_fraction: f64,
+    seed: u64,
+) -> (Vec<T>, Vec<T>) {
     let keys: Vec<String> = items.iter().map(&key).collect();
     let mut distinct: Vec<(u64, &str)> = {
         let set: BTreeMap<&str, ()> = keys.iter().map(|k| (k.as_str(), ())).collect();
@@ -526,7 +545,10 @@ pub fn split_by_hash<T>(items: Vec<T>, key: impl Fn(&T) -> String, val_fraction:
     if frac < 1.0 {
         n_val = n_val.min(n.saturating_sub(1));
     }
-    let val_keys: HashSet<String> = distinct[..n_val.min(n)].iter().map(|(_, k)| (*k).to_owned()).collect();
+    let val_keys: HashSet<String> = distinct[..n_val.min(n)]
+        .iter()
+        .map(|(_, k)| (*k).to_owned())
+        .collect();
     let mut train = Vec::new();
     let mut val = Vec::new();
     for (item, k) in items.into_iter().zip(keys) {
@@ -624,7 +646,8 @@ impl Augment {
                 }
             };
             prev = Some((stretched, onset));
-            let duration = ((n.duration as f64 * tempo).round_ties_even() as i64).clamp(1, limits.max_duration);
+            let duration = ((n.duration as f64 * tempo).round_ties_even() as i64)
+                .clamp(1, limits.max_duration);
             let velocity = ((n.velocity as f64 * vel).round_ties_even() as i64).clamp(1, 127);
             out.push(Note {
                 onset,
@@ -640,13 +663,19 @@ impl Augment {
 
     fn pick_transposition<R: Rng + ?Sized>(&self, notes: &[Note], rng: &mut R) -> i64 {
         let t = i64::from(self.transpose);
-        let pitches = notes.iter().filter(|n| n.instrument != DRUMS).map(Note::pitch);
+        let pitches = notes
+            .iter()
+            .filter(|n| n.instrument != DRUMS)
+            .map(Note::pitch);
         let (lo, hi) = pitches.fold((i64::MAX, i64::MIN), |(lo, hi), p| (lo.min(p), hi.max(p)));
         // Always draw, so the rng stream does not depend on whether the piece has melody.
         let (a, b) = if lo > hi {
             (0, 0)
         } else {
-            ((PIANO_RANGE.start() - lo).max(-t), (PIANO_RANGE.end() - hi).min(t))
+            (
+                (PIANO_RANGE.start() - lo).max(-t),
+                (PIANO_RANGE.end() - hi).min(t),
+            )
         };
         if a > b {
             rng.random_range(0..=0)
@@ -689,7 +718,12 @@ pub fn windows_with_stride(notes: &[Note], context_rows: usize, stride: usize) -
 /// window boundaries of augmented copies.
 ///
 /// Panics if `context_rows < 3`.
-pub fn windows_with(notes: &[Note], context_rows: usize, stride: usize, phase: usize) -> Vec<Vec<Note>> {
+pub fn windows_with(
+    notes: &[Note],
+    context_rows: usize,
+    stride: usize,
+    phase: usize,
+) -> Vec<Vec<Note>> {
     assert!(
         context_rows >= 3,
         "context_rows {context_rows} cannot hold SOS, a note and EOS"
@@ -787,11 +821,17 @@ impl Packed {
 /// overflow it, which is then padded with `[0; 6]` rows and closed (the reference's greedy
 /// `ConcatDataset_hybrid_padding_concatenating`). Empty samples are skipped. A sample longer
 /// than `context_rows - 2` notes is an error: cut it with [`windows`] first.
-pub fn pack(samples: &[Vec<Note>], context_rows: usize, shuffle_seed: Option<u64>) -> Result<Vec<Packed>, DataError> {
+pub fn pack(
+    samples: &[Vec<Note>],
+    context_rows: usize,
+    shuffle_seed: Option<u64>,
+) -> Result<Vec<Packed>, DataError> {
     if context_rows < 3 {
         return Err(DataError::ContextTooSmall(context_rows));
     }
-    let mut order: Vec<usize> = (0..samples.len()).filter(|&i| !samples[i].is_empty()).collect();
+    let mut order: Vec<usize> = (0..samples.len())
+        .filter(|&i| !samples[i].is_empty())
+        .collect();
     if let Some(&index) = order.iter().find(|&&i| samples[i].len() + 2 > context_rows) {
         return Err(DataError::SampleTooLong {
             index,
@@ -924,8 +964,13 @@ impl Dataset {
             out.extend(windows(&piece.notes, ctx));
             if let Some(aug) = &self.options.augment {
                 for c in 0..copies {
-                    let mut rng =
-                        StdRng::seed_from_u64(mix(&[self.options.seed, TAG_AUGMENT, epoch, p as u64, c as u64]));
+                    let mut rng = StdRng::seed_from_u64(mix(&[
+                        self.options.seed,
+                        TAG_AUGMENT,
+                        epoch,
+                        p as u64,
+                        c as u64,
+                    ]));
                     let notes = aug.apply(&piece.notes, &self.cfg, &mut rng);
                     let phase = rng.random_range(0..w);
                     out.extend(windows_with(&notes, ctx, w, phase));
@@ -938,12 +983,18 @@ impl Dataset {
     /// [`Dataset::epoch_samples`] packed, in an order shuffled by seed and epoch.
     pub fn train_packs(&self, epoch: u64) -> Vec<Packed> {
         let seed = mix(&[self.options.seed, TAG_PACK, epoch]);
-        pack(&self.epoch_samples(epoch), self.options.context_rows, Some(seed)).expect("windows always fit the context")
+        pack(
+            &self.epoch_samples(epoch),
+            self.options.context_rows,
+            Some(seed),
+        )
+        .expect("windows always fit the context")
     }
 
     /// The validation samples packed, in a fixed order.
     pub fn val_packs(&self) -> Vec<Packed> {
-        pack(&self.val_samples, self.options.context_rows, None).expect("windows always fit the context")
+        pack(&self.val_samples, self.options.context_rows, None)
+            .expect("windows always fit the context")
     }
 
     /// The config whose vocabulary limits the data respects.
@@ -955,7 +1006,11 @@ impl Dataset {
 /// Finds, loads, splits and windows the MIDI files under `dir` (see the module docs).
 /// Fails when there is no MIDI file, no file gives a usable piece, or an option is invalid;
 /// individual unreadable or too-short files are only reported.
-pub fn build_dataset(dir: &Path, cfg: &Config, options: DatasetOptions) -> Result<Dataset, DataError> {
+pub fn build_dataset(
+    dir: &Path,
+    cfg: &Config,
+    options: DatasetOptions,
+) -> Result<Dataset, DataError> {
     if options.context_rows < 3 {
         return Err(DataError::ContextTooSmall(options.context_rows));
     }

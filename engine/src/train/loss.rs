@@ -22,7 +22,11 @@ pub struct PackedBatch<'a> {
 
 /// Mean cross-entropy over the six attributes of every counted position, and the number
 /// of counted positions (notes).
-pub fn packed_loss(model: &Moonbeam, style: &Style, batch: &PackedBatch<'_>) -> Result<(Tensor, usize)> {
+pub fn packed_loss(
+    model: &Moonbeam,
+    style: &Style,
+    batch: &PackedBatch<'_>,
+) -> Result<(Tensor, usize)> {
     let dev = Device::Cpu;
     let b = batch.rows.len();
     let l = batch.rows[0].len();
@@ -31,7 +35,11 @@ pub fn packed_loss(model: &Moonbeam, style: &Style, batch: &PackedBatch<'_>) -> 
     let mut targets = Vec::with_capacity(b * (l - 1) * 6);
     let mut mask = Vec::with_capacity(b * (l - 1) * 6);
     let mut counted = 0usize;
-    for (seq, (segs, lm)) in batch.rows.iter().zip(batch.segments.iter().zip(&batch.loss_mask)) {
+    for (seq, (segs, lm)) in batch
+        .rows
+        .iter()
+        .zip(batch.segments.iter().zip(&batch.loss_mask))
+    {
         let labels = sequence_labels(model, seq, segs);
         for t in 0..l - 1 {
             let next = labels[t + 1];
@@ -47,7 +55,10 @@ pub fn packed_loss(model: &Moonbeam, style: &Style, batch: &PackedBatch<'_>) -> 
     let mask = Tensor::from_vec(mask, (b, l - 1, 6), &dev)?;
     let logits = model.gru_logits(&out.hidden, &inputs, style)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let nll = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.neg()?;
+    let nll = logp
+        .gather(&targets, D::Minus1)?
+        .squeeze(D::Minus1)?
+        .neg()?;
     let denom = (counted.max(1) * 6) as f64;
     let loss = ((nll * mask)?.sum_all()? / denom)?;
     Ok((loss, counted))

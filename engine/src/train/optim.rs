@@ -19,9 +19,25 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, lr: f64, weight_decay: f64) -> Result<Self> {
-        let m = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| v.as_tensor().zeros_like()).collect::<Result<Vec<_>>>()?;
-        Ok(AdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, vars, m, v })
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            step: 0,
+            vars,
+            m,
+            v,
+        })
     }
 
     pub fn vars(&self) -> &[(String, Var)] {
@@ -36,7 +52,9 @@ impl AdamW {
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.eps)?)?;
@@ -67,11 +85,17 @@ impl AdamW {
                 state
                     .get(&format!("{prefix}/{name}"))
                     .cloned()
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks {prefix}/{name}")))
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!("checkpoint lacks {prefix}/{name}"))
+                    })
             };
             let p = get("param")?;
             if p.dims() != var.as_tensor().dims() {
-                candle_core::bail!("checkpoint tensor {name} has shape {:?}, expected {:?}", p.dims(), var.as_tensor().dims());
+                candle_core::bail!(
+                    "checkpoint tensor {name} has shape {:?}, expected {:?}",
+                    p.dims(),
+                    var.as_tensor().dims()
+                );
             }
             var.set(&p)?;
             self.m[i] = get("adam_m")?;

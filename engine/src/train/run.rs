@@ -77,7 +77,12 @@ pub struct TrainSummary {
 /// What the caller does with the trained parameters.
 pub trait Sink {
     /// Called whenever validation improves (or after every epoch without validation data).
-    fn save_best(&mut self, model: &Moonbeam, style: &Style, summary: &TrainSummary) -> anyhow::Result<()>;
+    fn save_best(
+        &mut self,
+        model: &Moonbeam,
+        style: &Style,
+        summary: &TrainSummary,
+    ) -> anyhow::Result<()>;
 }
 
 /// Trains on `train_samples(epoch)` (notes of each sample, regenerated per epoch so that
@@ -103,28 +108,44 @@ pub fn train(
     let trainable_params = vars.iter().map(|(_, v)| v.as_tensor().elem_count()).sum();
     let mut opt = AdamW::new(vars, cfg.lr, 0.0)?;
     let val_packed = pack(val, cfg.context_rows, None)?;
-    let mut summary = TrainSummary { trainable_params, ..Default::default() };
+    let mut summary = TrainSummary {
+        trainable_params,
+        ..Default::default()
+    };
     let mut first_epoch = 0;
     if cfg.resume && cfg.checkpoint.exists() {
         let (state, meta) = read_checkpoint(&cfg.checkpoint)?;
-        let done: usize = meta.get("epochs_done").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let done: usize = meta
+            .get("epochs_done")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let step: u64 = meta.get("step").and_then(|v| v.parse().ok()).unwrap_or(0);
         opt.restore(&state, step)?;
         if let Some(s) = meta.get("summary") {
             summary = serde_json::from_str(s)?;
         }
         first_epoch = done;
-        eprintln!("resuming after epoch {done} from {}", cfg.checkpoint.display());
+        eprintln!(
+            "resuming after epoch {done} from {}",
+            cfg.checkpoint.display()
+        );
     } else if !val_packed.is_empty() {
         summary.initial_val_loss = Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?);
-        eprintln!("validation loss before training: {:.4}", summary.initial_val_loss.unwrap_or(f64::NAN));
+        eprintln!(
+            "validation loss before training: {:.4}",
+            summary.initial_val_loss.unwrap_or(f64::NAN)
+        );
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
     for epoch in first_epoch..cfg.epochs {
         opt.lr = cfg.lr * cfg.gamma.powi(epoch as i32);
         let t = Instant::now();
         let samples = train_samples(epoch);
-        let mut packed = pack(&samples, cfg.context_rows, Some(cfg.seed.wrapping_add(epoch as u64)))?;
+        let mut packed = pack(
+            &samples,
+            cfg.context_rows,
+            Some(cfg.seed.wrapping_add(epoch as u64)),
+        )?;
         packed.shuffle(&mut rng);
         let steps = packed.len().div_ceil(cfg.batch_size.max(1));
         let bar = progress_bar(cfg.progress, steps, epoch, cfg.epochs);
@@ -134,21 +155,31 @@ pub fn train(
             let (loss, n) = packed_loss(&model, &style, &batch)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
-                anyhow::bail!("the training loss became {value} at epoch {epoch}; try a lower --lr");
+                anyhow::bail!(
+                    "the training loss became {value} at epoch {epoch}; try a lower --lr"
+                );
             }
             opt.backward_step(&loss)?;
             loss_sum += value * n as f64;
             notes += n;
             if let Some(b) = &bar {
                 let rate = notes as f64 / t.elapsed().as_secs_f64().max(1e-9);
-                b.set_message(format!("loss {:.4}  {:.0} notes/s", loss_sum / notes.max(1) as f64, rate));
+                b.set_message(format!(
+                    "loss {:.4}  {:.0} notes/s",
+                    loss_sum / notes.max(1) as f64,
+                    rate
+                ));
                 b.inc(1);
             }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let val_loss = if val_packed.is_empty() { None } else { Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?) };
+        let val_loss = if val_packed.is_empty() {
+            None
+        } else {
+            Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?)
+        };
         let seconds = t.elapsed().as_secs_f64();
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -189,7 +220,12 @@ pub fn train(
 }
 
 /// Mean validation loss per counted note.
-pub fn evaluate(model: &Moonbeam, style: &Style, packed: &[Packed], batch_size: usize) -> anyhow::Result<f64> {
+pub fn evaluate(
+    model: &Moonbeam,
+    style: &Style,
+    packed: &[Packed],
+    batch_size: usize,
+) -> anyhow::Result<f64> {
     let (mut sum, mut n) = (0.0f64, 0usize);
     for chunk in packed.chunks(batch_size.max(1)) {
         let batch = batch_of(chunk);
@@ -209,20 +245,32 @@ fn batch_of(chunk: &[Packed]) -> PackedBatch<'_> {
     }
 }
 
-fn progress_bar(enabled: bool, steps: usize, epoch: usize, epochs: usize) -> Option<indicatif::ProgressBar> {
+fn progress_bar(
+    enabled: bool,
+    steps: usize,
+    epoch: usize,
+    epochs: usize,
+) -> Option<indicatif::ProgressBar> {
     if !enabled {
         return None;
     }
     let bar = indicatif::ProgressBar::new(steps as u64);
-    let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = indicatif::ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     Some(bar)
 }
 
-fn write_checkpoint(path: &Path, opt: &AdamW, epochs_done: usize, summary: &TrainSummary) -> anyhow::Result<()> {
+fn write_checkpoint(
+    path: &Path,
+    opt: &AdamW,
+    epochs_done: usize,
+    summary: &TrainSummary,
+) -> anyhow::Result<()> {
     let state = opt.state();
     let meta: HashMap<String, String> = [
         ("epochs_done".to_string(), epochs_done.to_string()),
@@ -236,7 +284,9 @@ fn write_checkpoint(path: &Path, opt: &AdamW, epochs_done: usize, summary: &Trai
     Ok(())
 }
 
-fn read_checkpoint(path: &Path) -> anyhow::Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+fn read_checkpoint(
+    path: &Path,
+) -> anyhow::Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path)?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
     let meta = meta.metadata().clone().unwrap_or_default();

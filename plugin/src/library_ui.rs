@@ -1,0 +1,217 @@
+//! The editor's library panel: the style menu, the user folder, the base model and the
+//! captured answers.
+//!
+//! Runs on the GUI thread and never waits: it reads the loader's view with `try_lock` (keeping
+//! the previous copy when the loader is writing), changes the style through the automatable
+//! `style` parameter (so hosts record it), and hands everything slow (loading a model,
+//! rescanning, writing MIDI files) to the loader thread as requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nice_plug::prelude::ParamSetter;
+
+use crate::capture::CapturedAnswer;
+use crate::library::{
+    answers_folder, default_user_folder, Library, LibraryView, ModelChoice, StyleOrigin,
+};
+use crate::params::ContinuoParams;
+use crate::status::SharedStatus;
+
+/// The panel's own state: text being edited and the last copies of shared state.
+pub struct LibraryPanel {
+    library: Arc<Library>,
+    view: LibraryView,
+    captures: Vec<CapturedAnswer>,
+    folder_text: String,
+    weights_text: String,
+    config_text: String,
+    /// Whether the text fields were filled from the saved choices yet.
+    filled: bool,
+}
+
+impl LibraryPanel {
+    pub fn new(library: Arc<Library>) -> Self {
+        Self {
+            library,
+            view: LibraryView::default(),
+            captures: Vec::new(),
+            folder_text: String::new(),
+            weights_text: String::new(),
+            config_text: String::new(),
+            filled: false,
+        }
+    }
+
+    fn fill_texts(&mut self, params: &ContinuoParams) {
+        if let Ok(folder) = params.user_folder.try_lock() {
+            self.folder_text = folder
+                .clone()
+                .unwrap_or_else(default_user_folder)
+                .display()
+                .to_string();
+        }
+        if let Ok(model) = params.model.try_lock() {
+            self.weights_text = model
+                .weights
+                .as_ref()
+                .map(|w| w.display().to_string())
+                .unwrap_or_default();
+            self.config_text = model.config.clone();
+        }
+        self.filled = true;
+    }
+
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        params: &ContinuoParams,
+        setter: &ParamSetter,
+        status: &SharedStatus,
+    ) {
+        if let Some(view) = self.library.try_view() {
+            self.view = view;
+        }
+        if let Some(captures) = status.captures.try_list() {
+            self.captures = captures;
+        }
+        if !self.filled {
+            self.fill_texts(params);
+        }
+
+        ui.horizontal(|ui| {
+            ui.label("Style");
+            let current = params.style.value();
+            let selected = if current == 0 {
+                "Base model (no style)".to_string()
+            } else {
+                self.view.active_style.clone()
+            };
+            let mut choose = None;
+            egui::ComboBox::from_id_salt("continuo-style")
+                .width(260.0)
+                .selected_text(selected)
+                .show_ui(ui, |ui| {
+                    if ui
+                        .selectable_label(current == 0, "Base model (no style)")
+                        .clicked()
+                    {
+                        choose = Some(0);
+                    }
+                    for (i, entry) in self.view.catalog.entries.iter().enumerate() {
+                        let value = i as i32 + 1;
+                        let tag = match entry.origin {
+                            StyleOrigin::Shipped => "",
+                            StyleOrigin::User => "  (yours)",
+                        };
+                        let response = ui
+                            .selectable_label(current == value, format!("{}{tag}", entry.name))
+                            .on_hover_text(format!(
+                                "{}\n{}\nfor base: {}",
+                                entry.description,
+                                entry.path.display(),
+                                if entry.base_model.is_empty() {
+                                    "?"
+                                } else {
+                                    &entry.base_model
+                                }
+                            ));
+                        if response.clicked() {
+                            choose = Some(value);
+                        }
+                    }
+                });
+            if let Some(value) = choose {
+                setter.begin_set_parameter(&params.style);
+                setter.set_parameter(&params.style, value);
+                setter.end_set_parameter(&params.style);
+            }
+        });
+        if !self.view.catalog.problems.is_empty() {
+            ui.small(format!(
+                "{} file(s) skipped: {}",
+                self.view.catalog.problems.len(),
+                self.view.catalog.problems.join("; ")
+            ));
+        }
+
+        ui.horizontal(|ui| {
+            ui.label("Your folder");
+            ui.add(egui::TextEdit::singleline(&mut self.folder_text).desired_width(220.0));
+            if ui.button("Use").clicked() {
+                let text = self.folder_text.trim();
+                let folder = (!text.is_empty()).then(|| PathBuf::from(text));
+                if let Ok(mut saved) = params.user_folder.try_lock() {
+                    *saved = folder;
+                }
+                self.library.request_rescan();
+            }
+            if ui.button("Rescan").clicked() {
+                self.library.request_rescan();
+            }
+        });
+
+        ui.horizontal(|ui| {
+            ui.label("Model");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.weights_text)
+                    .hint_text("default (bundled); or a .safetensors/.pt path")
+                    .desired_width(200.0),
+            );
+            ui.add(
+                egui::TextEdit::singleline(&mut self.config_text)
+                    .hint_text("small|medium|config.json")
+                    .desired_width(90.0),
+            );
+        });
+        ui.horizontal(|ui| {
+            let busy = self.view.loading_model;
+            if ui
+                .add_enabled(!busy, egui::Button::new("Load model"))
+                .clicked()
+            {
+                let weights = self.weights_text.trim();
+                self.library.request_model(ModelChoice {
+                    weights: (!weights.is_empty()).then(|| PathBuf::from(weights)),
+                    config: self.config_text.trim().to_string(),
+                });
+            }
+            if ui
+                .add_enabled(!busy, egui::Button::new("Default model"))
+                .clicked()
+            {
+                self.weights_text.clear();
+                self.config_text.clear();
+                self.library.request_model(ModelChoice::default());
+            }
+            if busy {
+                ui.spinner();
+                ui.label("loading in the background…");
+            }
+        });
+
+        ui.collapsing(format!("Last answers ({})", self.captures.len()), |ui| {
+            let folder = params
+                .user_folder
+                .try_lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_else(default_user_folder);
+            ui.small(format!(
+                "Export writes to {}",
+                answers_folder(&folder).display()
+            ));
+            for answer in self.captures.iter().rev() {
+                ui.horizontal(|ui| {
+                    if ui.small_button("Export .mid").clicked() {
+                        self.library.request_export(answer.number);
+                    }
+                    ui.label(answer.label());
+                });
+            }
+        });
+        if !self.view.message.is_empty() {
+            ui.small(&self.view.message);
+        }
+    }
+}
