@@ -255,6 +255,38 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Keeps only the first `len` rows of the context (SOS included), e.g. to drop an answer
+    /// and go back to the played notes without a new prefill. The cached keys and values of
+    /// the rows kept are still valid (attention is causal); the last kept row is stepped
+    /// once more to restore its hidden state, so this costs one single-token step.
+    /// `len == 0` empties the session.
+    pub fn truncate(&mut self, len: usize) -> Result<(), ModelError> {
+        if len >= self.rows.len() {
+            return Ok(());
+        }
+        if len == 0 {
+            self.cache.clear();
+            self.rows.clear();
+            return Ok(());
+        }
+        let last = self.rows[len - 1];
+        self.cache.truncate(len - 1);
+        self.rows.truncate(len - 1);
+        match self
+            .model
+            .step(&last, &mut self.cache, &mut self.scratch, &self.style)
+        {
+            Ok(()) => {
+                self.rows.push(last);
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the session consistent: the rows before the failed one are cached.
+                Err(e)
+            }
+        }
+    }
+
     /// Decodes the six attribute values that follow the context.
     pub fn next_values(&mut self, chooser: &mut dyn Chooser) -> Result<[i64; 6], ModelError> {
         if self.rows.is_empty() {

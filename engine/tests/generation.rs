@@ -155,3 +155,42 @@ fn top_p_falls_back_when_the_nucleus_misses_the_range() {
         assert!(pick < allowed.len());
     }
 }
+
+/// Truncating a session after an answer leaves it as if only the kept rows had been given:
+/// the same rows, the same last hidden state and the same next greedy note as a session
+/// prefilled with them.
+#[test]
+fn truncate_returns_to_the_kept_context() {
+    use continuo_engine::generate::Session;
+    let cfg = config();
+    let model = Moonbeam::random(&cfg, 11, Precision::F32).unwrap();
+    let notes: Vec<Note> = prompt().into_iter().take(12).collect();
+    let mut fresh = Session::new(&model, 64);
+    fresh.prefill(&notes).unwrap();
+
+    let mut session = Session::new(&model, 64);
+    session.prefill(&notes).unwrap();
+    // An "answer": a few decoded rows pushed on top.
+    for _ in 0..5 {
+        let values = session.next_values(&mut Greedy).unwrap();
+        let prev = session.rows().last().unwrap()[0];
+        session
+            .push(Note::from_decoded(prev, values).to_row())
+            .unwrap();
+    }
+    assert_eq!(session.rows().len(), notes.len() + 6);
+    session.truncate(notes.len() + 1).unwrap();
+    assert_eq!(session.rows(), fresh.rows());
+    for (a, b) in session.last_hidden().iter().zip(fresh.last_hidden()) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert_eq!(
+        session.next_values(&mut Greedy).unwrap(),
+        fresh.next_values(&mut Greedy).unwrap()
+    );
+    // Longer than the context: nothing changes; zero: empty.
+    session.truncate(1000).unwrap();
+    assert_eq!(session.rows().len(), notes.len() + 1);
+    session.truncate(0).unwrap();
+    assert!(session.rows().is_empty());
+}

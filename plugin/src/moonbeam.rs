@@ -19,9 +19,11 @@
 //!   single-token step at a time (one per [`Generator::step`] call), so a trigger usually finds a
 //!   warm cache and decodes its first note at once. An answer appends rows (held notes with
 //!   provisional durations, then the generated notes) that are not part of the played context;
-//!   the engine's `Session` cannot drop rows, so after an answer the cache is rebuilt with one
-//!   batched prefill while idle (i.e. right after generation ends, while the answer is still
-//!   playing), and trimming the context does the same. See [`MoonbeamGenerator::prefills`].
+//!   after an answer the session is truncated back to the played context while idle (right
+//!   after generation ends, while the answer is still playing): one single-token step
+//!   (`Session::truncate`), so the next trigger again finds the cache warm. Trimming the
+//!   context (it re-zeroes onsets) needs one batched prefill. See
+//!   [`MoonbeamGenerator::truncations`] and [`MoonbeamGenerator::prefills`].
 //! * **Answers.** A trigger decodes ONE note per [`Generator::step`] call, so `Cancel`, new
 //!   triggers and style changes are handled between decode steps. Each note is sent as soon as
 //!   it is decoded (generation runs ahead of playback; the audio thread drops late notes).
@@ -522,6 +524,9 @@ struct Engine {
     synced: Option<usize>,
     /// The context onset that is 0 in the session.
     origin: i64,
+    /// `Some(n)`: the session starts with `[SOS] + context[..n]` and holds an answer after it,
+    /// so going back to the played context is a truncation, not a prefill.
+    answered_after: Option<usize>,
 }
 
 impl Engine {
@@ -535,6 +540,7 @@ impl Engine {
             max_gap,
             synced: None,
             origin: 0,
+            answered_after: None,
         }
     }
 
@@ -670,6 +676,8 @@ pub struct MoonbeamGenerator {
     model_version: u64,
     /// Batched prefills done (for tests and diagnostics).
     prefills: u64,
+    /// Answers dropped from the session by truncation (for tests and diagnostics).
+    truncations: u64,
     /// Single rows pushed to sync the played context (not counting answers).
     context_pushes: u64,
 }
@@ -716,6 +724,7 @@ impl MoonbeamGenerator {
             answer: None,
             model_version: 0,
             prefills: 0,
+            truncations: 0,
             context_pushes: 0,
         }
     }
@@ -745,6 +754,11 @@ impl MoonbeamGenerator {
     /// Batched prefills done so far.
     pub fn prefills(&self) -> u64 {
         self.prefills
+    }
+
+    /// Answers dropped from the session by truncation so far.
+    pub fn truncations(&self) -> u64 {
+        self.truncations
     }
 
     /// Single-row pushes done so far to keep the played context warm.
@@ -819,6 +833,7 @@ impl MoonbeamGenerator {
             self.context.drain(..excess);
             if let Some(engine) = &mut self.engine {
                 engine.synced = None;
+                engine.answered_after = None;
             }
         }
     }
@@ -834,6 +849,7 @@ impl MoonbeamGenerator {
         self.player_drums = false;
         if let Some(engine) = &mut self.engine {
             engine.synced = None;
+            engine.answered_after = None;
         }
     }
 
@@ -850,6 +866,17 @@ impl MoonbeamGenerator {
             return false;
         };
         match engine.synced {
+            None if engine.answered_after.is_some() => {
+                // Drop the answer (and held notes) from the session: one step, not a prefill.
+                let kept = engine.answered_after.take().unwrap_or(0);
+                let result = engine
+                    .session
+                    .with_dependent_mut(|_, session| session.truncate(kept + 1));
+                self.truncations += 1;
+                if result.is_ok() && engine.rows_len() == kept + 1 {
+                    engine.synced = Some(kept);
+                }
+            }
             None => {
                 let origin = self.context.front().map_or(0, |n| n.onset);
                 let notes: Vec<Note> = self
@@ -1094,6 +1121,7 @@ impl MoonbeamGenerator {
         let held = self.tokenizer.snapshot(answer.request.start.clock_ms);
         let room_for_answer = engine.limits.answer_max.min(engine.limits.capacity / 2);
         // From here on the session holds more than the played context.
+        engine.answered_after = engine.synced;
         engine.synced = None;
         for live in held {
             if engine.rows_len() + room_for_answer >= engine.limits.capacity {
@@ -1652,8 +1680,10 @@ mod tests {
         // The first decode step needed no prefill: the played notes were already pushed.
         assert_eq!(rig.generator.prefills(), prefills);
         rig.settle();
-        // After the answer the session is rebuilt once, while idle.
-        assert_eq!(rig.generator.prefills(), prefills + 1);
+        // After the answer the session goes back to the played context by truncation (one
+        // step), not by a new prefill, while idle.
+        assert_eq!(rig.generator.prefills(), prefills);
+        assert_eq!(rig.generator.truncations(), 1);
         assert!(rig.generator.is_synced());
         assert_eq!(rig.generator.session_rows(), 21);
         // New notes are pushed one by one.
@@ -1661,7 +1691,14 @@ mod tests {
         rig.play(&phrase(3, 10_000.0));
         rig.settle();
         assert_eq!(rig.generator.context_pushes(), pushes + 3);
-        assert_eq!(rig.generator.prefills(), prefills + 1);
+        assert_eq!(rig.generator.prefills(), prefills);
+        assert_eq!(rig.generator.session_rows(), 24);
+        // The next answer finds the cache warm too, and so on.
+        rig.handle(ToEngine::Trigger(request(2, 16_000.0, None, 4.0)));
+        rig.settle();
+        assert_eq!(rig.ended(2), 1);
+        assert_eq!(rig.generator.prefills(), prefills);
+        assert_eq!(rig.generator.truncations(), 2);
         assert_eq!(rig.generator.session_rows(), 24);
     }
 
