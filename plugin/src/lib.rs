@@ -4,11 +4,13 @@
 //! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
 //! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
 //! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
-//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]).
+//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]) and
+//! shapes its notes with the quantize and scale math in [`music`].
 
 pub mod editor;
 pub mod generator;
 pub mod moonbeam;
+pub mod music;
 pub mod params;
 pub mod protocol;
 pub mod realtime;
