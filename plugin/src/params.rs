@@ -6,8 +6,11 @@
 //! default to CLAP hosts as `normalized * step_count`, and hosts truncate it: a default of
 //! 2 in `1..=16` would come out as 1.99999 and be read as 1 (see shared/plugin-notes.md).
 
+use std::sync::Arc;
+
 use nice_plug::prelude::*;
 
+use crate::music::{Quantize, Scale, PITCH_CLASS_NAMES};
 use crate::protocol::GenParams;
 
 /// What makes the plugin play.
@@ -70,17 +73,49 @@ pub struct ContinuoParams {
     /// A rising edge asks for an answer now (also "regenerate" while an answer plays).
     #[id = "trig"]
     pub trigger: BoolParam,
+    /// The grid generated note starts snap to.
+    #[id = "quant"]
+    pub quantize: EnumParam<Quantize>,
+    /// Swing of the 1/8 and 1/16 grids, 0 to 75 %.
+    #[id = "swing"]
+    pub swing: IntParam,
+    /// The scale lock's root, C to B.
+    #[id = "key"]
+    pub scale_root: IntParam,
+    /// The scale generated pitches are locked to.
+    #[id = "scale"]
+    pub scale: EnumParam<Scale>,
 }
 
 fn note_name(key: i32) -> String {
-    const NAMES: [&str; 12] = [
-        "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
-    ];
     format!(
         "{}{} ({key})",
-        NAMES[key.rem_euclid(12) as usize],
+        PITCH_CLASS_NAMES[key.rem_euclid(12) as usize],
         key.div_euclid(12) - 1
     )
+}
+
+/// Reads a pitch class name at the start of `text` (`C`, `c#`, `Db`), returning it and the rest.
+fn split_pitch_class(text: &str) -> Option<(i32, &str)> {
+    let mut chars = text.chars();
+    let natural: i32 = match chars.next()?.to_ascii_uppercase() {
+        'C' => 0,
+        'D' => 2,
+        'E' => 4,
+        'F' => 5,
+        'G' => 7,
+        'A' => 9,
+        'B' => 11,
+        _ => return None,
+    };
+    let rest = chars.as_str();
+    Some(if let Some(rest) = rest.strip_prefix('#') {
+        ((natural + 1).rem_euclid(12), rest)
+    } else if let Some(rest) = rest.strip_prefix('b') {
+        ((natural - 1).rem_euclid(12), rest)
+    } else {
+        (natural, rest)
+    })
 }
 
 impl Default for ContinuoParams {
@@ -165,6 +200,28 @@ impl Default for ContinuoParams {
             .with_step_size(0.5)
             .with_unit(" notes/beat"),
             trigger: BoolParam::new("Trigger", false),
+            quantize: EnumParam::new("Quantize", Quantize::Off),
+            swing: IntParam::new(
+                "Swing",
+                0,
+                IntRange::Linear {
+                    min: 0,
+                    max: i32::from(crate::music::MAX_SWING_PERCENT),
+                },
+            )
+            .with_unit(" %"),
+            scale_root: IntParam::new("Key", 0, IntRange::Linear { min: 0, max: 11 })
+                .with_value_to_string(Arc::new(|pc| {
+                    PITCH_CLASS_NAMES[pc.rem_euclid(12) as usize].to_string()
+                }))
+                .with_string_to_value(Arc::new(|s| {
+                    let s = s.trim();
+                    match split_pitch_class(s) {
+                        Some((pc, "")) => Some(pc),
+                        _ => s.parse().ok(),
+                    }
+                })),
+            scale: EnumParam::new("Scale", Scale::Off),
         }
     }
 }
@@ -221,6 +278,10 @@ impl ContinuoParams {
                 pitch_low: self.pitch_low.value().clamp(0, 127) as u8,
                 pitch_high: self.pitch_high.value().clamp(0, 127) as u8,
                 density_cap_per_beat: self.density_cap.value(),
+                quantize: self.quantize.value(),
+                swing_percent: self.swing.value().clamp(0, 100) as u8,
+                scale_root: self.scale_root.value().rem_euclid(12) as u8,
+                scale: self.scale.value(),
             },
         }
     }
@@ -243,7 +304,7 @@ mod tests {
             .into_iter()
             .map(|(id, _, _)| id)
             .collect();
-        assert_eq!(ids.len(), 16);
+        assert_eq!(ids.len(), 20);
         for id in &ids {
             assert!(id.len() <= 6, "{id}");
         }
@@ -251,6 +312,24 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len());
+    }
+
+    #[test]
+    fn new_parameters_show_and_read_their_values() {
+        let params = ContinuoParams::default();
+        let shown = |param: &IntParam, value: i32| {
+            param.normalized_value_to_string(param.preview_normalized(value), true)
+        };
+        let read = |param: &IntParam, text: &str| {
+            param
+                .string_to_normalized_value(text)
+                .map(|n| param.preview_plain(n))
+        };
+        assert_eq!(shown(&params.scale_root, 1), "C#");
+        assert_eq!(shown(&params.swing, 50), "50 %");
+        assert_eq!(read(&params.scale_root, "F#"), Some(6));
+        assert_eq!(read(&params.scale_root, "Bb"), Some(10));
+        assert_eq!(read(&params.scale_root, "7"), Some(7));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Every parameter id the plugin must keep (host-facing: never renamed).
-const PARAM_IDS: [&str; 16] = [
+const PARAM_IDS: [&str; 20] = [
     "bypass", "mode", "thru", "voice", "outch", "bars", "silenc", "temp", "topp", "seed", "stystr",
-    "velsc", "pitlo", "pithi", "dens", "trig",
+    "velsc", "pitlo", "pithi", "dens", "trig", "quant", "swing", "key", "scale",
 ];
 
 /// CLAP values of the `mode` enum (stepped: the variant index).
