@@ -160,6 +160,9 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
                 row(ui, &params.swing, &setter);
                 row(ui, &params.scale_root, &setter);
                 row(ui, &params.scale, &setter);
+                row(ui, &params.trigger_source, &setter);
+                row(ui, &params.trigger_note, &setter);
+                row(ui, &params.trigger_cc, &setter);
             });
         ui.ctx().request_repaint_after(REFRESH);
     }

@@ -133,8 +133,12 @@ impl Plugin for Continuo {
         ..AudioIOLayout::const_default()
     }];
 
-    const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
-    const MIDI_OUTPUT: MidiConfig = MidiConfig::Basic;
+    // `MidiCCs` rather than `Basic`: a controller or the sustain pedal can trigger answers, and
+    // with thru on every CC, pitch bend, channel pressure and program change is passed on
+    // unchanged, which needs the same level on the output. (On VST3 this adds nice-plug's
+    // 130 × 16 hidden MIDI-mapping parameters.)
+    const MIDI_INPUT: MidiConfig = MidiConfig::MidiCCs;
+    const MIDI_OUTPUT: MidiConfig = MidiConfig::MidiCCs;
 
     type SysExMessage = ();
     type BackgroundTask = ();
