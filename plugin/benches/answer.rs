@@ -36,12 +36,18 @@ struct Rig {
 
 impl Rig {
     fn handle(&mut self, message: ToEngine) {
-        let (generator, mut out) = (&mut self.generator, Outbox::new(&mut self.producer, &self.status));
+        let (generator, mut out) = (
+            &mut self.generator,
+            Outbox::new(&mut self.producer, &self.status),
+        );
         generator.handle(message, &mut out);
     }
 
     fn step(&mut self) -> bool {
-        let (generator, mut out) = (&mut self.generator, Outbox::new(&mut self.producer, &self.status));
+        let (generator, mut out) = (
+            &mut self.generator,
+            Outbox::new(&mut self.producer, &self.status),
+        );
         generator.step(&mut out)
     }
 
@@ -74,7 +80,10 @@ impl Rig {
         let mut last = from_ms;
         for (ms, is_on, key, velocity) in events {
             self.handle(ToEngine::Note(PlayedNote {
-                time: Stamp { clock_ms: ms, beats: None },
+                time: Stamp {
+                    clock_ms: ms,
+                    beats: None,
+                },
                 channel: 0,
                 key,
                 velocity,
@@ -94,7 +103,10 @@ impl Rig {
         self.handle(ToEngine::Trigger(AnswerRequest {
             answer_id,
             kind: TriggerKind::Manual,
-            start: Stamp { clock_ms: clock_ms + ANSWER_LEAD_MS, beats: None },
+            start: Stamp {
+                clock_ms: clock_ms + ANSWER_LEAD_MS,
+                beats: None,
+            },
             length_beats: ANSWER_BEATS,
             tempo_bpm: TEMPO_BPM,
         }));
@@ -154,19 +166,36 @@ fn main() {
     };
     let loaded = Instant::now();
     {
-        let (generator, mut out) = (&mut rig.generator, Outbox::new(&mut rig.producer, &rig.status));
+        let (generator, mut out) = (
+            &mut rig.generator,
+            Outbox::new(&mut rig.producer, &rig.status),
+        );
         generator.start(&mut out);
     }
     rig.drain();
     assert!(rig.generator.has_model(), "{:?}", status.try_engine_info());
-    println!("model: {} (loaded in {:.0} ms)", location.label(), loaded.elapsed().as_secs_f64() * 1e3);
-    rig.handle(ToEngine::Params(GenParams { temperature: 0.9, top_p: 0.95, ..GenParams::default() }));
+    println!(
+        "model: {} (loaded in {:.0} ms)",
+        location.label(),
+        loaded.elapsed().as_secs_f64() * 1e3
+    );
+    rig.handle(ToEngine::Params(GenParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        ..GenParams::default()
+    }));
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let prompt = continuo_engine::midi::read_midi_file(&root.join("assets/examples/satie_gymnopedie_no1.mid"))
-        .expect("example prompt");
+    let prompt = continuo_engine::midi::read_midi_file(
+        &root.join("assets/examples/satie_gymnopedie_no1.mid"),
+    )
+    .expect("example prompt");
     let mut clock = rig.play(&prompt[..64.min(prompt.len())], 0.0) + 1000.0;
-    println!("played context: {} notes; cache warm: {}", rig.generator.context_len(), rig.generator.is_synced());
+    println!(
+        "played context: {} notes; cache warm: {}",
+        rig.generator.context_len(),
+        rig.generator.is_synced()
+    );
 
     let (mut firsts, mut ends, mut counts) = (Vec::new(), Vec::new(), Vec::new());
     for trial in 0..TRIALS {
@@ -175,8 +204,9 @@ fn main() {
         ends.push(end.as_secs_f64() * 1e3);
         counts.push(notes as f64);
         // The player answers back with a few notes, then triggers again.
-        let more: Vec<continuo_engine::Note> =
-            (0..4).map(|i| prompt[(64 + trial * 4 + i) % prompt.len()]).collect();
+        let more: Vec<continuo_engine::Note> = (0..4)
+            .map(|i| prompt[(64 + trial * 4 + i) % prompt.len()])
+            .collect();
         clock = rig.play(&more, clock) + 1000.0;
     }
     stats("trigger to first note (warm cache)", firsts);
@@ -190,10 +220,14 @@ fn main() {
     let style_path = root.join("lora-weights/folk/folk.safetensors");
     let model = models.current().expect("model");
     let load = Instant::now();
-    let style = continuo_engine::style::load_style(&style_path, &model.cfg, Some(&model.fingerprint()));
+    let style =
+        continuo_engine::style::load_style(&style_path, &model.cfg, Some(&model.fingerprint()));
     let load_ms = load.elapsed().as_secs_f64() * 1e3;
     match style {
-        Err(e) => println!("style switch: {} not usable with this model ({e})", style_path.display()),
+        Err(e) => println!(
+            "style switch: {} not usable with this model ({e})",
+            style_path.display()
+        ),
         Ok((adapter, card)) => {
             let adapter = Arc::new(adapter);
             let mut switch = Vec::new();
@@ -201,7 +235,10 @@ fn main() {
                 rig.handle(ToEngine::Trigger(AnswerRequest {
                     answer_id: 1000 + trial as u32,
                     kind: TriggerKind::Manual,
-                    start: Stamp { clock_ms: clock + ANSWER_LEAD_MS, beats: None },
+                    start: Stamp {
+                        clock_ms: clock + ANSWER_LEAD_MS,
+                        beats: None,
+                    },
                     length_beats: ANSWER_BEATS,
                     tempo_bpm: TEMPO_BPM,
                 }));
@@ -211,7 +248,11 @@ fn main() {
                 }
                 let asked = Instant::now();
                 if trial % 2 == 0 {
-                    styles.set_for(&model, card.name.clone(), Style::single(adapter.clone(), 1.0));
+                    styles.set_for(
+                        &model,
+                        card.name.clone(),
+                        Style::single(adapter.clone(), 1.0),
+                    );
                 } else {
                     styles.clear();
                 }
@@ -220,7 +261,11 @@ fn main() {
                 while done.is_none() {
                     let more = rig.step();
                     let styled = (trial % 2 == 0) == rig.generator.style_name().is_some();
-                    if styled && rig.drain().iter().any(|m| matches!(m, FromEngine::Note(_) | FromEngine::AnswerEnd { .. })) {
+                    if styled
+                        && rig.drain().iter().any(|m| {
+                            matches!(m, FromEngine::Note(_) | FromEngine::AnswerEnd { .. })
+                        })
+                    {
                         done = Some(asked.elapsed());
                     }
                     if !more {

@@ -164,6 +164,13 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
                 row(ui, &params.pitch_low, &setter);
                 row(ui, &params.pitch_high, &setter);
                 row(ui, &params.density_cap, &setter);
+                row(ui, &params.quantize, &setter);
+                row(ui, &params.swing, &setter);
+                row(ui, &params.scale_root, &setter);
+                row(ui, &params.scale, &setter);
+                row(ui, &params.trigger_source, &setter);
+                row(ui, &params.trigger_note, &setter);
+                row(ui, &params.trigger_cc, &setter);
             });
         ui.ctx().request_repaint_after(REFRESH);
     }

@@ -187,7 +187,8 @@ struct PhraseNote {
 /// [`EchoGenerator::TRANSPOSE`] semitones (folded by octaves into the pitch range), with the
 /// played rhythm, cut to the requested length and thinned to the density cap. With nothing new
 /// played it repeats the previous phrase, so continuous mode loops it. It is deterministic:
-/// temperature, top-p, seed and style strength are accepted and ignored.
+/// temperature, top-p, seed and style strength are accepted and ignored, and so are quantize,
+/// swing and the scale lock (their tests run on Moonbeam in `moonbeam.rs` and `music.rs`).
 #[derive(Debug, Default)]
 pub struct EchoGenerator {
     params: GenParams,

@@ -4,7 +4,8 @@
 //! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
 //! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
 //! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
-//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]).
+//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]) and
+//! shapes its notes with the quantize and scale math in [`music`].
 
 pub mod capture;
 pub mod editor;
@@ -12,6 +13,7 @@ pub mod generator;
 pub mod library;
 pub mod library_ui;
 pub mod moonbeam;
+pub mod music;
 pub mod params;
 pub mod protocol;
 pub mod realtime;
@@ -164,8 +166,12 @@ impl Plugin for Continuo {
         ..AudioIOLayout::const_default()
     }];
 
-    const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
-    const MIDI_OUTPUT: MidiConfig = MidiConfig::Basic;
+    // `MidiCCs` rather than `Basic`: a controller or the sustain pedal can trigger answers, and
+    // with thru on every CC, pitch bend, channel pressure and program change is passed on
+    // unchanged, which needs the same level on the output. (On VST3 this adds nice-plug's
+    // 130 × 16 hidden MIDI-mapping parameters.)
+    const MIDI_INPUT: MidiConfig = MidiConfig::MidiCCs;
+    const MIDI_OUTPUT: MidiConfig = MidiConfig::MidiCCs;
 
     type SysExMessage = ();
     type BackgroundTask = ();

@@ -34,13 +34,31 @@
 //!   (or when the session is full), or on `Cancel`/`Reset`/a new trigger; every answer ends with
 //!   `AnswerEnd`.
 //! * **What is played.** Rows that are not valid MIDI are not sent (they stay in the model's
-//!   context, as in the engine's `continue_notes`). Pitches outside `pitch_low..=pitch_high` are
-//!   **folded by octaves** into the range (keeping the rhythm and the pitch class); a note whose
-//!   pitch class does not occur in a range narrower than an octave is skipped. Drum rows
-//!   (instrument 128) are skipped unless the player's last note was on the drum channel.
-//!   Velocities are scaled by `velocity_scale`. The density cap allows at most `floor(cap)`
-//!   note-ons in any one-beat window (for a cap below 1: one note per `1/cap` beats); notes over
-//!   it are skipped.
+//!   context, as in the engine's `continue_notes`). Drum rows (instrument 128) are skipped
+//!   unless the player's last note was on the drum channel. Then, in this order:
+//!   1. **Scale lock** (`scale` other than Off): a pitch outside the scale on `scale_root` moves
+//!      to the nearest scale tone, the lower one at equal distance ([`crate::music`]). Drum
+//!      rows are left alone (their pitch is a drum, not a note).
+//!   2. **Range:** pitches outside `pitch_low..=pitch_high` are **folded by octaves** into the
+//!      range (keeping the rhythm and the pitch class, so a locked pitch stays in the scale); a
+//!      note whose pitch class does not occur in the range (narrower than an octave, or with
+//!      no tone of the scale) is skipped.
+//!   3. **Quantize** (`quantize` other than Off): the start snaps to the nearest point of the
+//!      grid measured from the answer's start (on a host beat while the transport plays, else
+//!      the answer's own first beat), with `swing` delaying the off-beats of straight grids.
+//!      The duration is kept, so the end moves with the start, and is still cut at the answer
+//!      length. A note that snaps to less than a 1/64 note (at least
+//!      10 ms) before the answer's end is skipped, so no note is cut to (nearly) nothing.
+//!      Snapping is done in beats at the answer's tempo, before the beats/ms mapping, so while
+//!      the transport plays the grid is the host's.
+//!   4. **Same key, same start:** a note of the key of an earlier note of the answer that starts
+//!      at the same time (which quantizing, scale lock and folding can all cause) is skipped.
+//!      The earlier note cannot be shortened instead: it was already sent.
+//!   5. **Density:** the density cap allows at most `floor(cap)` note-ons in any one-beat
+//!      window (for a cap below 1: one note per `1/cap` beats), counted at the (quantized)
+//!      start; notes over it are skipped.
+//!
+//!   Velocities are scaled by `velocity_scale`.
 //! * **Sampling.** Temperature 0 (or less) is greedy; otherwise top-p with the temperature, and
 //!   the seed `(seed << 32) | answer_id`, so a seed gives reproducible answers and "regenerate"
 //!   (a new answer id) a different one.
@@ -67,6 +85,7 @@ use continuo_engine::{Config, Moonbeam, Note, Precision};
 
 use crate::capture::{CapturedAnswer, CapturedNote};
 use crate::generator::{Generator, Outbox};
+use crate::music::Quantize;
 use crate::protocol::{
     AnswerRequest, EngineStatus, FromEngine, GenParams, GeneratedNote, NoteTime, PlayedNote,
     ToEngine,
@@ -109,6 +128,8 @@ const MIN_FREE_SLOTS: usize = 8;
 const DEFAULT_MAX_GAP_TICKS: i64 = 297;
 /// Milliseconds per model tick.
 const TICK_MS: f64 = 10.0;
+/// Notes closer than this (in ms) start at the same time.
+const SAME_START_MS: f64 = 1e-3;
 
 // ---------------------------------------------------------------------------------------------
 // Where the model comes from
@@ -599,6 +620,8 @@ struct Answer {
     budget: usize,
     /// Start times (ms after the answer's start) of the notes sent in the density window.
     recent: VecDeque<f64>,
+    /// Per key, the start (ms after the answer's start) of the latest note sent.
+    key_starts: [f64; 128],
     /// When the trigger reached the generator.
     triggered: Instant,
     decode_time: Duration,
@@ -616,6 +639,12 @@ fn fold_pitch(pitch: i64, low: u8, high: u8) -> Option<u8> {
         p -= (p - high + 11) / 12 * 12;
     }
     (low..=high).contains(&p).then_some(p as u8)
+}
+
+/// The shortest note a quantized start may leave before the answer's end: a 1/64 note, but at
+/// least one model tick (10 ms).
+fn min_note_ms(ms_per_beat: f64) -> f64 {
+    (ms_per_beat / 16.0).max(TICK_MS)
 }
 
 /// `(window in beats, notes allowed in it)` for a density cap in notes per beat; `None` for no
@@ -1074,6 +1103,7 @@ impl MoonbeamGenerator {
             decoded: 0,
             budget: 0,
             recent: VecDeque::new(),
+            key_starts: [f64::NEG_INFINITY; 128],
             triggered,
             decode_time: Duration::ZERO,
             captured: Vec::new(),
@@ -1234,22 +1264,42 @@ impl MoonbeamGenerator {
     }
 
     /// The note to send for a decoded row, or `None` if it is not played (invalid, a drum, out
-    /// of range, over the density cap).
+    /// of range, too near the answer's end once quantized, a repeat of a key at the same time,
+    /// over the density cap). See the module docs for the order of the steps.
     fn playable(
         params: &GenParams,
         player_drums: bool,
         answer: &mut Answer,
         note: &Note,
     ) -> Option<GeneratedNote> {
-        if !note.is_valid_midi() || (note.instrument == 128 && !player_drums) {
+        let is_drum = note.instrument == 128;
+        if !note.is_valid_midi() || (is_drum && !player_drums) {
             return None;
         }
-        let key = fold_pitch(note.pitch(), params.pitch_low, params.pitch_high)?;
+        let pitch = match params.scale.mask(params.scale_root) {
+            Some(scale) if !is_drum => scale.snap(note.pitch()),
+            _ => note.pitch(),
+        };
+        let key = fold_pitch(pitch, params.pitch_low, params.pitch_high)?;
+        let ms_per_beat = answer.ms_per_beat;
         let anchor = answer.anchor.unwrap_or(note.onset);
-        let start_ms = (note.onset - anchor) as f64 * TICK_MS;
+        let duration_ms = note.duration as f64 * TICK_MS;
+        let mut start_ms = (note.onset - anchor) as f64 * TICK_MS;
+        if params.quantize != Quantize::Off {
+            start_ms = params
+                .quantize
+                .snap_ms(start_ms, ms_per_beat, params.swing_percent);
+            if start_ms > answer.length_ms - min_note_ms(ms_per_beat) {
+                return None;
+            }
+        }
+        let previous_start = &mut answer.key_starts[usize::from(key)];
+        if (start_ms - *previous_start).abs() < SAME_START_MS {
+            return None;
+        }
         let window = density_window(params.density_cap_per_beat);
         if let Some((beats, allowed)) = window {
-            let window_ms = beats * answer.ms_per_beat;
+            let window_ms = beats * ms_per_beat;
             while answer
                 .recent
                 .front()
@@ -1261,7 +1311,8 @@ impl MoonbeamGenerator {
                 return None;
             }
         }
-        let end_ms = (start_ms + note.duration as f64 * TICK_MS).min(answer.length_ms);
+        *previous_start = start_ms;
+        let end_ms = (start_ms + duration_ms).min(answer.length_ms);
         let scale = if params.velocity_scale.is_finite() {
             params.velocity_scale
         } else {
@@ -1272,7 +1323,6 @@ impl MoonbeamGenerator {
             answer.recent.push_back(start_ms);
         }
         let request = &answer.request;
-        let ms_per_beat = answer.ms_per_beat;
         let at = |ms: f64| match request.start.beats.filter(|b| b.is_finite()) {
             Some(beats) => NoteTime::Beats(beats + ms / ms_per_beat),
             None => NoteTime::Millis(request.start.clock_ms + ms),
@@ -1390,6 +1440,7 @@ impl Generator for MoonbeamGenerator {
 mod tests {
     use super::*;
     use crate::generator::GeneratorThread;
+    use crate::music::Scale;
     use crate::protocol::{Stamp, TransportInfo, TriggerKind};
 
     /// A generator on the tiny golden model, with its queue.
@@ -1624,6 +1675,287 @@ mod tests {
         assert_eq!(density_window(2.5), Some((1.0, 2)));
         assert_eq!(density_window(0.5), Some((2.0, 1)));
         assert_eq!(density_window(f32::NAN), None);
+    }
+
+    /// An answer as `trigger` makes it, at 120 BPM, for calling `playable` directly.
+    fn bare_answer(start: Stamp, length_ms: f64) -> Answer {
+        Answer {
+            request: AnswerRequest {
+                start,
+                ..request(1, start.clock_ms, start.beats, length_ms / 500.0)
+            },
+            ms_per_beat: 500.0,
+            length_ms,
+            chooser: Sampling::Greedy.chooser(),
+            prepared: true,
+            prev_onset: 0,
+            anchor: None,
+            pending_row: None,
+            decoded: 0,
+            budget: ANSWER_MAX_NOTES,
+            recent: VecDeque::new(),
+            key_starts: [f64::NEG_INFINITY; 128],
+            triggered: Instant::now(),
+            decode_time: Duration::ZERO,
+            captured: Vec::new(),
+        }
+    }
+
+    /// Runs decoded notes `(onset ms, duration ms, pitch)` through `playable` the way
+    /// `decode_one` does, and returns `(start, end, key)` of those played, in ms after the
+    /// answer's start (or in beats, for an answer timed in beats).
+    fn shape(
+        params: &GenParams,
+        start: Stamp,
+        length_ms: f64,
+        notes: &[(i64, i64, u8)],
+    ) -> Vec<(f64, f64, u8)> {
+        let mut answer = bare_answer(start, length_ms);
+        let relative = |t: NoteTime| match t {
+            NoteTime::Millis(ms) => ms - start.clock_ms,
+            NoteTime::Beats(beats) => beats - start.beats.unwrap(),
+        };
+        notes
+            .iter()
+            .filter_map(|&(onset_ms, duration_ms, pitch)| {
+                let note = Note::from_pitch(onset_ms / 10, duration_ms / 10, pitch, 0, 100);
+                let played = MoonbeamGenerator::playable(params, false, &mut answer, &note)?;
+                answer.anchor.get_or_insert(note.onset);
+                Some((relative(played.start), relative(played.end), played.key))
+            })
+            .collect()
+    }
+
+    const WALL: Stamp = Stamp {
+        clock_ms: 1000.0,
+        beats: None,
+    };
+
+    #[test]
+    fn quantized_starts_keep_their_durations_and_the_answer_length() {
+        let sixteenths = GenParams {
+            quantize: Quantize::Sixteenth,
+            ..GenParams::default()
+        };
+        // 120 BPM: a 1/16 is 125 ms. The answer is 4 beats (2000 ms) long.
+        let notes = [
+            (5000, 200, 60), // the first note: the answer's start
+            (5130, 200, 62), // 130 ms → 125
+            (5190, 200, 64), // 190 ms → 250 (60 ms away, 125 is 65)
+            (5930, 200, 65), // 930 ms → 875
+            (6930, 300, 67), // 1930 ms → 1875, cut at 2000
+            (6990, 200, 69), // 1990 ms → 2000: at the answer's end, skipped
+        ];
+        assert_eq!(
+            shape(&sixteenths, WALL, 2000.0, &notes),
+            [
+                (0.0, 200.0, 60),
+                (125.0, 325.0, 62),
+                (250.0, 450.0, 64),
+                (875.0, 1075.0, 65),
+                (1875.0, 2000.0, 67),
+            ]
+        );
+        // Unquantized, the same notes keep their times (and the last one plays, cut short).
+        let off = shape(&GenParams::default(), WALL, 2000.0, &notes);
+        assert_eq!(off[1], (130.0, 330.0, 62));
+        assert_eq!(off[5], (1990.0, 2000.0, 69));
+        // A note that lands less than a 1/64 note (31.25 ms) before the end is skipped; one that
+        // leaves that much is played.
+        let late = |ms: i64| shape(&sixteenths, WALL, 1900.0, &[(0, 100, 60), (ms, 100, 62)]);
+        assert_eq!(late(1870).len(), 1, "1870 → 1875: 25 ms left");
+        assert_eq!(late(1740), [(0.0, 100.0, 60), (1750.0, 1850.0, 62)]);
+    }
+
+    #[test]
+    fn swing_and_triplets_move_the_grid() {
+        let params = |quantize, swing_percent| GenParams {
+            quantize,
+            swing_percent,
+            ..GenParams::default()
+        };
+        let second_start = |params: GenParams, ms: i64| {
+            shape(&params, WALL, 4000.0, &[(0, 100, 60), (ms, 100, 62)])[1].0
+        };
+        // 1/8 with 50 % swing: the off-beat 1/8 moves from 250 to 312.5 ms.
+        assert_eq!(second_start(params(Quantize::Eighth, 50), 300), 312.5);
+        assert_eq!(second_start(params(Quantize::Eighth, 0), 300), 250.0);
+        // The downbeats stay put.
+        assert_eq!(second_start(params(Quantize::Eighth, 50), 480), 500.0);
+        // 1/16 with 50 % swing: the second 1/16 moves from 125 to 156.25 ms.
+        assert_eq!(second_start(params(Quantize::Sixteenth, 50), 150), 156.25);
+        // 1/8 triplets are 166.7 ms apart and ignore swing.
+        let triplet = second_start(params(Quantize::EighthTriplet, 75), 180);
+        assert!((triplet - 500.0 / 3.0).abs() < 1e-9, "{triplet}");
+        // While the transport plays, the grid is in beats from the answer's beat.
+        let beats = Stamp {
+            clock_ms: 1000.0,
+            beats: Some(8.0),
+        };
+        let notes = shape(
+            &params(Quantize::Sixteenth, 0),
+            beats,
+            2000.0,
+            &[(0, 250, 60), (130, 250, 62), (380, 250, 64)],
+        );
+        assert_eq!(notes, [(0.0, 0.5, 60), (0.25, 0.75, 62), (0.75, 1.25, 64)]);
+    }
+
+    #[test]
+    fn the_same_key_never_starts_twice_at_once() {
+        let eighths = GenParams {
+            quantize: Quantize::Eighth,
+            ..GenParams::default()
+        };
+        // Two Es snapping to the same 1/8: the later one is skipped; the G at the same time
+        // plays, and so does the next E on the next 1/8.
+        let notes = [
+            (0, 400, 60),
+            (230, 400, 64),
+            (260, 400, 64),
+            (270, 400, 67),
+            (480, 100, 64),
+        ];
+        assert_eq!(
+            shape(&eighths, WALL, 4000.0, &notes),
+            [
+                (0.0, 400.0, 60),
+                (250.0, 650.0, 64),
+                (250.0, 650.0, 67),
+                (500.0, 600.0, 64),
+            ]
+        );
+        // The scale lock can do the same: C# snaps to C, which is already playing from there.
+        let locked = GenParams {
+            scale: Scale::Major,
+            ..GenParams::default()
+        };
+        assert_eq!(
+            shape(
+                &locked,
+                WALL,
+                4000.0,
+                &[(0, 400, 60), (0, 400, 61), (0, 400, 64)]
+            ),
+            [(0.0, 400.0, 60), (0.0, 400.0, 64)]
+        );
+        // A skipped note does not count against the density cap.
+        let capped = GenParams {
+            quantize: Quantize::Eighth,
+            density_cap_per_beat: 2.0,
+            ..GenParams::default()
+        };
+        assert_eq!(
+            shape(
+                &capped,
+                WALL,
+                4000.0,
+                &[(0, 100, 60), (10, 100, 60), (240, 100, 62)]
+            ),
+            [(0.0, 100.0, 60), (250.0, 350.0, 62)]
+        );
+    }
+
+    #[test]
+    fn scale_lock_then_octave_folding() {
+        let lock = |scale, scale_root, pitch_low, pitch_high| GenParams {
+            scale,
+            scale_root,
+            pitch_low,
+            pitch_high,
+            ..GenParams::default()
+        };
+        let key = |params: &GenParams, pitch: u8| {
+            shape(params, WALL, 4000.0, &[(0, 100, pitch)])
+                .first()
+                .map(|n| n.2)
+        };
+        let c_major = lock(Scale::Major, 0, 48, 72);
+        assert_eq!(key(&c_major, 60), Some(60));
+        assert_eq!(key(&c_major, 61), Some(60), "ties go down");
+        assert_eq!(key(&c_major, 63), Some(62));
+        // F#6 locks to F6, then folds down two octaves.
+        assert_eq!(key(&c_major, 90), Some(65));
+        // Off leaves pitches alone.
+        assert_eq!(key(&lock(Scale::Off, 0, 48, 72), 61), Some(61));
+        // A range holding no tone of the scale plays nothing.
+        assert_eq!(key(&lock(Scale::Major, 0, 66, 66), 66), None);
+        assert_eq!(key(&lock(Scale::Off, 0, 66, 66), 66), Some(66));
+        // Every pitch comes out in the scale and in the range, or not at all, and not at all
+        // only when the range lacks the locked pitch class.
+        for (scale, root) in [
+            (Scale::Blues, 9),
+            (Scale::HarmonicMinor, 2),
+            (Scale::MajorPentatonic, 6),
+        ] {
+            let mask = scale.mask(root).unwrap();
+            for (low, high) in [(0, 127), (40, 47), (60, 62), (70, 70)] {
+                let params = lock(scale, root, low, high);
+                for pitch in 0..128 {
+                    match key(&params, pitch) {
+                        Some(k) => {
+                            assert!(mask.contains(i64::from(k)), "{scale:?} {pitch} → {k}");
+                            assert!((low..=high).contains(&k));
+                            assert_eq!(
+                                i64::from(k).rem_euclid(12),
+                                mask.snap(i64::from(pitch)).rem_euclid(12)
+                            );
+                        }
+                        None => {
+                            let class = mask.snap(i64::from(pitch)).rem_euclid(12);
+                            assert!(!(low..=high).any(|k| i64::from(k) % 12 == class));
+                        }
+                    }
+                }
+            }
+        }
+        // Drums keep their pitch: it names a drum, not a note.
+        let mut answer = bare_answer(WALL, 4000.0);
+        let snare = Note::from_pitch(0, 10, 38, 128, 100);
+        let d_blues = lock(Scale::Blues, 2, 0, 127);
+        assert_eq!(
+            MoonbeamGenerator::playable(&d_blues, true, &mut answer, &snare).map(|n| n.key),
+            Some(38)
+        );
+    }
+
+    #[test]
+    fn quantized_locked_answers_from_the_model() {
+        let mut rig = Rig::new();
+        let params = GenParams {
+            quantize: Quantize::Sixteenth,
+            swing_percent: 50,
+            scale: Scale::MinorPentatonic,
+            scale_root: 4,
+            pitch_low: 40,
+            pitch_high: 88,
+            density_cap_per_beat: 16.0,
+            ..GenParams::default()
+        };
+        rig.params(params);
+        rig.play(&phrase(12, 1000.0));
+        rig.settle();
+        let mask = Scale::MinorPentatonic.mask(4).unwrap();
+        for (id, beats) in [(1, None), (2, Some(32.0))] {
+            rig.handle(ToEngine::Trigger(request(id, 6000.0, beats, 8.0)));
+            rig.settle();
+            let notes = rig.notes(id);
+            let start = match beats {
+                Some(b) => NoteTime::Beats(b),
+                None => NoteTime::Millis(6000.0),
+            };
+            check_answer(&notes, start, &params, 4000.0);
+            let mut seen = std::collections::HashSet::new();
+            for n in &notes {
+                assert!(mask.contains(i64::from(n.key)), "{n:?}");
+                let rel_beats = (time_ms(n.start) - time_ms(start)) / 500.0;
+                let snapped = Quantize::Sixteenth.snap_beats(rel_beats, 50);
+                assert!((snapped - rel_beats).abs() < 1e-9, "off the grid: {n:?}");
+                assert!(time_ms(n.end) > time_ms(n.start), "{n:?}");
+                let at = (rel_beats * 1e6).round() as i64;
+                assert!(seen.insert((n.key, at)), "same key twice at once: {n:?}");
+            }
+        }
     }
 
     #[test]

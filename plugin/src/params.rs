@@ -5,6 +5,8 @@
 //! defaults whose normalized value is exact in `f32`, because nice-plug reports a stepped
 //! default to CLAP hosts as `normalized * step_count`, and hosts truncate it: a default of
 //! 2 in `1..=16` would come out as 1.99999 and be read as 1 (see shared/plugin-notes.md).
+//! That is why the trigger note and controller run from -1 ("none") to 127: 128 steps make
+//! every default exact, where the 127 steps of `0..=127` make none but 0 and 127 exact.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use nice_plug::prelude::*;
 
 use crate::library::{ModelChoice, StyleChoice, MAX_STYLES};
+use crate::music::{Quantize, Scale, PITCH_CLASS_NAMES};
 use crate::protocol::GenParams;
 
 /// What makes the plugin play.
@@ -29,6 +32,31 @@ pub enum Mode {
     #[id = "cont"]
     #[name = "Continuous"]
     Continuous,
+}
+
+/// Which MIDI input, besides the trigger button and the `trig` parameter (which always work),
+/// asks for an answer. A MIDI trigger acts exactly like the button, in every mode: it replaces
+/// an answer in progress, in call-and-response it answers at once instead of waiting for the
+/// silence, and in continuous mode it regenerates. The trigger events themselves are consumed:
+/// not passed through, not played, not part of the played context.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerSource {
+    #[id = "button"]
+    #[name = "Button only"]
+    Button,
+    /// A note-on of the trigger note, on any channel.
+    #[id = "note"]
+    #[name = "MIDI note"]
+    Note,
+    /// The trigger controller rising through 64 (a value of 64 or more after one below), on any
+    /// channel.
+    #[id = "cc"]
+    #[name = "MIDI CC"]
+    ControlChange,
+    /// The sustain pedal (CC 64) going down.
+    #[id = "sustn"]
+    #[name = "Sustain pedal"]
+    Sustain,
 }
 
 #[derive(Params)]
@@ -74,6 +102,27 @@ pub struct ContinuoParams {
     /// A rising edge asks for an answer now (also "regenerate" while an answer plays).
     #[id = "trig"]
     pub trigger: BoolParam,
+    /// The grid generated note starts snap to.
+    #[id = "quant"]
+    pub quantize: EnumParam<Quantize>,
+    /// Swing of the 1/8 and 1/16 grids, 0 to 75 %.
+    #[id = "swing"]
+    pub swing: IntParam,
+    /// The scale lock's root, C to B.
+    #[id = "key"]
+    pub scale_root: IntParam,
+    /// The scale generated pitches are locked to.
+    #[id = "scale"]
+    pub scale: EnumParam<Scale>,
+    /// Which MIDI input triggers an answer, besides the button.
+    #[id = "trgsrc"]
+    pub trigger_source: EnumParam<TriggerSource>,
+    /// The trigger note, -1 = none.
+    #[id = "trgnot"]
+    pub trigger_note: IntParam,
+    /// The trigger controller number, -1 = none.
+    #[id = "trgcc"]
+    pub trigger_cc: IntParam,
     /// The style: 0 = the plain base model, `n` = entry `n` of the style menu (see
     /// [`crate::library`]). The chosen style's path is saved apart ([`Self::style_choice`]) and
     /// wins on restore.
@@ -120,15 +169,76 @@ fn style_value(names: &RwLock<Vec<String>>, text: &str) -> Option<i32> {
     text.trim_start_matches("Style").trim().parse().ok()
 }
 
+/// The trigger note's default, C1 in the C4 = 60 naming used here (C0 in Yamaha's): the lowest
+/// key of a 49- or 61-key keyboard (usually C2 up) shifted down an octave, and a key near the
+/// bottom of a piano that melodies and most bass lines never use, so giving it up to triggering
+/// costs nothing.
+pub const DEFAULT_TRIGGER_NOTE: u8 = 24;
+/// The trigger controller's default: CC 20, the first of the controllers the MIDI specification
+/// leaves undefined (20 to 31), so no instrument reacts to it and nothing else is taken away.
+pub const DEFAULT_TRIGGER_CC: u8 = 20;
+/// The sustain pedal's controller number.
+pub const SUSTAIN_CC: u8 = 64;
+
 fn note_name(key: i32) -> String {
-    const NAMES: [&str; 12] = [
-        "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
-    ];
     format!(
         "{}{} ({key})",
-        NAMES[key.rem_euclid(12) as usize],
+        PITCH_CLASS_NAMES[key.rem_euclid(12) as usize],
         key.div_euclid(12) - 1
     )
+}
+
+/// Reads a pitch class name at the start of `text` (`C`, `c#`, `Db`), returning it and the rest.
+fn split_pitch_class(text: &str) -> Option<(i32, &str)> {
+    let mut chars = text.chars();
+    let natural: i32 = match chars.next()?.to_ascii_uppercase() {
+        'C' => 0,
+        'D' => 2,
+        'E' => 4,
+        'F' => 5,
+        'G' => 7,
+        'A' => 9,
+        'B' => 11,
+        _ => return None,
+    };
+    let rest = chars.as_str();
+    Some(if let Some(rest) = rest.strip_prefix('#') {
+        ((natural + 1).rem_euclid(12), rest)
+    } else if let Some(rest) = rest.strip_prefix('b') {
+        ((natural - 1).rem_euclid(12), rest)
+    } else {
+        (natural, rest)
+    })
+}
+
+/// A key from text: a number, a name with its octave (`C4` = 60, `Db-1` = 1), or what
+/// [`note_name`] shows (`C4 (60)`).
+fn parse_note(text: &str) -> Option<i32> {
+    let text = text.trim();
+    if let Some((_, number)) = text.split_once('(') {
+        return number.trim_end_matches(')').trim().parse().ok();
+    }
+    if let Ok(number) = text.parse() {
+        return Some(number);
+    }
+    let (pitch_class, octave) = split_pitch_class(text)?;
+    let octave: i32 = octave.trim().parse().ok()?;
+    // `B#4` and `Cb4` cross the octave line.
+    let natural_octave = match (text.as_bytes()[0].to_ascii_uppercase(), pitch_class) {
+        (b'B', 0) => octave + 1,
+        (b'C', 11) => octave - 1,
+        _ => octave,
+    };
+    Some((natural_octave + 1) * 12 + pitch_class)
+}
+
+/// `-1` is shown as "none"; anything else through `show`.
+fn none_or(value: i32, show: impl Fn(i32) -> String) -> String {
+    if value < 0 {
+        "none".to_string()
+    } else {
+        show(value)
+    }
 }
 
 impl Default for ContinuoParams {
@@ -214,6 +324,59 @@ impl Default for ContinuoParams {
             .with_step_size(0.5)
             .with_unit(" notes/beat"),
             trigger: BoolParam::new("Trigger", false),
+            quantize: EnumParam::new("Quantize", Quantize::Off),
+            swing: IntParam::new(
+                "Swing",
+                0,
+                IntRange::Linear {
+                    min: 0,
+                    max: i32::from(crate::music::MAX_SWING_PERCENT),
+                },
+            )
+            .with_unit(" %"),
+            scale_root: IntParam::new("Key", 0, IntRange::Linear { min: 0, max: 11 })
+                .with_value_to_string(Arc::new(|pc| {
+                    PITCH_CLASS_NAMES[pc.rem_euclid(12) as usize].to_string()
+                }))
+                .with_string_to_value(Arc::new(|s| {
+                    let s = s.trim();
+                    match split_pitch_class(s) {
+                        Some((pc, "")) => Some(pc),
+                        _ => s.parse().ok(),
+                    }
+                })),
+            scale: EnumParam::new("Scale", Scale::Off),
+            trigger_source: EnumParam::new("Trigger source", TriggerSource::Button),
+            trigger_note: IntParam::new(
+                "Trigger note",
+                i32::from(DEFAULT_TRIGGER_NOTE),
+                IntRange::Linear { min: -1, max: 127 },
+            )
+            .with_value_to_string(Arc::new(|key| none_or(key, note_name)))
+            .with_string_to_value(Arc::new(|s| {
+                if s.trim().eq_ignore_ascii_case("none") {
+                    Some(-1)
+                } else {
+                    parse_note(s)
+                }
+            })),
+            trigger_cc: IntParam::new(
+                "Trigger CC",
+                i32::from(DEFAULT_TRIGGER_CC),
+                IntRange::Linear { min: -1, max: 127 },
+            )
+            .with_value_to_string(Arc::new(|cc| none_or(cc, |cc| format!("CC {cc}"))))
+            .with_string_to_value(Arc::new(|s| {
+                let s = s.trim();
+                if s.eq_ignore_ascii_case("none") {
+                    return Some(-1);
+                }
+                let number = s
+                    .strip_prefix("CC")
+                    .or_else(|| s.strip_prefix("cc"))
+                    .unwrap_or(s);
+                number.trim().parse().ok()
+            })),
             style: {
                 let (to_text, from_text) = (style_names.clone(), style_names.clone());
                 IntParam::new(
@@ -247,7 +410,31 @@ pub struct Settings {
     pub answer_bars: u32,
     pub silence_beats: f64,
     pub trigger: bool,
+    pub trigger_source: TriggerSource,
+    /// The trigger note; `None` when set to none.
+    pub trigger_note: Option<u8>,
+    /// The trigger controller; `None` when set to none.
+    pub trigger_cc: Option<u8>,
     pub gen: GenParams,
+}
+
+impl Settings {
+    /// The key whose note-ons trigger (on any channel), if the trigger source is a note.
+    pub fn trigger_key(&self) -> Option<u8> {
+        match self.trigger_source {
+            TriggerSource::Note => self.trigger_note,
+            _ => None,
+        }
+    }
+
+    /// The controller whose rising edges trigger (on any channel), if the source is one.
+    pub fn trigger_controller(&self) -> Option<u8> {
+        match self.trigger_source {
+            TriggerSource::ControlChange => self.trigger_cc,
+            TriggerSource::Sustain => Some(SUSTAIN_CC),
+            _ => None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -261,6 +448,9 @@ impl Default for Settings {
             answer_bars: 2,
             silence_beats: 1.0,
             trigger: false,
+            trigger_source: TriggerSource::Button,
+            trigger_note: Some(DEFAULT_TRIGGER_NOTE),
+            trigger_cc: Some(DEFAULT_TRIGGER_CC),
             gen: GenParams::default(),
         }
     }
@@ -278,6 +468,13 @@ impl ContinuoParams {
             answer_bars: self.answer_bars.value().max(0) as u32,
             silence_beats: f64::from(self.silence_beats.value()),
             trigger: self.trigger.value(),
+            trigger_source: self.trigger_source.value(),
+            trigger_note: u8::try_from(self.trigger_note.value())
+                .ok()
+                .map(|k| k.min(127)),
+            trigger_cc: u8::try_from(self.trigger_cc.value())
+                .ok()
+                .map(|cc| cc.min(127)),
             gen: GenParams {
                 temperature: self.temperature.value(),
                 top_p: self.top_p.value(),
@@ -287,6 +484,10 @@ impl ContinuoParams {
                 pitch_low: self.pitch_low.value().clamp(0, 127) as u8,
                 pitch_high: self.pitch_high.value().clamp(0, 127) as u8,
                 density_cap_per_beat: self.density_cap.value(),
+                quantize: self.quantize.value(),
+                swing_percent: self.swing.value().clamp(0, 100) as u8,
+                scale_root: self.scale_root.value().rem_euclid(12) as u8,
+                scale: self.scale.value(),
             },
         }
     }
@@ -309,7 +510,7 @@ mod tests {
             .into_iter()
             .map(|(id, _, _)| id)
             .collect();
-        assert_eq!(ids.len(), 17);
+        assert_eq!(ids.len(), 24);
         for id in &ids {
             assert!(id.len() <= 6, "{id}");
         }
@@ -317,6 +518,94 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len());
+    }
+
+    #[test]
+    fn trigger_ranges_start_at_none_so_their_defaults_are_exact() {
+        // With 0..=127 (127 steps) the CLAP default of 24 would be 23.9999999, which hosts
+        // truncate to 23; -1..=127 has 128 steps, and k / 128 is exact in f32.
+        let clap_default = |range: IntRange, value: i32| {
+            f64::from(range.normalize(value)) * range.step_count() as f64
+        };
+        let full = IntRange::Linear { min: 0, max: 127 };
+        assert_ne!(clap_default(full, 24), 24.0);
+        let with_none = IntRange::Linear { min: -1, max: 127 };
+        for value in -1..=127 {
+            assert_eq!(clap_default(with_none, value), f64::from(value + 1));
+        }
+        let params = ContinuoParams::default();
+        let settings = params.settings();
+        assert_eq!(settings.trigger_note, Some(24));
+        assert_eq!(settings.trigger_cc, Some(20));
+        assert_eq!(settings.trigger_source, TriggerSource::Button);
+        assert_eq!(
+            (settings.trigger_key(), settings.trigger_controller()),
+            (None, None)
+        );
+        let with = |source| Settings {
+            trigger_source: source,
+            ..settings
+        };
+        assert_eq!(with(TriggerSource::Note).trigger_key(), Some(24));
+        assert_eq!(
+            with(TriggerSource::ControlChange).trigger_controller(),
+            Some(20)
+        );
+        assert_eq!(with(TriggerSource::Sustain).trigger_controller(), Some(64));
+        assert_eq!(with(TriggerSource::Sustain).trigger_key(), None);
+        let none = Settings {
+            trigger_note: None,
+            trigger_cc: None,
+            ..settings
+        };
+        assert_eq!(
+            Settings {
+                trigger_source: TriggerSource::Note,
+                ..none
+            }
+            .trigger_key(),
+            None
+        );
+    }
+
+    #[test]
+    fn new_parameters_show_and_read_their_values() {
+        let params = ContinuoParams::default();
+        let shown = |param: &IntParam, value: i32| {
+            param.normalized_value_to_string(param.preview_normalized(value), true)
+        };
+        let read = |param: &IntParam, text: &str| {
+            param
+                .string_to_normalized_value(text)
+                .map(|n| param.preview_plain(n))
+        };
+        assert_eq!(shown(&params.trigger_note, 24), "C1 (24)");
+        assert_eq!(shown(&params.trigger_note, -1), "none");
+        assert_eq!(shown(&params.trigger_cc, 20), "CC 20");
+        assert_eq!(shown(&params.trigger_cc, -1), "none");
+        assert_eq!(shown(&params.scale_root, 1), "C#");
+        assert_eq!(shown(&params.swing, 50), "50 %");
+        for (text, key) in [
+            ("C1 (24)", 24),
+            ("C4", 60),
+            ("c#4", 61),
+            ("Db4", 61),
+            ("C-1", 0),
+            ("B#3", 60),
+            ("Cb4", 59),
+            ("G9", 127),
+            ("36", 36),
+            ("none", -1),
+        ] {
+            assert_eq!(read(&params.trigger_note, text), Some(key), "{text}");
+        }
+        assert_eq!(read(&params.trigger_note, "H2"), None);
+        assert_eq!(read(&params.trigger_cc, "CC 64"), Some(64));
+        assert_eq!(read(&params.trigger_cc, "11"), Some(11));
+        assert_eq!(read(&params.trigger_cc, "None"), Some(-1));
+        assert_eq!(read(&params.scale_root, "F#"), Some(6));
+        assert_eq!(read(&params.scale_root, "Bb"), Some(10));
+        assert_eq!(read(&params.scale_root, "7"), Some(7));
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! Generated notes carry absolute times ([`NoteTime`]) in one of those two bases, so the audio
 //! thread can map them onto sample offsets without knowing anything about the model.
 
+use crate::music::{Quantize, Scale};
+
 /// The capacity of the audio → generator queue.
 pub const TO_ENGINE_CAPACITY: usize = 4096;
 /// The capacity of the generator → audio queue.
@@ -68,6 +70,9 @@ pub struct TransportInfo {
 }
 
 /// Generation settings, sent whenever a parameter that affects generation changes.
+///
+/// The musical settings are one byte each (`u8` and `#[repr(u8)]` enums), which keeps
+/// [`ToEngine`] within its 64 bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenParams {
     pub temperature: f32,
@@ -83,6 +88,14 @@ pub struct GenParams {
     pub pitch_high: u8,
     /// Upper bound on generated note-ons per beat.
     pub density_cap_per_beat: f32,
+    /// The grid generated note starts snap to (see [`crate::music`]).
+    pub quantize: Quantize,
+    /// Swing of straight grids in percent, `0..=75`.
+    pub swing_percent: u8,
+    /// The scale lock's root pitch class, `0..12` (0 = C).
+    pub scale_root: u8,
+    /// The scale generated pitches are locked to.
+    pub scale: Scale,
 }
 
 impl Default for GenParams {
@@ -96,6 +109,10 @@ impl Default for GenParams {
             pitch_low: 0,
             pitch_high: 127,
             density_cap_per_beat: 8.0,
+            quantize: Quantize::Off,
+            swing_percent: 0,
+            scale_root: 0,
+            scale: Scale::Off,
         }
     }
 }
@@ -213,6 +230,11 @@ mod tests {
         fn assert_copy<T: Copy + Send + 'static>() {}
         assert_copy::<ToEngine>();
         assert_copy::<FromEngine>();
+        assert!(
+            std::mem::size_of::<GenParams>() <= 32,
+            "{}",
+            std::mem::size_of::<GenParams>()
+        );
         // Keep the queue slots small: a few cache lines at most.
         assert!(
             std::mem::size_of::<ToEngine>() <= 64,

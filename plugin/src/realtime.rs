@@ -1,5 +1,19 @@
-//! The audio-thread core: thru, scheduling of generated notes, call-and-response, note release
-//! and the built-in voice, for one block at a time.
+//! The audio-thread core: thru, scheduling of generated notes, call-and-response, MIDI
+//! triggers, note release and the built-in voice, for one block at a time.
+//!
+//! * **Thru** (or bypass) passes every input event on unchanged at its sample: notes, note
+//!   expressions, controllers, pitch bend, channel pressure and program changes. Only note-offs
+//!   of notes passed on are sent, and hold pedals (sustain, sostenuto, hold 2) passed on as down
+//!   are always released (see [`HeldPedals`]), so nothing is left hanging downstream.
+//! * **MIDI triggers** (`trgsrc`): a note-on of the trigger note, or the trigger controller (or
+//!   the sustain pedal) rising through 64, on any channel, does exactly what the trigger button
+//!   does, in every mode, at its own sample: the answer in progress is released and a new one
+//!   requested. In call-and-response that answers at once, without waiting for the silence. The
+//!   trigger events are consumed: not passed on, not sent to the generator as played notes, not
+//!   played by the voice, and not counted as playing (no barge-in, no silence reset). The
+//!   trigger note's note-off is dropped because no note-on was recorded for it. While bypassed,
+//!   nothing triggers and everything passes through.
+//! * **The built-in voice** ignores controllers: the sustain pedal does not hold its notes.
 //!
 //! It is separate from the nice-plug glue in `lib.rs` so it can be driven by plain unit tests
 //! through [`BlockIo`]. Everything called from [`Core::process`] is real-time safe: no
@@ -16,7 +30,8 @@ use crate::protocol::{
     AnswerRequest, FromEngine, GenParams, PlayedNote, Stamp, ToEngine, TransportInfo, TriggerKind,
 };
 use crate::schedule::{
-    BlockClock, DueEvent, EventTime, NoteCounts, NoteState, Schedule, ScheduledNote,
+    controller_is_down, BlockClock, DueEvent, EventTime, HeldPedals, NoteCounts, NoteState,
+    Schedule, ScheduledNote,
 };
 use crate::status::{AnswerState, EditorSnapshot, SharedStatus};
 use crate::voice::{PianoVoice, VoiceSource};
@@ -82,6 +97,8 @@ pub struct Core {
     thru: NoteCounts,
     /// Keys the player holds (input side, whatever thru says).
     held: NoteCounts,
+    /// Hold pedals passed on as down and not yet released.
+    pedals: HeldPedals,
     synth: PianoVoice,
 
     previous_settings: Option<Settings>,
@@ -106,6 +123,13 @@ pub struct Core {
     /// Continuous mode: where the stream generated so far ends, in beats.
     continuous_next_beat: Option<f64>,
     previous_trigger_param: bool,
+    /// The controller `trigger_cc_down` follows; when the setting changes it starts over.
+    trigger_cc_tracked: Option<u8>,
+    /// Per channel, whether the trigger controller was last at 64 or more (rising edges
+    /// trigger). Followed in bypass too, so no edge is made up after it.
+    trigger_cc_down: [bool; 16],
+    /// A MIDI trigger at this sample of the current block, acted on right after its event.
+    midi_trigger_at: Option<u32>,
     /// The clock of the block being processed.
     block: BlockClock,
 }
@@ -126,6 +150,7 @@ impl Core {
             due,
             thru: NoteCounts::default(),
             held: NoteCounts::default(),
+            pedals: HeldPedals::default(),
             synth: PianoVoice::new(48_000.0),
             previous_settings: None,
             previous_transport: None,
@@ -140,6 +165,9 @@ impl Core {
             last_player_activity: i64::MIN / 4,
             continuous_next_beat: None,
             previous_trigger_param: false,
+            trigger_cc_tracked: None,
+            trigger_cc_down: [false; 16],
+            midi_trigger_at: None,
             block: BlockClock {
                 start_sample: 0,
                 len: 0,
@@ -178,6 +206,8 @@ impl Core {
         self.has_context = false;
         self.last_player_activity = i64::MIN / 4;
         self.continuous_next_beat = None;
+        self.trigger_cc_down = [false; 16];
+        self.midi_trigger_at = None;
     }
 
     /// Disconnects the queues. Called on the main thread from `deactivate()`, after which the
@@ -287,17 +317,27 @@ impl Core {
 
         self.receive_from_engine(settings.bypass);
 
-        // Triggers, evaluated at the block's first sample.
+        let trigger_controller = settings.trigger_controller();
+        if trigger_controller != self.trigger_cc_tracked {
+            // A new trigger controller starts "up", unless it is a pedal passed on as down.
+            self.trigger_cc_tracked = trigger_controller;
+            for (channel, down) in (0..16u8).zip(&mut self.trigger_cc_down) {
+                *down = trigger_controller.is_some_and(|cc| self.pedals.is_down(channel, cc));
+            }
+        }
+
+        // Triggers, evaluated at the block's first sample (MIDI triggers at their own sample,
+        // below).
         let trigger_edge = settings.trigger && !self.previous_trigger_param;
         self.previous_trigger_param = settings.trigger;
         let trigger_requested = self.status.trigger_request.swap(false, Ordering::Relaxed);
+        let now = Moment {
+            pos_beats,
+            playing,
+            tempo_bpm,
+            beats_per_bar,
+        };
         if !settings.bypass {
-            let now = Moment {
-                pos_beats,
-                playing,
-                tempo_bpm,
-                beats_per_bar,
-            };
             if trigger_edge || trigger_requested {
                 // A trigger while an answer plays replaces it ("regenerate").
                 self.cancel_answer(io, 0);
@@ -306,6 +346,7 @@ impl Core {
                     settings,
                     now,
                     transport.bar_start_beats,
+                    0,
                 );
             } else {
                 match settings.mode {
@@ -321,6 +362,7 @@ impl Core {
                                 settings,
                                 now,
                                 transport.bar_start_beats,
+                                0,
                             );
                         }
                     }
@@ -339,6 +381,7 @@ impl Core {
                                 settings,
                                 now,
                                 transport.bar_start_beats,
+                                0,
                             );
                         }
                     }
@@ -380,6 +423,19 @@ impl Core {
             rendered = rendered.max(timing as usize);
             if self.handle_input(io, event, timing, settings) {
                 // Barge-in released every generated note: nothing more is due in this block.
+                due_index = due.len();
+            }
+            if let Some(at) = self.midi_trigger_at.take() {
+                // Exactly what the trigger button does, at the trigger's sample.
+                self.cancel_answer(io, at);
+                self.start_answer(
+                    TriggerKind::Manual,
+                    settings,
+                    now.at(at, samples_per_beat),
+                    transport.bar_start_beats,
+                    at,
+                );
+                // The cancelled answer's notes are gone: nothing more is due in this block.
                 due_index = due.len();
             }
         }
@@ -481,12 +537,14 @@ impl Core {
         }
     }
 
+    /// Requests an answer. `now` is the moment at sample `offset` of the current block.
     fn start_answer(
         &mut self,
         kind: TriggerKind,
         settings: &Settings,
         now: Moment,
         bar_start_beats: Option<f64>,
+        offset: u32,
     ) {
         let answer_id = self.next_answer_id;
         let bars = if kind == TriggerKind::Continuous {
@@ -507,11 +565,11 @@ impl Core {
             } else {
                 earliest.ceil()
             };
-            let mut stamp = self.stamp(0, Some(beat));
+            let mut stamp = self.stamp(offset, Some(beat));
             stamp.clock_ms += (beat - now.pos_beats) * ms_per_beat;
             stamp
         } else {
-            let mut stamp = self.stamp(0, None);
+            let mut stamp = self.stamp(offset, None);
             stamp.clock_ms += ANSWER_LEAD_MS;
             stamp
         };
@@ -572,12 +630,25 @@ impl Core {
         }
     }
 
-    /// Releases every output note (generated and passed through) and silences the voice.
+    /// Releases every output note (generated and passed through) and hold pedal passed on, and
+    /// silences the voice.
     fn release_everything(&mut self, io: &mut impl BlockIo, timing: u32) {
         self.cancel_answer(io, timing);
         let status = &self.status;
         self.thru.release_matching(None, None, |channel, key| {
             let sent = io.send(note_off(timing, channel, key));
+            if !sent {
+                SharedStatus::count(&status.dropped_output_events);
+            }
+            sent
+        });
+        self.pedals.release_all(|channel, cc| {
+            let sent = io.send(NoteEvent::MidiCC {
+                timing,
+                channel,
+                cc,
+                value: 0.0,
+            });
             if !sent {
                 SharedStatus::count(&status.dropped_output_events);
             }
@@ -643,6 +714,8 @@ impl Core {
         settings: &Settings,
     ) -> bool {
         let forward = settings.thru || settings.bypass;
+        // MIDI triggers work unless bypassed.
+        let armed = !settings.bypass;
         let mut barged_in = false;
         match event {
             NoteEvent::NoteOn {
@@ -656,6 +729,12 @@ impl Core {
                     return false;
                 };
                 let (c, k) = (c & 15, k & 127);
+                if armed && settings.trigger_key() == Some(k) {
+                    // A trigger, not a note. Nothing is recorded, so its note-off finds nothing
+                    // to release and is dropped too.
+                    self.midi_trigger_at = Some(timing);
+                    return false;
+                }
                 self.held.note_on(c, k);
                 self.last_player_activity = self.clock + i64::from(timing);
                 if !settings.bypass {
@@ -723,21 +802,84 @@ impl Core {
                     }
                 }
             }
-            NoteEvent::PolyPressure { .. }
-            | NoteEvent::PolyVolume { .. }
-            | NoteEvent::PolyPan { .. }
-            | NoteEvent::PolyTuning { .. }
-            | NoteEvent::PolyVibrato { .. }
-            | NoteEvent::PolyExpression { .. }
-            | NoteEvent::PolyBrightness { .. } => {
-                let delivered = !forward || io.send(with_timing(event, timing));
-                if !delivered {
-                    SharedStatus::count(&self.status.dropped_output_events);
+            NoteEvent::PolyPressure { channel, key, .. }
+            | NoteEvent::PolyVolume { channel, key, .. }
+            | NoteEvent::PolyPan { channel, key, .. }
+            | NoteEvent::PolyTuning { channel, key, .. }
+            | NoteEvent::PolyVibrato { channel, key, .. }
+            | NoteEvent::PolyExpression { channel, key, .. }
+            | NoteEvent::PolyBrightness { channel, key, .. } => {
+                // Expressions of a trigger note go with it, unless that key was passed on (it
+                // was held before it became the trigger note).
+                let of_trigger = armed
+                    && settings
+                        .trigger_key()
+                        .is_some_and(|t| key.number() == Some(t));
+                let passed_on = match (channel.number(), key.number()) {
+                    (Some(c), Some(k)) => self.thru.count(c, k) > 0,
+                    _ => false,
+                };
+                if forward && (passed_on || !of_trigger) {
+                    self.forward(io, event, timing);
                 }
+            }
+            NoteEvent::MidiCC {
+                channel, cc, value, ..
+            } => self.handle_controller(io, event, timing, (channel & 15, cc), value, settings),
+            NoteEvent::MidiPitchBend { .. }
+            | NoteEvent::MidiChannelPressure { .. }
+            | NoteEvent::MidiProgramChange { .. }
+                if forward =>
+            {
+                self.forward(io, event, timing);
             }
             _ => {}
         }
         barged_in
+    }
+
+    /// Handles a controller: a trigger, a hold pedal or any other. Called on the audio thread.
+    fn handle_controller(
+        &mut self,
+        io: &mut impl BlockIo,
+        event: NoteEvent<()>,
+        timing: u32,
+        (channel, cc): (u8, u8),
+        value: f32,
+        settings: &Settings,
+    ) {
+        let forward = settings.thru || settings.bypass;
+        let down = controller_is_down(value);
+        if self.trigger_cc_tracked == Some(cc) {
+            let was_down = std::mem::replace(&mut self.trigger_cc_down[usize::from(channel)], down);
+            if !settings.bypass {
+                if down && !was_down {
+                    self.midi_trigger_at = Some(timing);
+                }
+                // Consumed, except the release of a pedal passed on as down before it became
+                // the trigger.
+                if !down && self.pedals.is_down(channel, cc) && self.forward(io, event, timing) {
+                    self.pedals.release(channel, cc);
+                }
+                return;
+            }
+        }
+        if down {
+            if forward && self.forward(io, event, timing) {
+                self.pedals.press(channel, cc);
+            }
+        } else if (forward || self.pedals.is_down(channel, cc)) && self.forward(io, event, timing) {
+            self.pedals.release(channel, cc);
+        }
+    }
+
+    /// Sends an input event on unchanged at sample `timing`; counts it if the host refuses it.
+    fn forward(&mut self, io: &mut impl BlockIo, event: NoteEvent<()>, timing: u32) -> bool {
+        let sent = io.send(with_timing(event, timing));
+        if !sent {
+            SharedStatus::count(&self.status.dropped_output_events);
+        }
+        sent
     }
 
     /// Bookkeeping for a player note-off (`None` = wildcard).
@@ -791,6 +933,20 @@ struct Moment {
     beats_per_bar: f64,
 }
 
+impl Moment {
+    /// The moment `offset` samples later.
+    fn at(self, offset: u32, samples_per_beat: f64) -> Self {
+        Self {
+            pos_beats: if self.playing {
+                self.pos_beats + f64::from(offset) / samples_per_beat
+            } else {
+                self.pos_beats
+            },
+            ..self
+        }
+    }
+}
+
 fn note_off(timing: u32, channel: u8, key: u8) -> NoteEvent<()> {
     NoteEvent::NoteOff {
         timing,
@@ -814,6 +970,7 @@ mod tests {
 
     use super::*;
     use crate::generator::{EchoGenerator, Generator, Outbox};
+    use crate::params::TriggerSource;
     use crate::protocol::{GeneratedNote, NoteTime};
 
     struct VecIo {
@@ -848,6 +1005,8 @@ mod tests {
         sample_rate: f64,
         /// Running output note count per (channel, key); must never go negative.
         sounding: HashMap<(u8, u8), i32>,
+        /// Hold pedals down at the output, per (channel, controller).
+        pedals_down: HashMap<(u8, u8), bool>,
         refuse_output: bool,
         audio_peak: f32,
     }
@@ -874,6 +1033,7 @@ mod tests {
                 transport: TransportSnapshot::default(),
                 sample_rate,
                 sounding: HashMap::new(),
+                pedals_down: HashMap::new(),
                 refuse_output: false,
                 audio_peak: 0.0,
             }
@@ -955,6 +1115,18 @@ mod tests {
                             assert!(*count >= 0, "unmatched note-off {c}:{k}");
                             format!("{timing} off {c}:{k}")
                         }
+                        NoteEvent::MidiCC {
+                            timing,
+                            channel,
+                            cc,
+                            value,
+                        } => {
+                            if HeldPedals::is_hold_pedal(cc) {
+                                self.pedals_down
+                                    .insert((channel, cc), controller_is_down(value));
+                            }
+                            format!("{timing} cc {channel}:{cc}={}", (value * 127.0).round())
+                        }
                         other => format!("{other:?}"),
                     }
                 })
@@ -982,6 +1154,15 @@ mod tests {
                 .map(|(k, _)| *k)
                 .collect()
         }
+
+        /// Hold pedals left down at the output, as (channel, controller).
+        fn stuck_pedals(&self) -> Vec<(u8, u8)> {
+            self.pedals_down
+                .iter()
+                .filter(|(_, down)| **down)
+                .map(|(k, _)| *k)
+                .collect()
+        }
     }
 
     fn on(timing: u32, key: u8) -> NoteEvent<()> {
@@ -1002,6 +1183,30 @@ mod tests {
             key: Key::Number(key),
             velocity: 0.0,
         }
+    }
+
+    /// A controller change with a raw 0..=127 value.
+    fn cc(timing: u32, channel: u8, cc: u8, raw: u8) -> NoteEvent<()> {
+        NoteEvent::MidiCC {
+            timing,
+            channel,
+            cc,
+            value: f32::from(raw) / 127.0,
+        }
+    }
+
+    fn note_on(timing: u32, channel: u8, key: u8) -> NoteEvent<()> {
+        NoteEvent::NoteOn {
+            timing,
+            voice_id: VoiceID::Wildcard,
+            channel: Channel::Number(channel),
+            key: Key::Number(key),
+            velocity: 0.8,
+        }
+    }
+
+    fn note_off(timing: u32, channel: u8, key: u8) -> NoteEvent<()> {
+        super::note_off(timing, channel, key)
     }
 
     /// The host fuzz in `tests/` runs the real generator thread, whose answers are often late
@@ -1025,16 +1230,29 @@ mod tests {
             let mut input = Vec::new();
             for _ in 0..next(6) {
                 let timing = next(u64::from(frames)) as u32;
-                let (channel, key) = (next(2) as u8, 48 + next(24) as u8);
+                // Now and then the trigger note.
+                let key = if next(20) == 0 {
+                    24
+                } else {
+                    48 + next(24) as u8
+                };
+                let channel = next(2) as u8;
                 let event = match next(100) {
-                    0..48 => NoteEvent::NoteOn {
+                    // The sustain pedal, the default trigger controller, sostenuto, mod wheel.
+                    90.. => cc(
+                        timing,
+                        channel,
+                        [64, 20, 66, 1][next(4) as usize],
+                        [0, 127, next(128) as u8][next(3) as usize],
+                    ),
+                    0..45 => NoteEvent::NoteOn {
                         timing,
                         voice_id: VoiceID::Wildcard,
                         channel: Channel::Number(channel),
                         key: Key::Number(key),
                         velocity: next(128) as f32 / 127.0,
                     },
-                    48..96 => NoteEvent::NoteOff {
+                    45..88 => NoteEvent::NoteOff {
                         timing,
                         voice_id: VoiceID::Wildcard,
                         channel: Channel::Number(channel),
@@ -1068,7 +1286,7 @@ mod tests {
                 }
             }
             if next(100) < 3 {
-                match next(8) {
+                match next(10) {
                     0 => rig.settings.bypass = next(2) == 0,
                     1 => rig.settings.thru = next(2) == 0,
                     2 => {
@@ -1078,6 +1296,15 @@ mod tests {
                     3 => rig.settings.voice = next(2) == 0,
                     4 => rig.settings.out_channel = next(16) as u8,
                     5 | 6 => rig.settings.trigger = !rig.settings.trigger,
+                    7 => {
+                        rig.settings.trigger_source = [
+                            TriggerSource::Button,
+                            TriggerSource::Note,
+                            TriggerSource::ControlChange,
+                            TriggerSource::Sustain,
+                        ][next(4) as usize]
+                    }
+                    8 => rig.settings.trigger_note = [None, Some(24), Some(60)][next(3) as usize],
                     _ => rig.settings.silence_beats = 0.25 + next(4) as f64 * 0.25,
                 }
             }
@@ -1110,7 +1337,12 @@ mod tests {
                 });
             }
         }
+        // The player lets go of every pedal too.
+        for channel in 0..2 {
+            releases.extend([cc(0, channel, 64, 0), cc(0, channel, 66, 0)]);
+        }
         rig.block(64, &releases);
+        assert!(rig.stuck_pedals().is_empty(), "{:?}", rig.stuck_pedals());
         rig.settings.bypass = false;
         rig.block(64, &[]);
         rig.settings.bypass = true;
@@ -1143,6 +1375,246 @@ mod tests {
             &mut [],
         );
         assert_eq!(io.output, input.to_vec(), "events pass through bit for bit");
+    }
+
+    #[test]
+    fn thru_forwards_every_midi_event_unchanged() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.mode = Mode::Manual;
+        let input = [
+            cc(0, 0, 64, 127),
+            on(0, 60),
+            NoteEvent::MidiPitchBend {
+                timing: 3,
+                channel: 0,
+                value: 0.75,
+            },
+            NoteEvent::PolyPressure {
+                timing: 4,
+                voice_id: VoiceID::ID(7),
+                channel: Channel::Number(0),
+                key: Key::Number(60),
+                pressure: 0.5,
+            },
+            NoteEvent::MidiChannelPressure {
+                timing: 5,
+                channel: 9,
+                pressure: 0.25,
+            },
+            cc(17, 4, 1, 90),
+            NoteEvent::MidiProgramChange {
+                timing: 30,
+                channel: 2,
+                program: 41,
+            },
+            off(31, 60),
+            cc(255, 0, 64, 0),
+        ];
+        let process = |rig: &mut Rig| {
+            let mut io = VecIo {
+                input: input.into_iter().collect(),
+                output: Vec::new(),
+                refuse: false,
+            };
+            rig.core.process(
+                &mut io,
+                256,
+                &TransportSnapshot::default(),
+                &rig.settings,
+                &mut [],
+            );
+            io.output
+        };
+        assert_eq!(process(&mut rig), input, "events pass through bit for bit");
+        // Thru off: nothing at all (no note or pedal was passed on).
+        rig.settings.thru = false;
+        assert!(process(&mut rig).is_empty());
+    }
+
+    #[test]
+    fn a_trigger_note_answers_like_the_button_and_is_consumed() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.mode = Mode::Manual;
+        rig.settings.voice = true;
+        rig.settings.trigger_source = TriggerSource::Note; // C1 (24)
+        assert_eq!(rig.block(480, &[on(0, 60)]), ["0 on 0:60"]);
+        assert_eq!(rig.block(480, &[off(0, 60)]), ["0 off 0:60"]);
+        rig.run(200, 480);
+        assert_eq!(rig.core.synth.active_voices(), 0);
+        // The trigger note, on another channel, at sample 100 of the block starting at sample
+        // 96,960: nothing comes out, nothing sounds, nothing is held.
+        assert!(rig.block(480, &[note_on(100, 5, 24)]).is_empty());
+        assert_eq!(rig.core.synth.active_voices(), 0);
+        assert_eq!(rig.core.held.total(), 0);
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+        // Its note-off is dropped too.
+        assert!(rig.block(480, &[note_off(7, 5, 24)]).is_empty());
+        // The answer echoes the phrase (60 → 72) and not the trigger note (24 → 36): the
+        // generator never saw it. It starts ANSWER_LEAD_MS after the trigger's own sample:
+        // 97,060 + 4,800 = 101,860, which is 3,940 after the next block (97,920).
+        assert_eq!(rig.run(20, 480), ["3940 on 0:72", "4900 off 0:72"]);
+        assert!(rig.stuck().is_empty());
+        // Not counted as playing: no second answer follows in call-and-response.
+        rig.settings.mode = Mode::CallResponse;
+        assert!(rig.run(200, 480).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+    }
+
+    #[test]
+    fn a_midi_trigger_takes_the_next_beat_after_its_own_sample() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.mode = Mode::Manual;
+        rig.settings.thru = false;
+        rig.settings.answer_bars = 1;
+        rig.settings.trigger_source = TriggerSource::Sustain;
+        // 120 BPM at 48 kHz: 24,000 samples per beat, 480 samples = 0.02 beat.
+        rig.play(120.0, 0.0);
+        rig.block(480, &[on(0, 60)]);
+        rig.block(480, &[off(0, 60)]);
+        rig.block(18_000, &[]);
+        // The block starts at beat 0.79: the button would answer on beat 1 (0.79 + 0.2 lead).
+        // The pedal goes down at sample 480 (beat 0.81), so the answer takes beat 2.
+        assert!(rig.block(960, &[cc(480, 0, 64, 127)]).is_empty());
+        let out = rig.run(80, 480);
+        // Beat 2 is (2 - 0.83) × 24,000 = 28,080 samples after the trigger block.
+        assert_eq!(out[0], "28080 on 0:72");
+    }
+
+    #[test]
+    fn midi_triggers_only_when_chosen_and_not_bypassed() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.mode = Mode::Manual;
+        // The default source is the button: C1 is an ordinary note.
+        assert_eq!(rig.block(64, &[on(1, 24)]), ["1 on 0:24"]);
+        // It became the trigger note while held: its note-off still goes out.
+        rig.settings.trigger_source = TriggerSource::Note;
+        assert_eq!(rig.block(64, &[off(2, 24)]), ["2 off 0:24"]);
+        assert!(rig.block(64, &[on(1, 24), off(9, 24)]).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+        // No trigger note chosen.
+        rig.settings.trigger_note = None;
+        assert_eq!(
+            rig.block(64, &[on(1, 24), off(2, 24)]),
+            ["1 on 0:24", "2 off 0:24"]
+        );
+        // Another note.
+        rig.settings.trigger_note = Some(60);
+        assert!(rig.block(64, &[on(1, 60), off(2, 60)]).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 2);
+        // Bypassed: everything passes, nothing triggers.
+        rig.settings.bypass = true;
+        assert_eq!(
+            rig.block(64, &[on(1, 60), off(2, 60)]),
+            ["1 on 0:60", "2 off 0:60"]
+        );
+        rig.settings.trigger_source = TriggerSource::ControlChange;
+        assert_eq!(rig.block(64, &[cc(3, 0, 20, 127)]), ["3 cc 0:20=127"]);
+        assert_eq!(rig.status.counters().answers_triggered, 2);
+        // The controller was followed while bypassed: still down, so no edge afterwards.
+        rig.settings.bypass = false;
+        assert!(rig.block(64, &[cc(3, 0, 20, 127)]).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 2);
+        assert!(rig.stuck().is_empty() && rig.stuck_pedals().is_empty());
+    }
+
+    #[test]
+    fn a_controller_triggers_when_it_rises_through_64() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.mode = Mode::Manual;
+        rig.settings.trigger_source = TriggerSource::ControlChange; // CC 20
+        let out = rig.block(
+            480,
+            &[
+                cc(0, 0, 20, 0),
+                cc(10, 0, 20, 63),
+                cc(20, 0, 20, 64),
+                cc(30, 0, 20, 127),
+                cc(40, 0, 1, 90),
+            ],
+        );
+        assert_eq!(out, ["40 cc 0:1=90"], "the trigger controller is consumed");
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+        // Each channel has its own edge; down, up and down again triggers again.
+        assert!(rig
+            .block(
+                480,
+                &[cc(0, 3, 20, 127), cc(5, 0, 20, 10), cc(6, 0, 20, 100)]
+            )
+            .is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 3);
+        // Choosing another controller starts from "up".
+        rig.settings.trigger_cc = Some(21);
+        assert!(rig.block(480, &[cc(0, 0, 21, 127)]).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 4);
+        assert_eq!(rig.block(480, &[cc(0, 0, 20, 0)]), ["0 cc 0:20=0"]);
+    }
+
+    #[test]
+    fn the_sustain_pedal_triggers_or_passes_through() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.thru = false;
+        rig.settings.answer_bars = 0;
+        rig.settings.silence_beats = 4.0;
+        // Not the trigger (and thru off): not passed on, and the voice ignores it.
+        rig.settings.voice = true;
+        assert!(rig.block(480, &[cc(0, 0, 64, 127)]).is_empty());
+        rig.block(480, &[cc(0, 0, 64, 0)]);
+        rig.settings.voice = false;
+        // Call-and-response with the pedal as the trigger: it answers at once instead of
+        // after four beats of silence.
+        rig.settings.trigger_source = TriggerSource::Sustain;
+        rig.block(480, &[on(0, 60)]);
+        rig.block(480, &[off(0, 60)]);
+        assert!(rig.block(480, &[cc(10, 0, 64, 127)]).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+        // The pedal is not playing: the answer is not barged in on, and the answer was the
+        // phrase's, so the silence that follows asks for nothing more.
+        let out = rig.run(300, 480);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].ends_with("on 0:72"));
+        rig.block(480, &[cc(0, 0, 64, 0)]);
+        assert!(rig.run(300, 480).is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+    }
+
+    #[test]
+    fn pedals_passed_on_are_always_released() {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.mode = Mode::Manual;
+        assert_eq!(rig.block(64, &[cc(1, 2, 64, 127)]), ["1 cc 2:64=127"]);
+        rig.settings.thru = false;
+        // Thru off: other controllers stop, but the pedal passed on down is let up.
+        assert_eq!(
+            rig.block(64, &[cc(1, 2, 1, 90), cc(2, 2, 64, 0), cc(3, 2, 64, 0)]),
+            ["2 cc 2:64=0"]
+        );
+        // Bypass lifts what is down.
+        rig.settings.thru = true;
+        assert_eq!(rig.block(64, &[cc(5, 0, 66, 127)]), ["5 cc 0:66=127"]);
+        rig.settings.bypass = true;
+        assert_eq!(rig.block(64, &[]), ["0 cc 0:66=0"]);
+        rig.settings.bypass = false;
+        // So do a transport stop and a reset.
+        rig.play(120.0, 0.0);
+        assert_eq!(rig.block(64, &[cc(5, 1, 64, 100)]), ["5 cc 1:64=100"]);
+        rig.stop();
+        assert_eq!(rig.block(64, &[]), ["0 cc 1:64=0"]);
+        assert_eq!(rig.block(64, &[cc(5, 1, 69, 127)]), ["5 cc 1:69=127"]);
+        rig.core.reset();
+        assert_eq!(rig.block(64, &[]), ["0 cc 1:69=0"]);
+        // A pedal down when it becomes the trigger: its release is passed on, and does not
+        // trigger; pressing it again does.
+        assert_eq!(rig.block(64, &[cc(5, 0, 64, 127)]), ["5 cc 0:64=127"]);
+        rig.settings.trigger_source = TriggerSource::Sustain;
+        // A half pedal still down is no new press.
+        assert!(rig.block(64, &[cc(4, 0, 64, 100)]).is_empty());
+        assert_eq!(rig.block(64, &[cc(5, 0, 64, 0)]), ["5 cc 0:64=0"]);
+        assert_eq!(rig.status.counters().answers_triggered, 0);
+        assert!(rig
+            .block(64, &[cc(5, 0, 64, 127), cc(6, 0, 64, 0)])
+            .is_empty());
+        assert_eq!(rig.status.counters().answers_triggered, 1);
+        assert!(rig.stuck_pedals().is_empty());
     }
 
     #[test]

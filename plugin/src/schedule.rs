@@ -1,4 +1,5 @@
-//! Audio-thread bookkeeping: which output notes are sounding, and when generated notes are due.
+//! Audio-thread bookkeeping: which output notes (and hold pedals) are sounding, and when
+//! generated notes are due.
 //!
 //! Kept apart from the plugin glue so it can be unit-tested without a host. Nothing here
 //! allocates after construction.
@@ -88,6 +89,75 @@ impl NoteCounts {
                     }
                     self.counts[usize::from(c)][usize::from(k)] -= 1;
                     self.total -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// The controllers that hold notes while down: sustain (64), sostenuto (66) and hold 2 (69).
+pub const HOLD_PEDALS: [u8; 3] = [64, 66, 69];
+
+/// Whether a controller value (normalized, as nice-plug gives it) means "down" for a switch:
+/// 64 or more out of 127.
+pub fn controller_is_down(value: f32) -> bool {
+    (value * 127.0).round() >= 64.0
+}
+
+/// Per channel, the hold pedals passed on as down and not released yet.
+///
+/// A pedal left down downstream holds every later note there, which is as stuck as a stuck note.
+/// So, as for notes: the release of a pedal passed on is always passed on (whatever thru and the
+/// trigger source say by then), and everything still down is lifted on bypass, transport stop
+/// or jump and reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldPedals {
+    /// Bit `i` of channel `c`: `HOLD_PEDALS[i]` is down on channel `c`.
+    down: [u8; 16],
+}
+
+impl HeldPedals {
+    fn bit(cc: u8) -> Option<u8> {
+        HOLD_PEDALS
+            .iter()
+            .position(|&pedal| pedal == cc)
+            .map(|i| 1 << i)
+    }
+
+    pub fn is_hold_pedal(cc: u8) -> bool {
+        Self::bit(cc).is_some()
+    }
+
+    pub fn is_down(&self, channel: u8, cc: u8) -> bool {
+        Self::bit(cc).is_some_and(|bit| self.down[usize::from(channel & 15)] & bit != 0)
+    }
+
+    /// Records a pedal passed on as down (nothing for other controllers).
+    pub fn press(&mut self, channel: u8, cc: u8) {
+        if let Some(bit) = Self::bit(cc) {
+            self.down[usize::from(channel & 15)] |= bit;
+        }
+    }
+
+    /// Records a pedal's release passed on.
+    pub fn release(&mut self, channel: u8, cc: u8) {
+        if let Some(bit) = Self::bit(cc) {
+            self.down[usize::from(channel & 15)] &= !bit;
+        }
+    }
+
+    /// Calls `f(channel, cc)` for every pedal down, in channel and pedal order, and forgets it.
+    /// `f` returns `false` when the release could not be sent; that pedal is kept for a later
+    /// try and the rest are skipped.
+    pub fn release_all(&mut self, mut f: impl FnMut(u8, u8) -> bool) {
+        for channel in 0..16u8 {
+            for (i, &cc) in HOLD_PEDALS.iter().enumerate() {
+                let bit = 1 << i;
+                if self.down[usize::from(channel)] & bit != 0 {
+                    if !f(channel, cc) {
+                        return;
+                    }
+                    self.down[usize::from(channel)] &= !bit;
                 }
             }
         }
@@ -387,6 +457,34 @@ mod tests {
         });
         assert_eq!(released, vec![(0, 60), (3, 10)]);
         assert_eq!(counts.total(), 0);
+    }
+
+    #[test]
+    fn held_pedals_track_hold_pedals_only_and_release_exactly() {
+        assert!(!controller_is_down(63.0 / 127.0));
+        assert!(controller_is_down(64.0 / 127.0));
+        assert!(controller_is_down(1.0));
+        assert!(!controller_is_down(0.0));
+        assert!(!controller_is_down(f32::NAN));
+        let mut pedals = HeldPedals::default();
+        pedals.press(0, 64);
+        pedals.press(0, 64);
+        pedals.press(3, 66);
+        pedals.press(15, 69);
+        pedals.press(2, 1); // the mod wheel holds nothing
+        assert!(!HeldPedals::is_hold_pedal(1) && HeldPedals::is_hold_pedal(66));
+        assert!(pedals.is_down(0, 64) && !pedals.is_down(0, 66) && !pedals.is_down(2, 1));
+        pedals.release(15, 69);
+        let mut lifted = Vec::new();
+        // The first try fails on channel 3: channel 0 is lifted, 3 is kept.
+        pedals.release_all(|c, cc| {
+            lifted.push((c, cc));
+            c != 3
+        });
+        assert_eq!(lifted, [(0, 64), (3, 66)]);
+        assert!(!pedals.is_down(0, 64) && pedals.is_down(3, 66));
+        pedals.release_all(|_, _| true);
+        assert_eq!(pedals, HeldPedals::default());
     }
 
     #[test]
