@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use continuo::generator::{Generator, Outbox};
 use continuo::moonbeam::{locate_model, ModelCache, MoonbeamGenerator, StyleSlot};
 use continuo::protocol::{
-    AnswerRequest, FromEngine, GenParams, PlayedNote, Stamp, ToEngine, TriggerKind,
+    AnswerRequest, FromEngine, GenParams, NoteTime, PlayedNote, Stamp, ToEngine, TriggerKind,
 };
 use continuo::realtime::ANSWER_LEAD_MS;
 use continuo::status::SharedStatus;
@@ -97,8 +97,9 @@ impl Rig {
     }
 
     /// Triggers an answer and runs it to the end. Returns (time to first note, time to the
-    /// end, notes).
-    fn answer(&mut self, answer_id: u32, clock_ms: f64) -> (Duration, Duration, usize) {
+    /// end, notes, the smallest margin in ms between a note being ready and its start being
+    /// due).
+    fn answer(&mut self, answer_id: u32, clock_ms: f64) -> (Duration, Duration, usize, f64) {
         let started = Instant::now();
         self.handle(ToEngine::Trigger(AnswerRequest {
             answer_id,
@@ -112,35 +113,41 @@ impl Rig {
         }));
         let mut first = None;
         let mut notes = 0;
+        let mut margin = f64::INFINITY;
         loop {
             let more = self.step();
             for message in self.drain() {
                 match message {
-                    FromEngine::Note(_) => {
+                    FromEngine::Note(note) => {
                         notes += 1;
-                        first.get_or_insert_with(|| started.elapsed());
+                        let ready = started.elapsed();
+                        first.get_or_insert(ready);
+                        if let NoteTime::Millis(due) = note.start {
+                            margin = margin.min(due - clock_ms - ready.as_secs_f64() * 1e3);
+                        }
                     }
                     FromEngine::AnswerEnd { .. } => {
                         let end = started.elapsed();
                         self.settle();
-                        return (first.unwrap_or(end), end, notes);
+                        return (first.unwrap_or(end), end, notes, margin);
                     }
                     FromEngine::Status(_) => {}
                 }
             }
             if !more {
                 let end = started.elapsed();
-                return (first.unwrap_or(end), end, notes);
+                return (first.unwrap_or(end), end, notes, margin);
             }
         }
     }
 }
 
-fn stats(label: &str, mut values: Vec<f64>) {
+fn stats(label: &str, unit: &str, mut values: Vec<f64>) {
     values.sort_by(f64::total_cmp);
     let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
     println!(
-        "{label:<44} median {:>7.1} ms   p95 {:>7.1} ms   max {:>7.1} ms",
+        "{label:<44} min {:>7.1}   median {:>7.1}   p95 {:>7.1}   max {:>7.1} {unit}",
+        pick(0.0),
         pick(0.5),
         pick(0.95),
         pick(1.0)
@@ -197,21 +204,24 @@ fn main() {
         rig.generator.is_synced()
     );
 
-    let (mut firsts, mut ends, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut firsts, mut ends, mut counts, mut margins) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for trial in 0..TRIALS {
-        let (first, end, notes) = rig.answer(trial as u32 + 1, clock);
+        let (first, end, notes, margin) = rig.answer(trial as u32 + 1, clock);
         firsts.push(first.as_secs_f64() * 1e3);
         ends.push(end.as_secs_f64() * 1e3);
         counts.push(notes as f64);
+        margins.push(margin);
         // The player answers back with a few notes, then triggers again.
         let more: Vec<continuo_engine::Note> = (0..4)
             .map(|i| prompt[(64 + trial * 4 + i) % prompt.len()])
             .collect();
         clock = rig.play(&more, clock) + 1000.0;
     }
-    stats("trigger to first note (warm cache)", firsts);
-    stats("trigger to whole 4-bar answer (120 BPM)", ends);
-    stats("notes per answer", counts);
+    stats("trigger to first note (warm cache)", "ms", firsts);
+    stats("trigger to whole 4-bar answer (120 BPM)", "ms", ends);
+    stats("notes per answer", "notes", counts);
+    stats("smallest margin: note due minus note ready", "ms", margins);
     println!(
         "an answer's first note is due {ANSWER_LEAD_MS:.0} ms after the trigger at the earliest, on the next beat (up to 500 ms at 120 BPM)"
     );
@@ -277,7 +287,7 @@ fn main() {
                 clock += 10_000.0;
             }
             println!("style file load ({}): {load_ms:.1} ms", card.name);
-            stats("style handed over to next note with it", switch);
+            stats("style handed over to next note with it", "ms", switch);
         }
     }
 }
