@@ -4,7 +4,8 @@
 //! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
 //! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
 //! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
-//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]).
+//! editor ([`editor`]) with its live piano roll ([`roll`]). The generator thread runs Moonbeam
+//! ([`moonbeam::MoonbeamGenerator`]).
 
 pub mod editor;
 pub mod generator;
@@ -12,6 +13,7 @@ pub mod moonbeam;
 pub mod params;
 pub mod protocol;
 pub mod realtime;
+pub mod roll;
 pub mod schedule;
 pub mod status;
 pub mod voice;
