@@ -412,8 +412,13 @@ impl Core {
             / samples_per_beat)
             .min(1.0e6);
         self.clock += i64::from(len);
-        // Everything below is copied (about 4 KB with the note rings), not allocated.
-        let snapshot = EditorSnapshot {
+        let sounding_output_notes = self.sounding_output_notes() as u32;
+        let Some(input) = &mut self.snapshot else {
+            return;
+        };
+        // Written straight into the triple buffer's back buffer: the note rings (most of the
+        // snapshot's 4 KB) are copied once, and nothing is allocated.
+        *input.input_buffer_mut() = EditorSnapshot {
             playing,
             tempo_bpm,
             pos_beats: if playing { pos_beats } else { 0.0 },
@@ -426,7 +431,7 @@ impl Core {
             },
             silence_beats,
             held_player_notes: self.held.total(),
-            sounding_output_notes: self.sounding_output_notes() as u32,
+            sounding_output_notes,
             scheduled_notes: self.schedule.len() as u32,
             active_voices: self.synth.active_voices() as u32,
             now_samples: self.clock,
@@ -445,9 +450,7 @@ impl Core {
             upcoming: self.upcoming,
             accept_from_answer: self.accept_from_id,
         };
-        if let Some(input) = &mut self.snapshot {
-            input.write(snapshot);
-        }
+        input.publish();
     }
 
     /// The time at sample `offset` of the current block.
@@ -1701,7 +1704,11 @@ mod roll_tests {
                 let start_ms = f64::from(block + 1) * 10.0 + 2.0;
                 rig.generate(u32::MAX, start_ms, start_ms + 15.0, 72 + (block % 12) as u8);
             }
-            rig.io.load(if block.is_multiple_of(2) { &input } else { &held_off });
+            rig.io.load(if block.is_multiple_of(2) {
+                &input
+            } else {
+                &held_off
+            });
             let Rig {
                 core,
                 io,

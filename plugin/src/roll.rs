@@ -77,6 +77,13 @@ impl RollNote {
     pub fn is_open(&self) -> bool {
         self.end == Self::OPEN
     }
+
+    fn matches(&self, source: NoteSource, channel: u8, key: u8, tag: u32) -> bool {
+        self.source == source
+            && self.channel == channel & 15
+            && self.key == key & 127
+            && self.tag == tag
+    }
 }
 
 /// A `[0, 1]` velocity as a MIDI velocity `1..=127` (anything not finite counts as 64).
@@ -95,6 +102,8 @@ pub struct NoteRing<const N: usize> {
     notes: [RollNote; N],
     /// Notes pushed since the last clear; the next one goes to `written % N`.
     written: u64,
+    /// Open notes among those held, so a search for one can stop once it has seen them all.
+    open: u32,
 }
 
 impl<const N: usize> Default for NoteRing<N> {
@@ -116,12 +125,14 @@ impl<const N: usize> NoteRing<N> {
                 source: NoteSource::Played,
             }; N],
             written: 0,
+            open: 0,
         }
     }
 
     /// Forgets every note. Real-time safe.
     pub fn clear(&mut self) {
         self.written = 0;
+        self.open = 0;
     }
 
     /// Notes held (at most `N`).
@@ -138,36 +149,61 @@ impl<const N: usize> NoteRing<N> {
         if N == 0 {
             return;
         }
-        self.notes[(self.written % N as u64) as usize] = note;
+        let slot = &mut self.notes[(self.written % N as u64) as usize];
+        if self.written >= N as u64 && slot.is_open() {
+            self.open -= 1;
+        }
+        if note.is_open() {
+            self.open += 1;
+        }
+        *slot = note;
         self.written += 1;
+    }
+
+    /// Calls `f` on the open notes, newest first, until it returns `true`; returns how many
+    /// it did. Visits only as far back as the oldest open note.
+    fn for_open_newest_first(&mut self, mut f: impl FnMut(&mut RollNote) -> bool) -> u32 {
+        let mut unseen = self.open;
+        let mut closed = 0;
+        let mut back = 0;
+        while unseen > 0 && back < self.written.min(N as u64) {
+            back += 1;
+            let note = &mut self.notes[((self.written - back) % N as u64) as usize];
+            if !note.is_open() {
+                continue;
+            }
+            unseen -= 1;
+            let stop = f(note);
+            if !note.is_open() {
+                closed += 1;
+            }
+            if stop {
+                break;
+            }
+        }
+        self.open -= closed;
+        closed
     }
 
     /// Ends the newest open note of this source, channel, key and tag at `end`. Returns `false`
     /// if there is none (its note-on was overwritten, or never recorded). Real-time safe: at
-    /// most `N` comparisons.
+    /// most `N` comparisons, and usually a few: the search stops at the oldest open note.
     ///
     /// Newest first, so a note whose note-off was never seen stays open on its own instead of
     /// swallowing the note-offs of every later note on its key.
     pub fn close(&mut self, source: NoteSource, channel: u8, key: u8, tag: u32, end: i64) -> bool {
-        let len = self.len() as u64;
-        for back in 1..=len {
-            let index = ((self.written - back) % N as u64) as usize;
-            let note = &mut self.notes[index];
-            if note.is_open()
-                && note.source == source
-                && note.channel == channel & 15
-                && note.key == key & 127
-                && note.tag == tag
-            {
+        let closed = self.for_open_newest_first(|note| {
+            let found = note.matches(source, channel, key, tag);
+            if found {
                 note.end = end.max(note.start);
-                return true;
             }
-        }
-        false
+            found
+        });
+        closed > 0
     }
 
     /// Ends every open note of this source, channel, key and tag at `end`; returns how many.
-    /// Real-time safe: one pass over the ring.
+    /// Real-time safe: at most one pass over the ring, back to the oldest open note.
     ///
     /// For played notes: the core releases every stacked note-on of a key at its first note-off,
     /// and so does the roll.
@@ -179,20 +215,13 @@ impl<const N: usize> NoteRing<N> {
         tag: u32,
         end: i64,
     ) -> usize {
-        let len = self.len();
-        let mut closed = 0;
-        for note in &mut self.notes[..len] {
-            if note.is_open()
-                && note.source == source
-                && note.channel == channel & 15
-                && note.key == key & 127
-                && note.tag == tag
-            {
+        let closed = self.for_open_newest_first(|note| {
+            if note.matches(source, channel, key, tag) {
                 note.end = end.max(note.start);
-                closed += 1;
             }
-        }
-        closed
+            false
+        });
+        closed as usize
     }
 
     /// The notes, oldest first.
@@ -413,8 +442,10 @@ mod tests {
         for i in 0..7 {
             ring.push(played(60 + i as u8, i * 10));
         }
+        assert_eq!(ring.open, 4, "overwritten open notes are no longer counted");
         // Key 66 went into slot 2 on the second lap.
         assert!(ring.close(NoteSource::Played, 0, 66, 0, 65));
+        assert_eq!(ring.open, 3);
         let closed: Vec<(u8, i64)> = ring
             .iter()
             .filter(|n| !n.is_open())
