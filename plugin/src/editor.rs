@@ -22,9 +22,11 @@ use crate::status::{EditorSnapshot, EngineInfo, SharedStatus};
 
 const WIDTH: u32 = 520;
 const HEIGHT: u32 = 900;
-/// How often the editor repaints while open: about 30 frames per second, so the roll scrolls
-/// smoothly.
-const REFRESH: Duration = Duration::from_millis(33);
+/// How often the editor repaints while the roll moves: about 30 frames per second, so it
+/// scrolls smoothly.
+const REFRESH_MOVING: Duration = Duration::from_millis(33);
+/// How often it repaints otherwise, for the status lines.
+const REFRESH: Duration = Duration::from_millis(100);
 /// Height of the piano roll in points.
 const ROLL_HEIGHT: f32 = 180.0;
 /// Notes the musician played.
@@ -136,7 +138,7 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
         } else {
             ui.colored_label(ERROR_COLOUR, error_line(&self.engine_info));
         }
-        draw_roll(ui, &snapshot);
+        let roll_moving = draw_roll(ui, &snapshot);
         if ui.button("Trigger answer").clicked() {
             self.status.trigger_request.store(true, Ordering::Relaxed);
         }
@@ -167,7 +169,8 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
                 row(ui, &params.pitch_high, &setter);
                 row(ui, &params.density_cap, &setter);
             });
-        ui.ctx().request_repaint_after(REFRESH);
+        ui.ctx()
+            .request_repaint_after(if roll_moving { REFRESH_MOVING } else { REFRESH });
     }
 
     fn editor_closed(&mut self) {
@@ -199,7 +202,8 @@ fn error_line(info: &EngineInfo) -> String {
 }
 
 /// Paints the piano roll for `snapshot` across the available width, with a legend below.
-fn draw_roll(ui: &mut egui::Ui, snapshot: &EditorSnapshot) {
+/// Returns whether it moves (notes in view, or the transport playing).
+fn draw_roll(ui: &mut egui::Ui, snapshot: &EditorSnapshot) -> bool {
     use egui::{pos2, Align2, Color32, FontId, Rect, Stroke, StrokeKind};
 
     let window = RollWindow::DEFAULT;
@@ -277,6 +281,7 @@ fn draw_roll(ui: &mut egui::Ui, snapshot: &EditorSnapshot) {
             format!("· last {:.1} s", window.stopped_seconds * window.playhead)
         });
     });
+    snapshot.playing || !layout.rects.is_empty()
 }
 
 /// "C4" for key 60.
