@@ -217,27 +217,30 @@ fn draw_roll(ui: &mut egui::Ui, snapshot: &EditorSnapshot) -> bool {
     let x = |u: f32| rect.left() + u * rect.width();
     let y = |v: f32| rect.top() + v * rect.height();
 
-    // Black-key rows a shade darker, and every C named at the left edge.
+    // Black-key rows a shade darker; then every C named at the left edge, just above its row
+    // (the top row, always a C, has no room above it).
     let rows = f32::from(layout.key_high - layout.key_low) + 1.0;
+    let row_bottom = |key: u8| y(f32::from(layout.key_high - key + 1) / rows);
     for key in layout.key_low..=layout.key_high {
-        let top = y(f32::from(layout.key_high - key) / rows);
-        let bottom = top + rect.height() / rows;
         if matches!(key % 12, 1 | 3 | 6 | 8 | 10) {
             painter.rect_filled(
-                Rect::from_min_max(pos2(rect.left(), top), pos2(rect.right(), bottom)),
+                Rect::from_min_max(
+                    pos2(rect.left(), row_bottom(key) - rect.height() / rows),
+                    pos2(rect.right(), row_bottom(key)),
+                ),
                 0.0,
                 Color32::from_gray(22),
             );
         }
-        if key % 12 == 0 {
-            painter.text(
-                pos2(rect.left() + 2.0, (top + bottom) / 2.0),
-                Align2::LEFT_CENTER,
-                note_name(key),
-                FontId::monospace(9.0),
-                Color32::from_gray(120),
-            );
-        }
+    }
+    for key in (layout.key_low..layout.key_high).filter(|key| key % 12 == 0) {
+        painter.text(
+            pos2(rect.left() + 2.0, row_bottom(key)),
+            Align2::LEFT_BOTTOM,
+            note_name(key),
+            FontId::monospace(10.0),
+            Color32::from_gray(130),
+        );
     }
     for line in &layout.grid {
         let gray = if line.is_bar { 95 } else { 50 };
