@@ -13,6 +13,11 @@ use rayon::prelude::*;
 /// hand-off to the pool would cost more than the work.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
+fn par_min() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("CONTINUO_PAR_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(PARALLEL_MIN_MACS))
+}
+
 /// Rows handed to one rayon task.
 const ROWS_PER_TASK: usize = 64;
 
@@ -35,7 +40,7 @@ pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
             *o = v;
         }
     };
-    if rows * cols < PARALLEL_MIN_MACS || rayon::current_num_threads() < 2 {
+    if rows * cols < par_min() || rayon::current_num_threads() < 2 {
         run(0, out);
     } else {
         out.par_chunks_mut(ROWS_PER_TASK)

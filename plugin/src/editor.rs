@@ -1,7 +1,8 @@
-//! The egui editor: the controls, a trigger button and a status line.
+//! The egui editor: the status lines, a live piano roll, a trigger button and the controls.
 //!
 //! Runs on the GUI thread and does no blocking work: it reads atomics and the latest audio-thread
 //! snapshot from the triple buffer, and changes parameters through nice-plug's `ParamSetter`.
+//! What the roll shows is computed by [`crate::roll::layout`]; this module only paints it.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -18,12 +19,23 @@ use nice_plug_egui::{
 use crate::library::Library;
 use crate::library_ui::LibraryPanel;
 use crate::params::ContinuoParams;
+use crate::roll::{self, NoteSource, RollWindow};
 use crate::status::{EditorSnapshot, EngineInfo, SharedStatus};
 
-const WIDTH: u32 = 440;
-const HEIGHT: u32 = 660;
-/// How often the status line refreshes while the editor is open.
+const WIDTH: u32 = 520;
+const HEIGHT: u32 = 900;
+/// How often the editor repaints while the roll moves: about 30 frames per second, so it
+/// scrolls smoothly.
+const REFRESH_MOVING: Duration = Duration::from_millis(33);
+/// How often it repaints otherwise, for the status lines.
 const REFRESH: Duration = Duration::from_millis(100);
+/// Height of the piano roll in points.
+const ROLL_HEIGHT: f32 = 180.0;
+/// Notes the musician played.
+const PLAYED_COLOUR: egui::Color32 = egui::Color32::from_rgb(90, 170, 250);
+/// Notes the model generated.
+const GENERATED_COLOUR: egui::Color32 = egui::Color32::from_rgb(250, 165, 60);
+const ERROR_COLOUR: egui::Color32 = egui::Color32::from_rgb(230, 110, 90);
 
 pub fn default_state() -> Arc<EguiEditorState> {
     EguiEditorState::from_size(nice_plug::editor::dpi::LogicalSize::new(WIDTH, HEIGHT), 1.0)
@@ -93,18 +105,12 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
         let ms = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |v| format!("{v:.1} ms"));
 
         ui.heading("Continuo");
-        ui.label(format!("model: {}", self.engine_info.model));
+        ui.label(model_line(&self.engine_info));
         ui.label(format!(
             "per generated note: {} · trigger to first note: {}",
             ms(ms_per_note),
             ms(first_note_ms),
         ));
-        if !self.engine_info.last_error.is_empty() {
-            ui.colored_label(
-                egui::Color32::from_rgb(230, 110, 90),
-                format!("last error: {}", self.engine_info.last_error),
-            );
-        }
         ui.label(format!(
             "engine: {} · {} · {}",
             self.status.engine_status().label(),
@@ -133,6 +139,12 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
             snapshot.active_voices,
             snapshot.silence_beats.min(999.0),
         ));
+        if self.engine_info.last_error.is_empty() {
+            ui.weak(error_line(&self.engine_info));
+        } else {
+            ui.colored_label(ERROR_COLOUR, error_line(&self.engine_info));
+        }
+        let roll_moving = draw_roll(ui, &snapshot);
         if ui.button("Trigger answer").clicked() {
             self.status.trigger_request.store(true, Ordering::Relaxed);
         }
@@ -172,10 +184,156 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
                 row(ui, &params.trigger_note, &setter);
                 row(ui, &params.trigger_cc, &setter);
             });
-        ui.ctx().request_repaint_after(REFRESH);
+        ui.ctx()
+            .request_repaint_after(if roll_moving { REFRESH_MOVING } else { REFRESH });
     }
 
     fn editor_closed(&mut self) {
         self.gui = None;
+    }
+}
+
+/// "model: … · style: …"; the style is "base model" when none is in use.
+fn model_line(info: &EngineInfo) -> String {
+    let model = if info.model.is_empty() {
+        "–"
+    } else {
+        &info.model
+    };
+    let style = if info.style.is_empty() {
+        "base model"
+    } else {
+        &info.style
+    };
+    format!("model: {model} · style: {style}")
+}
+
+fn error_line(info: &EngineInfo) -> String {
+    if info.last_error.is_empty() {
+        "last error: none".to_string()
+    } else {
+        format!("last error: {}", info.last_error)
+    }
+}
+
+/// Paints the piano roll for `snapshot` across the available width, with a legend below.
+/// Returns whether it moves (notes in view, or the transport playing).
+fn draw_roll(ui: &mut egui::Ui, snapshot: &EditorSnapshot) -> bool {
+    use egui::{pos2, Align2, Color32, FontId, Rect, Stroke, StrokeKind};
+
+    let window = RollWindow::DEFAULT;
+    let layout = roll::layout(snapshot, &window);
+    let (rect, _) = ui.allocate_exact_size(
+        egui::vec2(ui.available_width(), ROLL_HEIGHT),
+        egui::Sense::hover(),
+    );
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 2.0, Color32::from_gray(28));
+    let x = |u: f32| rect.left() + u * rect.width();
+    let y = |v: f32| rect.top() + v * rect.height();
+
+    // Black-key rows a shade darker; then every C named at the left edge, just above its row
+    // (the top row, always a C, has no room above it).
+    let rows = f32::from(layout.key_high - layout.key_low) + 1.0;
+    let row_bottom = |key: u8| y(f32::from(layout.key_high - key + 1) / rows);
+    for key in layout.key_low..=layout.key_high {
+        if matches!(key % 12, 1 | 3 | 6 | 8 | 10) {
+            painter.rect_filled(
+                Rect::from_min_max(
+                    pos2(rect.left(), row_bottom(key) - rect.height() / rows),
+                    pos2(rect.right(), row_bottom(key)),
+                ),
+                0.0,
+                Color32::from_gray(22),
+            );
+        }
+    }
+    for key in (layout.key_low..layout.key_high).filter(|key| key % 12 == 0) {
+        painter.text(
+            pos2(rect.left() + 2.0, row_bottom(key)),
+            Align2::LEFT_BOTTOM,
+            note_name(key),
+            FontId::monospace(10.0),
+            Color32::from_gray(130),
+        );
+    }
+    for line in &layout.grid {
+        let gray = if line.is_bar { 95 } else { 50 };
+        painter.vline(
+            x(line.x),
+            rect.y_range(),
+            Stroke::new(1.0, Color32::from_gray(gray)),
+        );
+    }
+    for note in &layout.rects {
+        let base = match note.source {
+            NoteSource::Played => PLAYED_COLOUR,
+            NoteSource::Generated => GENERATED_COLOUR,
+        };
+        let alpha = 90 + (u16::from(note.velocity) * 165 / 127) as u8;
+        let colour = Color32::from_rgba_unmultiplied(base.r(), base.g(), base.b(), alpha);
+        let (left, right) = (x(note.x0), x(note.x1));
+        let note_rect = Rect::from_min_max(
+            pos2(left, y(note.y0) + 0.5),
+            pos2(right.max(left + 2.0), y(note.y1) - 0.5),
+        );
+        if note.upcoming {
+            painter.rect_stroke(note_rect, 1.0, Stroke::new(1.0, colour), StrokeKind::Inside);
+        } else {
+            painter.rect_filled(note_rect, 1.0, colour);
+        }
+    }
+    painter.vline(
+        x(layout.playhead_x),
+        rect.y_range(),
+        Stroke::new(1.5, Color32::from_gray(230)),
+    );
+
+    ui.horizontal(|ui| {
+        ui.colored_label(PLAYED_COLOUR, "played");
+        ui.colored_label(GENERATED_COLOUR, "generated");
+        ui.weak("(outlined: scheduled)");
+        ui.weak(if snapshot.playing {
+            format!("· last {:.1} bars", window.playing_bars * window.playhead)
+        } else {
+            format!("· last {:.1} s", window.stopped_seconds * window.playhead)
+        });
+    });
+    snapshot.playing || !layout.rects.is_empty()
+}
+
+/// "C4" for key 60.
+fn note_name(key: u8) -> String {
+    const NAMES: [&str; 12] = [
+        "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
+    ];
+    format!(
+        "{}{}",
+        NAMES[usize::from(key % 12)],
+        i32::from(key / 12) - 1
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_the_model_style_and_last_error() {
+        let mut info = EngineInfo::default();
+        assert_eq!(model_line(&info), "model: – · style: base model");
+        assert_eq!(error_line(&info), "last error: none");
+        info.model = "continuo base".into();
+        info.style = "Ragtime".into();
+        info.last_error = "decode failed".into();
+        assert_eq!(model_line(&info), "model: continuo base · style: Ragtime");
+        assert_eq!(error_line(&info), "last error: decode failed");
+    }
+
+    #[test]
+    fn note_names_put_middle_c_at_c4() {
+        assert_eq!(note_name(60), "C4");
+        assert_eq!(note_name(0), "C-1");
+        assert_eq!(note_name(127), "G9");
     }
 }

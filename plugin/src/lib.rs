@@ -4,8 +4,10 @@
 //! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
 //! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
 //! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
-//! editor ([`editor`]). The generator thread runs Moonbeam ([`moonbeam::MoonbeamGenerator`]) and
-//! shapes its notes with the quantize and scale math in [`music`].
+//! editor ([`editor`]) with its live piano roll ([`roll`]). The generator thread runs Moonbeam
+//! ([`moonbeam::MoonbeamGenerator`]) and shapes its notes with the quantize and scale math in
+//! [`music`]; the loader thread ([`library`]) loads styles and models and exports captured
+//! answers ([`capture`]).
 
 pub mod capture;
 pub mod editor;
@@ -17,6 +19,7 @@ pub mod music;
 pub mod params;
 pub mod protocol;
 pub mod realtime;
+pub mod roll;
 pub mod schedule;
 pub mod status;
 pub mod voice;

@@ -1042,6 +1042,8 @@ impl MoonbeamGenerator {
             .session
             .with_dependent_mut(|_, session| session.set_style(style));
         self.style_dirty = false;
+        let label = self.style_name().unwrap_or("").to_string();
+        self.status.set_style_label(&label);
     }
 
     /// Starts an answer (ending the one in progress, if any).

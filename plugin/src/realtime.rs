@@ -29,6 +29,7 @@ use crate::params::{Mode, Settings};
 use crate::protocol::{
     AnswerRequest, FromEngine, GenParams, PlayedNote, Stamp, ToEngine, TransportInfo, TriggerKind,
 };
+use crate::roll::{NoteRing, NoteSource, RollNote, RECENT_NOTES, UPCOMING_NOTES};
 use crate::schedule::{
     controller_is_down, BlockClock, DueEvent, EventTime, HeldPedals, NoteCounts, NoteState,
     Schedule, ScheduledNote,
@@ -90,6 +91,10 @@ pub struct Core {
     status: Arc<SharedStatus>,
     /// Editor snapshots; written once per block.
     snapshot: Option<triple_buffer::Input<EditorSnapshot>>,
+    /// The piano roll's most recent notes, as they sounded; copied into every snapshot.
+    recent: NoteRing<RECENT_NOTES>,
+    /// Generated notes as they were scheduled, for the roll's preview of what is to come.
+    upcoming: NoteRing<UPCOMING_NOTES>,
 
     schedule: Schedule,
     due: Vec<DueEvent>,
@@ -146,6 +151,8 @@ impl Core {
             from_engine: None,
             status,
             snapshot: Some(snapshot),
+            recent: NoteRing::new(),
+            upcoming: NoteRing::new(),
             schedule,
             due,
             thru: NoteCounts::default(),
@@ -189,6 +196,9 @@ impl Core {
         self.clock = 0;
         self.to_engine = Some(to_engine);
         self.from_engine = Some(from_engine);
+        // The clock restarts: the roll's times would no longer mean anything.
+        self.recent.clear();
+        self.upcoming.clear();
         self.schedule.discard_waiting();
         for slot in 0..self.schedule.capacity() as u16 {
             if let Some(note) = self.schedule.get_mut(slot) {
@@ -458,7 +468,13 @@ impl Core {
             / samples_per_beat)
             .min(1.0e6);
         self.clock += i64::from(len);
-        let snapshot = EditorSnapshot {
+        let sounding_output_notes = self.sounding_output_notes() as u32;
+        let Some(input) = &mut self.snapshot else {
+            return;
+        };
+        // Written straight into the triple buffer's back buffer: the note rings (most of the
+        // snapshot's 4 KB) are copied once, and nothing is allocated.
+        *input.input_buffer_mut() = EditorSnapshot {
             playing,
             tempo_bpm,
             pos_beats: if playing { pos_beats } else { 0.0 },
@@ -471,13 +487,26 @@ impl Core {
             },
             silence_beats,
             held_player_notes: self.held.total(),
-            sounding_output_notes: self.sounding_output_notes() as u32,
+            sounding_output_notes,
             scheduled_notes: self.schedule.len() as u32,
             active_voices: self.synth.active_voices() as u32,
+            now_samples: self.clock,
+            now_beats: if playing {
+                pos_beats + f64::from(len) / samples_per_beat
+            } else {
+                0.0
+            },
+            bar_start_beats: transport
+                .bar_start_beats
+                .filter(|b| b.is_finite())
+                .unwrap_or(0.0),
+            beats_per_bar,
+            sample_rate_hz: self.sample_rate,
+            recent: self.recent,
+            upcoming: self.upcoming,
+            accept_from_answer: self.accept_from_id,
         };
-        if let Some(input) = &mut self.snapshot {
-            input.write(snapshot);
-        }
+        input.publish();
     }
 
     /// The time at sample `offset` of the current block.
@@ -485,6 +514,33 @@ impl Core {
         Stamp {
             clock_ms: (self.clock + i64::from(offset)) as f64 * 1000.0 / self.sample_rate,
             beats,
+        }
+    }
+
+    /// Records a played note-on in the piano roll (whatever thru and bypass say).
+    fn record_played_on(&mut self, channel: u8, key: u8, velocity: f32, timing: u32) {
+        let start = self.clock + i64::from(timing);
+        self.recent.push(RollNote::started(
+            NoteSource::Played,
+            channel,
+            key,
+            velocity,
+            start,
+            0,
+        ));
+    }
+
+    /// Ends played notes in the piano roll: bit `key` of `released[channel]` per released key.
+    fn record_played_offs(&mut self, released: &[u128; 16], timing: u32) {
+        let end = self.clock + i64::from(timing);
+        for (channel, &keys) in released.iter().enumerate() {
+            let mut keys = keys;
+            while keys != 0 {
+                let key = keys.trailing_zeros() as u8;
+                keys &= keys - 1;
+                self.recent
+                    .close_all(NoteSource::Played, channel as u8, key, 0, end);
+            }
         }
     }
 
@@ -510,10 +566,12 @@ impl Core {
                     if bypassed || note.answer_id < self.accept_from_id {
                         continue;
                     }
+                    let scheduled_on = EventTime::from_note_time(note.start, self.sample_rate);
+                    let scheduled_off = EventTime::from_note_time(note.end, self.sample_rate);
                     let inserted = self.schedule.insert(ScheduledNote {
                         answer_id: note.answer_id,
-                        on: EventTime::from_note_time(note.start, self.sample_rate),
-                        off: EventTime::from_note_time(note.end, self.sample_rate),
+                        on: scheduled_on,
+                        off: scheduled_off,
                         key: note.key.min(127),
                         velocity: if note.velocity.is_finite() {
                             note.velocity.clamp(1.0 / 127.0, 1.0)
@@ -524,6 +582,23 @@ impl Core {
                     });
                     if !inserted {
                         SharedStatus::count(&self.status.dropped_schedule_full);
+                    } else if let (Some(on), Some(off)) = (
+                        self.block.offset_of(scheduled_on),
+                        self.block.offset_of(scheduled_off),
+                    ) {
+                        // The roll's preview, on the plugin clock (beats at the current tempo).
+                        let start = self.block.start_sample + on;
+                        self.upcoming.push(RollNote {
+                            end: self.block.start_sample + off.max(on),
+                            ..RollNote::started(
+                                NoteSource::Generated,
+                                0,
+                                note.key,
+                                note.velocity,
+                                start,
+                                note.answer_id,
+                            )
+                        });
                     }
                 }
                 FromEngine::AnswerEnd { answer_id } => {
@@ -618,6 +693,13 @@ impl Core {
             };
             if io.send(note_off(timing, channel, note.key)) {
                 self.schedule.remove(slot);
+                self.recent.close(
+                    NoteSource::Generated,
+                    channel,
+                    note.key,
+                    u32::from(slot),
+                    self.clock + i64::from(timing),
+                );
             } else {
                 // Tried again at the next block: late is better than stuck.
                 SharedStatus::count(&self.status.dropped_output_events);
@@ -675,6 +757,14 @@ impl Core {
                     if let Some(note) = self.schedule.get_mut(event.slot) {
                         note.state = NoteState::Sounding { channel };
                     }
+                    self.recent.push(RollNote::started(
+                        NoteSource::Generated,
+                        channel,
+                        note.key,
+                        note.velocity,
+                        self.clock + i64::from(event.timing),
+                        u32::from(event.slot),
+                    ));
                     SharedStatus::count(&self.status.generated_notes_played);
                     if settings.voice {
                         self.synth.note_on(
@@ -692,6 +782,13 @@ impl Core {
             (false, NoteState::Sounding { channel }) => {
                 if io.send(note_off(event.timing, channel, note.key)) {
                     self.schedule.remove(event.slot);
+                    self.recent.close(
+                        NoteSource::Generated,
+                        channel,
+                        note.key,
+                        u32::from(event.slot),
+                        self.clock + i64::from(event.timing),
+                    );
                 } else {
                     SharedStatus::count(&self.status.dropped_output_events);
                     if let Some(note) = self.schedule.get_mut(event.slot) {
@@ -736,6 +833,7 @@ impl Core {
                     return false;
                 }
                 self.held.note_on(c, k);
+                self.record_played_on(c, k, velocity, timing);
                 self.last_player_activity = self.clock + i64::from(timing);
                 if !settings.bypass {
                     self.phrase_pending = true;
@@ -894,14 +992,19 @@ impl Core {
         if !any {
             return;
         }
+        self.record_played_offs(&released, timing);
         self.last_player_activity = self.clock + i64::from(timing);
         if settings.bypass {
             return;
         }
         let time = self.stamp(timing, self.beats_at(timing));
-        for (c, keys) in released.iter().enumerate() {
-            for k in 0..128u8 {
-                if keys & (1 << k) != 0 {
+        for (c, &keys) in released.iter().enumerate() {
+            // Only the set bits: a note-off releases one key, not 128 candidates.
+            let mut rest = keys;
+            while rest != 0 {
+                let k = rest.trailing_zeros() as u8;
+                rest &= rest - 1;
+                {
                     self.send_to_engine(ToEngine::Note(PlayedNote {
                         time,
                         channel: c as u8,
@@ -1832,5 +1935,285 @@ mod tests {
         rig.settings.out_channel = 9;
         assert!(rig.block(480, &[]).is_empty());
         assert_eq!(rig.block(480, &[]), ["0 off 4:50"]);
+    }
+}
+
+/// The piano roll's side of the core: what the editor snapshot shows.
+#[cfg(test)]
+mod roll_tests {
+    use super::*;
+    use crate::protocol::{GeneratedNote, NoteTime};
+
+    /// Input from a fixed array, output into reserved capacity: no allocation anywhere.
+    struct ArrayIo {
+        input: [NoteEvent<()>; 8],
+        len: usize,
+        next: usize,
+        sent: Vec<NoteEvent<()>>,
+    }
+
+    impl BlockIo for ArrayIo {
+        fn next_event(&mut self) -> Option<NoteEvent<()>> {
+            let event = self.input[..self.len].get(self.next).copied();
+            self.next += 1;
+            event
+        }
+
+        fn send(&mut self, event: NoteEvent<()>) -> bool {
+            // Capacity is reserved by `ArrayIo::new`, so this won't allocate.
+            if self.sent.len() < self.sent.capacity() {
+                self.sent.push(event);
+                true
+            } else {
+                false
+            }
+        }
+    }
+
+    impl ArrayIo {
+        fn new() -> Self {
+            Self {
+                input: [off(0, 0); 8],
+                len: 0,
+                next: 0,
+                sent: Vec::with_capacity(64),
+            }
+        }
+
+        fn load(&mut self, events: &[NoteEvent<()>]) {
+            self.input[..events.len()].copy_from_slice(events);
+            self.len = events.len();
+            self.next = 0;
+            self.sent.clear();
+        }
+    }
+
+    fn on(timing: u32, key: u8) -> NoteEvent<()> {
+        NoteEvent::NoteOn {
+            timing,
+            voice_id: VoiceID::Wildcard,
+            channel: Channel::Number(0),
+            key: Key::Number(key),
+            velocity: 0.5,
+        }
+    }
+
+    fn off(timing: u32, key: u8) -> NoteEvent<()> {
+        NoteEvent::NoteOff {
+            timing,
+            voice_id: VoiceID::Wildcard,
+            channel: Channel::Number(0),
+            key: Key::Number(key),
+            velocity: 0.0,
+        }
+    }
+
+    struct Rig {
+        core: Core,
+        snapshot: triple_buffer::Output<EditorSnapshot>,
+        engine_out: rtrb::Producer<FromEngine>,
+        engine_in: rtrb::Consumer<ToEngine>,
+        io: ArrayIo,
+        settings: Settings,
+        transport: TransportSnapshot,
+        left: Vec<f32>,
+        right: Vec<f32>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let (snapshot_in, snapshot) = triple_buffer::triple_buffer(&EditorSnapshot::default());
+            let mut core = Core::new(Arc::new(SharedStatus::default()), snapshot_in);
+            let (to_in, engine_in) = rtrb::RingBuffer::new(1024);
+            let (engine_out, from_out) = rtrb::RingBuffer::new(1024);
+            core.activate(48_000.0, to_in, from_out);
+            Self {
+                core,
+                snapshot,
+                engine_out,
+                engine_in,
+                io: ArrayIo::new(),
+                settings: Settings {
+                    mode: Mode::Manual,
+                    voice: false,
+                    ..Settings::default()
+                },
+                transport: TransportSnapshot::default(),
+                left: vec![0.0; 4096],
+                right: vec![0.0; 4096],
+            }
+        }
+
+        /// Runs one block and returns the editor's snapshot after it. Allocation-free up to the
+        /// snapshot read (the core's part is checked by `process_never_allocates`).
+        fn block(&mut self, len: u32, input: &[NoteEvent<()>]) -> EditorSnapshot {
+            self.io.load(input);
+            let len_usize = len as usize;
+            self.core.process(
+                &mut self.io,
+                len,
+                &self.transport,
+                &self.settings,
+                &mut [&mut self.left[..len_usize], &mut self.right[..len_usize]],
+            );
+            while self.engine_in.pop().is_ok() {}
+            *self.snapshot.read()
+        }
+
+        fn generate(&mut self, answer_id: u32, start_ms: f64, end_ms: f64, key: u8) {
+            self.engine_out
+                .push(FromEngine::Note(GeneratedNote {
+                    answer_id,
+                    start: NoteTime::Millis(start_ms),
+                    end: NoteTime::Millis(end_ms),
+                    key,
+                    velocity: 1.0,
+                }))
+                .unwrap();
+        }
+    }
+
+    fn notes<const N: usize>(ring: &NoteRing<N>) -> Vec<RollNote> {
+        ring.iter().copied().collect()
+    }
+
+    #[test]
+    fn snapshot_shows_played_notes_even_with_thru_off() {
+        let mut rig = Rig::new();
+        rig.settings.thru = false;
+        let snap = rig.block(256, &[on(100, 60)]);
+        assert!(rig.io.sent.is_empty(), "thru is off");
+        assert_eq!(snap.now_samples, 256);
+        assert_eq!(snap.sample_rate_hz, 48_000.0);
+        assert_eq!(
+            notes(&snap.recent),
+            [RollNote::started(NoteSource::Played, 0, 60, 0.5, 100, 0)]
+        );
+        let snap = rig.block(256, &[on(10, 64), off(50, 60)]);
+        let got: Vec<(u8, i64, i64)> = snap
+            .recent
+            .iter()
+            .map(|n| (n.key, n.start, n.end))
+            .collect();
+        assert_eq!(got, [(60, 100, 306), (64, 266, RollNote::OPEN)]);
+    }
+
+    #[test]
+    fn snapshot_shows_generated_notes_when_they_sound() {
+        let mut rig = Rig::new();
+        rig.settings.out_channel = 3;
+        // 10 ms to 20 ms: samples 480 to 960.
+        rig.generate(1, 10.0, 20.0, 72);
+        let snap = rig.block(256, &[on(0, 60)]);
+        assert_eq!(snap.accept_from_answer, 1);
+        assert_eq!(
+            notes(&snap.upcoming),
+            [RollNote {
+                end: 960,
+                ..RollNote::started(NoteSource::Generated, 0, 72, 1.0, 480, 1)
+            }]
+        );
+        assert_eq!(snap.recent.len(), 1, "only the played note so far");
+        let snap = rig.block(256, &[]);
+        assert_eq!(rig.io.sent.len(), 1);
+        let generated = notes(&snap.recent)[1];
+        assert_eq!(
+            generated,
+            RollNote::started(NoteSource::Generated, 3, 72, 1.0, 480, generated.tag)
+        );
+        rig.block(256, &[]);
+        let snap = rig.block(256, &[]);
+        assert_eq!(notes(&snap.recent)[1].end, 960);
+        assert_eq!(notes(&snap.recent)[0].source, NoteSource::Played);
+        assert!(
+            notes(&snap.recent)[0].is_open(),
+            "the player still holds C4"
+        );
+    }
+
+    #[test]
+    fn notes_of_cancelled_answers_leave_the_preview() {
+        let upcoming_rects = |snap: &EditorSnapshot| {
+            crate::roll::layout(snap, &crate::roll::RollWindow::DEFAULT)
+                .rects
+                .iter()
+                .filter(|r| r.upcoming)
+                .count()
+        };
+        let mut rig = Rig::new();
+        rig.settings.trigger = true;
+        let snap = rig.block(256, &[]);
+        assert_eq!(snap.accept_from_answer, 1, "answer 1 requested");
+        rig.settings.trigger = false;
+        rig.generate(1, 200.0, 300.0, 72);
+        let snap = rig.block(256, &[]);
+        assert_eq!(upcoming_rects(&snap), 1);
+        // A mode change cancels answer 1.
+        rig.settings.mode = Mode::CallResponse;
+        let snap = rig.block(256, &[]);
+        assert_eq!(snap.accept_from_answer, 2);
+        assert_eq!(snap.upcoming.len(), 1, "still in the ring");
+        assert_eq!(upcoming_rects(&snap), 0, "but no longer shown");
+    }
+
+    /// The core with the roll wrapped around many times, generated notes, the voice and a
+    /// playing transport, inside nice-plug's allocation check (warn mode in tests).
+    #[test]
+    fn process_never_allocates() {
+        let mut rig = Rig::new();
+        rig.settings.voice = true;
+        rig.settings.mode = Mode::CallResponse;
+        rig.transport = TransportSnapshot {
+            playing: true,
+            tempo_bpm: Some(120.0),
+            pos_beats: Some(0.0),
+            bar_start_beats: Some(0.0),
+            time_sig: Some((4, 4)),
+        };
+        let len = 480u32; // 10 ms
+        let before = nice_assert_no_alloc::violation_count();
+        for block in 0..2_000u32 {
+            let key = 48 + (block % 24) as u8;
+            let input = [on(block % 7, key), off(400, key), on(410, key + 1)];
+            let held_off = [off(0, key.wrapping_sub(1))];
+            if block.is_multiple_of(3) {
+                let start_ms = f64::from(block + 1) * 10.0 + 2.0;
+                rig.generate(u32::MAX, start_ms, start_ms + 15.0, 72 + (block % 12) as u8);
+            }
+            rig.io.load(if block.is_multiple_of(2) {
+                &input
+            } else {
+                &held_off
+            });
+            let Rig {
+                core,
+                io,
+                settings,
+                transport,
+                left,
+                right,
+                ..
+            } = &mut rig;
+            nice_assert_no_alloc::assert_no_alloc(|| {
+                core.process(
+                    io,
+                    len,
+                    transport,
+                    settings,
+                    &mut [&mut left[..len as usize], &mut right[..len as usize]],
+                );
+            });
+            *rig.transport.pos_beats.as_mut().unwrap() += f64::from(len) / 24_000.0;
+            while rig.engine_in.pop().is_ok() {}
+        }
+        assert_eq!(nice_assert_no_alloc::violation_count(), before);
+        let snap = *rig.snapshot.read();
+        assert_eq!(snap.recent.len(), RECENT_NOTES, "the ring wrapped");
+        let generated = snap
+            .recent
+            .iter()
+            .filter(|n| n.source == NoteSource::Generated)
+            .count();
+        assert!(generated > 10, "{generated}");
     }
 }
