@@ -340,9 +340,32 @@ pub struct EvalOptions {
     pub prompt_notes: usize,
     pub continuation_notes: usize,
     pub sampling: Sampling,
-    /// At most this many prompts (the first pieces of the held-out set).
+    /// At most this many prompts: see [`prompt_windows`].
     pub max_prompts: usize,
     pub seed: u64,
+}
+
+/// Up to `max` windows of `need` notes for prompts and their continuations: the first window
+/// of every piece long enough, then the second window of each, and so on (windows of a
+/// piece do not overlap), so a held-out set of few long pieces still gives `max` prompts
+/// while a set of many pieces gives one per piece.
+pub fn prompt_windows(pieces: &[Vec<Note>], need: usize, max: usize) -> Vec<&[Note]> {
+    let mut windows = Vec::new();
+    if need == 0 {
+        return windows;
+    }
+    let longest = pieces.iter().map(Vec::len).max().unwrap_or(0);
+    for w in 0..longest / need {
+        for piece in pieces {
+            if windows.len() >= max {
+                return windows;
+            }
+            if piece.len() >= (w + 1) * need {
+                windows.push(&piece[w * need..(w + 1) * need]);
+            }
+        }
+    }
+    windows
 }
 
 /// Evaluates `model` (with `style`) on held-out `samples` (windows for the loss) and `pieces`
@@ -361,13 +384,9 @@ pub fn evaluate(
     let need = opts.prompt_notes + opts.continuation_notes;
     let mut prompts = Vec::new();
     let mut references = Vec::new();
-    for p in pieces
-        .iter()
-        .filter(|p| p.len() >= need)
-        .take(opts.max_prompts)
-    {
-        let start = p[0].onset;
-        let rezeroed: Vec<Note> = p[..need]
+    for window in prompt_windows(pieces, need, opts.max_prompts) {
+        let start = window[0].onset;
+        let rezeroed: Vec<Note> = window
             .iter()
             .map(|n| Note {
                 onset: n.onset - start,

@@ -246,3 +246,21 @@ fn demo_and_eval_run_end_to_end() {
         assert!(s["loss"]["per_note"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn prompts_take_one_window_per_piece_then_more() {
+    use continuo_engine::eval::prompt_windows;
+    let piece = |n: usize, tag: i64| -> Vec<Note> {
+        (0..n)
+            .map(|i| Note::from_pitch(i as i64 * 10 + tag, 5, 60, 0, 64))
+            .collect()
+    };
+    let pieces = vec![piece(25, 1), piece(9, 2), piece(12, 3)];
+    // Windows of 10: the first of pieces 1 and 3 (piece 2 is too short), then piece 1's second.
+    let windows = prompt_windows(&pieces, 10, 8);
+    let firsts: Vec<i64> = windows.iter().map(|w| w[0].onset).collect();
+    assert_eq!(firsts, [1, 3, 101]);
+    assert!(windows.iter().all(|w| w.len() == 10));
+    assert_eq!(prompt_windows(&pieces, 10, 2).len(), 2);
+    assert!(prompt_windows(&pieces, 0, 8).is_empty());
+}
