@@ -133,13 +133,13 @@ impl ConfigFile {
                 self.num_attention_heads
             ));
         }
-        if self.hidden_size == 0 || self.hidden_size % 12 != 0 {
+        if self.hidden_size == 0 || !self.hidden_size.is_multiple_of(12) {
             return bad(format!(
                 "hidden_size {} must be a positive multiple of 12",
                 self.hidden_size
             ));
         }
-        if (self.hidden_size / 12) % 2 != 0 {
+        if !(self.hidden_size / 12).is_multiple_of(2) {
             return bad(format!(
                 "head dimension {} must be even for rotary",
                 self.hidden_size / 12

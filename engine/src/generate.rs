@@ -112,7 +112,8 @@ impl TopP {
 
     fn sample(&mut self, weights: &[f32]) -> Option<usize> {
         let total: f64 = weights.iter().map(|&w| w as f64).sum();
-        if !(total > 0.0) || !total.is_finite() {
+        // `is_finite` is false for NaN too.
+        if !total.is_finite() || total <= 0.0 {
             return None;
         }
         let mut u = self.rng.random::<f64>() * total;

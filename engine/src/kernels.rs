@@ -20,7 +20,12 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 fn par_min() -> usize {
     static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("CONTINUO_PAR_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(PARALLEL_MIN_MACS))
+    *V.get_or_init(|| {
+        std::env::var("CONTINUO_PAR_MIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PARALLEL_MIN_MACS)
+    })
 }
 
 /// Rows handed to one rayon task.

@@ -439,7 +439,8 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let (model, style) = load_model(&args.model)?;
     let load = t.elapsed();
     let prompt = read_prompt(&args.midi, args.prompt_notes)?;
-    if !(args.temperature > 0.0) && !args.greedy {
+    // A NaN temperature is refused too.
+    if !args.greedy && (args.temperature.is_nan() || args.temperature <= 0.0) {
         bail!("--temperature must be positive (use --greedy for argmax decoding)");
     }
     if !(0.0..=1.0).contains(&args.top_p) {

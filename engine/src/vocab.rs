@@ -75,10 +75,10 @@ pub fn out_of_range(cfg: &Config, rows: &[Row]) -> Vec<(usize, Attribute, i64)> 
         if row[0] < 0 {
             continue;
         }
-        for a in 0..6 {
+        for (a, &value) in values.iter().enumerate() {
             let min = if a == 1 { 1 } else { 0 };
-            if values[a] < min || values[a] > cfg.vocab[a] as i64 - 3 {
-                bad.push((i, Attribute::ALL[a], values[a]));
+            if value < min || value > cfg.vocab[a] as i64 - 3 {
+                bad.push((i, Attribute::ALL[a], value));
             }
         }
     }

@@ -60,7 +60,7 @@ fn loss_of(m: &Moonbeam, style: &Style, samples: &[Vec<Note>], len: usize) -> (f
 fn unpacked_loss_is_the_reference_loss() {
     let m = model();
     let n = notes();
-    let (loss, counted) = loss_of(&m, &Style::base(), &[n.clone()], n.len() + 2);
+    let (loss, counted) = loss_of(&m, &Style::base(), std::slice::from_ref(&n), n.len() + 2);
     assert_eq!(counted, n.len() + 1);
     assert!((loss - 7.012072).abs() < 1e-4, "loss {loss}");
 }
@@ -79,8 +79,8 @@ fn packing_does_not_change_a_samples_loss() {
             ..*x
         })
         .collect();
-    let (la, na) = loss_of(&m, &Style::base(), &[a.clone()], a.len() + 2);
-    let (lb, nb) = loss_of(&m, &Style::base(), &[b.clone()], b.len() + 2);
+    let (la, na) = loss_of(&m, &Style::base(), std::slice::from_ref(&a), a.len() + 2);
+    let (lb, nb) = loss_of(&m, &Style::base(), std::slice::from_ref(&b), b.len() + 2);
     let (lp, np) = loss_of(&m, &Style::base(), &[a, b], 40);
     assert_eq!(np, na + nb);
     let want = (la * na as f32 + lb * nb as f32) / np as f32;
@@ -111,7 +111,7 @@ fn lora_gradients_match_finite_differences() {
     }
     let n = notes();
     let len = n.len() + 2;
-    let (rows, segs, mask) = pack(&[n.clone()], len);
+    let (rows, segs, mask) = pack(std::slice::from_ref(&n), len);
     let batch = PackedBatch {
         rows: vec![&rows],
         segments: vec![segs],
@@ -147,7 +147,7 @@ fn lora_gradients_match_finite_differences() {
             .unwrap();
         let shape = var.as_tensor().dims().to_vec();
         let eps = 1e-2f32;
-        let mut at = |delta: f32| {
+        let at = |delta: f32| {
             let mut v = original.clone();
             v[k] += delta;
             var.set(&Tensor::from_vec(v, shape.clone(), &candle_core::Device::Cpu).unwrap())

@@ -243,7 +243,7 @@ pub fn scan(shipped: &Path, user: Option<&Path>) -> Catalog {
                 Err(problem) => catalog.problems.push(problem),
             }
         }
-        entries.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        entries.sort_by_key(|e| e.name.to_lowercase());
         catalog.entries.extend(entries);
     }
     if catalog.entries.len() > MAX_STYLES {

@@ -371,7 +371,7 @@ impl ModelCache {
     /// Loads the model at `location` and makes it this instance's; the generator switches to
     /// it between answers. On failure nothing changes. Slow; call it on the loader thread.
     pub fn load(&self, location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
-        let previous = std::mem::replace(&mut *lock(&self.wanted), Some(location.clone()));
+        let previous = lock(&self.wanted).replace(location.clone());
         match Self::shared(location) {
             Ok(model) => {
                 self.install(location, model.clone());

@@ -286,12 +286,12 @@ mod tests {
         for (i, &got) in left.iter().enumerate() {
             let n = i as f64;
             let mut expected = 0.0;
-            for p in 0..PARTIALS {
+            for (p, &partial_gain) in PARTIAL_GAINS.iter().enumerate() {
                 let k = (p + 1) as f64;
                 let f = frequency * k * (1.0 + f64::from(INHARMONICITY) * k * k).sqrt();
                 let decay = (-1.0 / (decay_seconds / k * f64::from(rate))).exp();
                 let step = std::f64::consts::TAU * f / f64::from(rate);
-                expected += f64::from(PARTIAL_GAINS[p]) * decay.powf(n) * (step * n).sin();
+                expected += f64::from(partial_gain) * decay.powf(n) * (step * n).sin();
             }
             envelope = (envelope + attack_step).min(1.0);
             expected *= envelope * gain;

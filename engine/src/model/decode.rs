@@ -205,9 +205,9 @@ impl Moonbeam {
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
         let half = hd / 2;
         let precision = self.tables.precision;
-        for t in 0..5 {
+        for (t, &column) in TABLE_COLUMN.iter().enumerate() {
             rope_cos_sin(
-                mra_position(row, TABLE_COLUMN[t]),
+                mra_position(row, column),
                 &self.tables.inv_freq[t],
                 precision,
                 &mut scratch.cos[t],
@@ -219,7 +219,8 @@ impl Moonbeam {
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             with_f32(&layer.input_norm, |w| {
-                Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn))
+                rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
+                Ok(())
             })?;
             layer
                 .q_proj
@@ -277,7 +278,8 @@ impl Moonbeam {
                 *x += p;
             }
             with_f32(&layer.post_attention_norm, |w| {
-                Ok(rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn))
+                rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
+                Ok(())
             })?;
             layer.gate_proj.matvec(&scratch.xn, &mut scratch.gate)?;
             layer.up_proj.matvec(&scratch.xn, &mut scratch.up)?;
@@ -290,12 +292,8 @@ impl Moonbeam {
             }
         }
         with_f32(&self.norm, |w| {
-            Ok(rms_norm(
-                &scratch.x,
-                w,
-                cfg.rms_norm_eps,
-                &mut scratch.hidden,
-            ))
+            rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.hidden);
+            Ok(())
         })?;
         cache.len += 1;
         Ok(())

@@ -146,12 +146,12 @@ impl Moonbeam {
         // cos/sin per (table, batch, position), half width.
         let mut cos5 = vec![0f32; 5 * b * l * half];
         let mut sin5 = vec![0f32; 5 * b * l * half];
-        for t in 0..5 {
+        for (t, &column) in TABLE_COLUMN.iter().enumerate() {
             for (bi, seq) in batch.iter().enumerate() {
                 for (i, row) in seq.iter().enumerate() {
                     let off = ((t * b + bi) * l + i) * half;
                     rope_cos_sin(
-                        mra_position(row, TABLE_COLUMN[t]),
+                        mra_position(row, column),
                         &self.tables.inv_freq[t],
                         self.tables.precision,
                         &mut cos5[off..off + half],
