@@ -81,6 +81,10 @@ struct TrainCommon {
     augment_copies: usize,
     #[arg(long)]
     no_augment: bool,
+    /// Play every pitched note with this General MIDI program (0 = piano), whatever the
+    /// files say; drums are untouched.
+    #[arg(long)]
+    instrument: Option<i64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Continue an interrupted run from its checkpoint (`<out>.resume`).
@@ -744,6 +748,7 @@ fn dataset(common: &TrainCommon, cfg: &Config) -> Result<train::data::Dataset> {
             Some(train::data::Augment::default())
         },
         augment_copies: common.augment_copies,
+        instrument: common.instrument,
     };
     let data = train::data::build_dataset(&common.data, cfg, options)
         .with_context(|| format!("cannot build a training set from {}", common.data.display()))?;
@@ -793,6 +798,7 @@ fn data_summary(data: &train::data::Dataset) -> serde_json::Value {
         "samples_per_epoch": data.split.train_samples_per_epoch,
         "augmentation": data.options.augment,
         "augment_copies": data.options.augment_copies,
+        "instrument": data.options.instrument,
         "context_rows": data.options.context_rows,
     })
 }

@@ -640,6 +640,7 @@ fn real_dataset_is_deterministic_and_valid() {
         seed: 7,
         augment: Some(Augment::default()),
         augment_copies: 2,
+        instrument: None,
     };
     let ds = build_dataset(&dir, &cfg, opts.clone()).unwrap();
     let ds2 = build_dataset(&dir, &cfg, opts.clone()).unwrap();
@@ -724,6 +725,7 @@ fn finding_files_is_recursive_sorted_case_blind_and_survives_link_loops() {
         seed: 1,
         augment: None,
         augment_copies: 0,
+        instrument: None,
     };
     assert!(matches!(
         build_dataset(&root, &Config::small(), opts.clone()),
@@ -734,4 +736,47 @@ fn finding_files_is_recursive_sorted_case_blind_and_survives_link_loops() {
         Err(DataError::Io { .. })
     ));
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `instrument` puts every pitched note on one program and refuses a program out of range.
+#[test]
+fn instrument_option_sets_every_pitched_note() {
+    let cfg = tiny_config();
+    let dir = std::env::temp_dir().join(format!("continuo-instrument-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let notes: Vec<Note> = (0..40)
+        .map(|i| {
+            Note::from_pitch(
+                i * 20,
+                15,
+                60 + (i % 12) as u8,
+                if i % 3 == 0 { 5 } else { 0 },
+                80,
+            )
+        })
+        .collect();
+    continuo_engine::midi::write_midi_file(&dir.join("a.mid"), &notes).unwrap();
+    let opts = DatasetOptions {
+        context_rows: 64,
+        val_fraction: 0.0,
+        seed: 1,
+        augment: None,
+        augment_copies: 0,
+        instrument: Some(0),
+    };
+    let ds = build_dataset(&dir, &cfg, opts.clone()).unwrap();
+    let rows: Vec<i64> = ds
+        .train
+        .iter()
+        .flat_map(|p| p.notes.iter().map(|n| n.instrument))
+        .collect();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|&i| i == 0), "{rows:?}");
+    let bad = DatasetOptions {
+        instrument: Some(128),
+        ..opts
+    };
+    assert!(build_dataset(&dir, &cfg, bad).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -208,6 +208,7 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
         seed: 1,
         augment: Some(Augment::default()),
         augment_copies: 1,
+        instrument: None,
     };
     let data = build_dataset(&dir, &m.cfg, options).unwrap();
     assert!(!data.val_samples.is_empty());

@@ -896,6 +896,10 @@ pub struct DatasetOptions {
     pub augment: Option<Augment>,
     /// Augmented variants of each training piece per epoch, besides the original.
     pub augment_copies: usize,
+    /// Play every pitched note with this instrument (General MIDI program, drums untouched),
+    /// e.g. `Some(0)` so a piano style does not learn the programs its files happen to carry.
+    #[serde(default)]
+    pub instrument: Option<i64>,
 }
 
 impl Default for DatasetOptions {
@@ -906,6 +910,7 @@ impl Default for DatasetOptions {
             seed: 42,
             augment: Some(Augment::default()),
             augment_copies: 4,
+            instrument: None,
         }
     }
 }
@@ -1030,7 +1035,19 @@ pub fn build_dataset(
     if files.is_empty() {
         return Err(DataError::NoFiles(dir.to_owned()));
     }
-    let (pieces, report) = load_pieces(&files, cfg);
+    let (mut pieces, report) = load_pieces(&files, cfg);
+    if let Some(program) = options.instrument {
+        if !(0..128).contains(&program) {
+            return Err(DataError::Invalid(format!(
+                "instrument {program} is not a General MIDI program (0..=127)"
+            )));
+        }
+        for note in pieces.iter_mut().flat_map(|p| p.notes.iter_mut()) {
+            if note.instrument != 128 {
+                note.instrument = program;
+            }
+        }
+    }
     if pieces.is_empty() {
         return Err(DataError::NoPieces {
             dir: dir.to_owned(),
