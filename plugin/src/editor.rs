@@ -75,18 +75,8 @@ pub struct ContinuoEditor {
     engine_info: EngineInfo,
 }
 
-impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
-    fn build(
-        &mut self,
-        _egui_ctx: egui::Context,
-        gui: GuiContext,
-        _frame: &mut Frame,
-    ) -> Result<(), baseview::HandlerError> {
-        self.gui = Some(gui);
-        Ok(())
-    }
-
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut Frame) {
+impl ContinuoEditor {
+    fn contents(&mut self, ui: &mut egui::Ui) {
         let Some(gui) = &self.gui else { return };
         let setter = gui.param_setter();
         let params = &self.params;
@@ -186,6 +176,25 @@ impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
             });
         ui.ctx()
             .request_repaint_after(if roll_moving { REFRESH_MOVING } else { REFRESH });
+    }
+}
+
+impl nice_plug_egui::NiceEguiApp for ContinuoEditor {
+    fn build(
+        &mut self,
+        _egui_ctx: egui::Context,
+        gui: GuiContext,
+        _frame: &mut Frame,
+    ) -> Result<(), baseview::HandlerError> {
+        self.gui = Some(gui);
+        Ok(())
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut Frame) {
+        // Everything scrolls, so nothing is cut off at small window sizes or large UI scales.
+        egui::ScrollArea::vertical()
+            .auto_shrink([false; 2])
+            .show(ui, |ui| self.contents(ui));
     }
 
     fn editor_closed(&mut self) {
