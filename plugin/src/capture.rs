@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::sync::{lock, try_with};
 use midly::num::{u15, u24, u28, u4, u7};
 use midly::{Format, Header, MetaMessage, MidiMessage, Smf, Timing, TrackEvent, TrackEventKind};
 
@@ -86,7 +87,7 @@ impl CaptureLog {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         answer.number = number;
-        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut answers = lock(&self.answers);
         answers.push_back(answer);
         while answers.len() > CAPTURE_KEEP {
             answers.pop_front();
@@ -96,18 +97,12 @@ impl CaptureLog {
     /// Copies of the kept answers, oldest first; `None` if the generator is filing one right
     /// now (the editor then shows what it showed before). Never blocks.
     pub fn try_list(&self) -> Option<Vec<CapturedAnswer>> {
-        match self.answers.try_lock() {
-            Ok(answers) => Some(answers.iter().cloned().collect()),
-            Err(std::sync::TryLockError::Poisoned(e)) => {
-                Some(e.into_inner().iter().cloned().collect())
-            }
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        try_with(&self.answers, |answers| answers.iter().cloned().collect())
     }
 
     /// The answer with this number, if it is still kept (blocks briefly; not for the GUI).
     pub fn get(&self, number: u64) -> Option<CapturedAnswer> {
-        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let answers = lock(&self.answers);
         answers.iter().find(|a| a.number == number).cloned()
     }
 }

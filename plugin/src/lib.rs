@@ -22,6 +22,7 @@ pub mod realtime;
 pub mod roll;
 pub mod schedule;
 pub mod status;
+pub mod sync;
 pub mod voice;
 
 use std::num::NonZeroU32;

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use crate::moonbeam::{
 };
 use crate::params::ContinuoParams;
 use crate::status::SharedStatus;
+use crate::sync::{lock, try_with};
 
 /// Names the folder of shipped styles (default: the source tree's `lora-weights/`).
 pub const ENV_STYLES: &str = "CONTINUO_STYLES";
@@ -49,10 +50,6 @@ pub const POLL: Duration = Duration::from_millis(15);
 /// Loaded styles kept for instant switching.
 pub const STYLE_CACHE: usize = 16;
 const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The chosen style, saved with the plugin state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,11 +334,7 @@ impl Library {
 
     /// A copy of what the editor shows; `None` if the loader is writing it (never blocks).
     pub fn try_view(&self) -> Option<LibraryView> {
-        match self.view.try_lock() {
-            Ok(view) => Some(view.clone()),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().clone()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        try_with(&self.view, LibraryView::clone)
     }
 
     /// A copy of what the editor shows (blocks briefly; for tests and the loader).

@@ -73,7 +73,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use continuo_engine::generate::{Sampling, Session};
@@ -91,6 +91,7 @@ use crate::protocol::{
     ToEngine,
 };
 use crate::status::SharedStatus;
+use crate::sync::{lock, try_with};
 
 /// Environment variable naming a model file (`.safetensors` or an official `.pt` checkpoint).
 pub const ENV_MODEL: &str = "CONTINUO_MODEL";
@@ -289,10 +290,6 @@ fn load_model(location: &ModelLocation) -> Result<Moonbeam, String> {
 /// Models loaded by any instance in this process, so instances using the same file share it.
 static LOADED: Mutex<Vec<(ModelLocation, Weak<Moonbeam>)>> = Mutex::new(Vec::new());
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The model of one plugin instance, kept across activations so reactivating does not reload it.
 /// The generator thread loads the first one ([`ModelCache::get_or_load`] in its `start`); the
 /// loader thread ([`crate::library`]) loads the ones the user chooses later
@@ -471,11 +468,7 @@ impl StyleSlot {
         if version == *seen {
             return None;
         }
-        let style = match self.style.try_lock() {
-            Ok(style) => style.clone(),
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().clone(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
+        let style = try_with(&self.style, Option::clone)?;
         *seen = version;
         Some(style)
     }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use crate::capture::CaptureLog;
 use crate::protocol::EngineStatus;
 use crate::roll::{NoteRing, RECENT_NOTES, UPCOMING_NOTES};
+use crate::sync::{lock, try_with};
 
 /// Counters and flags shared by all threads of one plugin instance.
 ///
@@ -80,7 +81,7 @@ impl SharedStatus {
 
     /// Sets the model description shown in the editor. Called on the generator thread.
     pub fn set_model_label(&self, label: &str) {
-        let mut info = self.engine_info.lock().unwrap_or_else(|e| e.into_inner());
+        let mut info = lock(&self.engine_info);
         info.model.clear();
         info.model.push_str(label);
     }
@@ -88,14 +89,14 @@ impl SharedStatus {
     /// Sets the name of the style in use (empty: the plain base model). Called on the generator
     /// thread when it swaps a style in or out.
     pub fn set_style_label(&self, style: &str) {
-        let mut info = self.engine_info.lock().unwrap_or_else(|e| e.into_inner());
+        let mut info = lock(&self.engine_info);
         info.style.clear();
         info.style.push_str(style);
     }
 
     /// Sets the last error shown in the editor. Called on the generator thread.
     pub fn set_last_error(&self, error: &str) {
-        let mut info = self.engine_info.lock().unwrap_or_else(|e| e.into_inner());
+        let mut info = lock(&self.engine_info);
         info.last_error.clear();
         info.last_error.push_str(error);
     }
@@ -103,11 +104,7 @@ impl SharedStatus {
     /// A copy of the engine texts, or `None` if the generator is writing them right now (the
     /// editor then keeps what it showed before). Never blocks.
     pub fn try_engine_info(&self) -> Option<EngineInfo> {
-        match self.engine_info.try_lock() {
-            Ok(info) => Some(info.clone()),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().clone()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        try_with(&self.engine_info, EngineInfo::clone)
     }
 
     /// The latest timings: (ms per generated note, ms from trigger to first note); `None` until
