@@ -528,41 +528,38 @@ impl Loader {
         };
         let version = self.models.version();
         let choice = lock(&self.params.style_choice).clone();
-        let active = match &choice.path {
-            None => {
+        // `Err(message)`: the chosen style cannot be played; fall back to the base.
+        let outcome = match &choice.path {
+            None => Ok(None),
+            Some(path) if !path.exists() => Err(format!(
+                "style “{}” is missing ({}); playing the base model",
+                choice.name,
+                path.display()
+            )),
+            Some(path) => self.adapter(&model, path).map(Some).map_err(|e| {
+                format!(
+                    "style “{}” cannot be used: {e}; playing the base model",
+                    choice.name
+                )
+            }),
+        };
+        let active = match outcome {
+            Ok(Some(adapter)) => {
+                self.styles
+                    .set_for(&model, choice.name.clone(), Style::single(adapter, 1.0));
+                choice.name.clone()
+            }
+            Ok(None) => {
                 self.styles.clear();
                 "base model".to_string()
             }
-            Some(path) if !path.exists() => {
-                let message = format!(
-                    "style “{}” is missing ({}); playing the base model",
-                    choice.name,
-                    path.display()
-                );
+            Err(message) => {
                 self.status.set_last_error(&message);
                 self.library.set_message(message);
                 *lock(&self.params.style_choice) = StyleChoice::default();
                 self.styles.clear();
                 "base model".to_string()
             }
-            Some(path) => match self.adapter(&model, path) {
-                Ok(adapter) => {
-                    self.styles
-                        .set_for(&model, choice.name.clone(), Style::single(adapter, 1.0));
-                    choice.name.clone()
-                }
-                Err(e) => {
-                    let message = format!(
-                        "style “{}” cannot be used: {e}; playing the base model",
-                        choice.name
-                    );
-                    self.status.set_last_error(&message);
-                    self.library.set_message(message);
-                    *lock(&self.params.style_choice) = StyleChoice::default();
-                    self.styles.clear();
-                    "base model".to_string()
-                }
-            },
         };
         lock(&self.library.view).active_style = active;
         self.applied_choice = Some(lock(&self.params.style_choice).clone());
