@@ -1110,16 +1110,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         })?;
         let elapsed = t.elapsed().as_secs_f64() * 1e3;
         let continuation = gen.valid_notes();
-        let slug: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let slug = style::file_slug(name);
         let mid = args.out.join(format!("{slug}.mid"));
         let png = args.out.join(format!("{slug}.png"));
         let mut all = prompt.clone();

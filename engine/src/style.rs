@@ -292,6 +292,20 @@ pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
     Ok(())
 }
 
+/// A style name as a file name: lower-case ASCII letters and digits, with every run of other
+/// characters turned into one dash (`"Bach Chorale"` → `bach-chorale`).
+pub fn file_slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
 /// Loads a style from either a native style file or a peft folder.
 pub fn load_any(
     path: &Path,

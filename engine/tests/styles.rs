@@ -221,3 +221,12 @@ fn a_swap_between_decode_steps_is_atomic_and_does_not_stall() {
     });
     assert_eq!(notes, replay, "swaps were applied at {applied:?}");
 }
+
+#[test]
+fn file_slugs_are_plain_lower_case_with_single_dashes() {
+    use continuo_engine::style::file_slug;
+    assert_eq!(file_slug("Bach Chorale"), "bach-chorale");
+    assert_eq!(file_slug("  Rag & Roll -- 2! "), "rag-roll-2");
+    assert_eq!(file_slug("Ätüde"), "t-de");
+    assert_eq!(file_slug("***"), "");
+}

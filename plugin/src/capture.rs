@@ -14,9 +14,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::sync::{lock, try_with};
+use continuo_engine::style::file_slug;
 use midly::num::{u15, u24, u28, u4, u7};
 use midly::{Format, Header, MetaMessage, MidiMessage, Smf, Timing, TrackEvent, TrackEventKind};
+
+use crate::sync::{lock, try_with};
 
 /// How many answers are kept.
 pub const CAPTURE_KEEP: usize = 8;
@@ -223,19 +225,6 @@ pub fn answer_to_midi(answer: &CapturedAnswer) -> Result<Vec<u8>, ExportError> {
     Ok(bytes)
 }
 
-/// A file name made of letters, digits and dashes only.
-fn slug(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-    }
-    out.trim_end_matches('-').to_string()
-}
-
 /// Writes the answer into `folder` (created if needed) as
 /// `continuo-answer-<number>-<style>.mid`, never overwriting a file: an existing name gets
 /// `-2`, `-3`, ... Returns the path written.
@@ -245,7 +234,11 @@ pub fn export_answer(answer: &CapturedAnswer, folder: &Path) -> Result<PathBuf, 
         path: folder.to_owned(),
         source,
     })?;
-    let stem = format!("continuo-answer-{}-{}", answer.number, slug(&answer.style));
+    let stem = format!(
+        "continuo-answer-{}-{}",
+        answer.number,
+        file_slug(&answer.style)
+    );
     for n in 1.. {
         let name = if n == 1 {
             format!("{stem}.mid")
