@@ -18,6 +18,7 @@ use continuo::params::Settings;
 use continuo::protocol::{FromEngine, GeneratedNote, NoteTime, ToEngine};
 use continuo::realtime::{BlockIo, Core, TransportSnapshot};
 use continuo::status::{EditorSnapshot, SharedStatus};
+use continuo::voice::Kernel;
 use criterion::{criterion_group, criterion_main, Criterion};
 use nice_plug::midi::{Channel, Key, NoteEvent, VoiceID};
 
@@ -155,6 +156,8 @@ struct Scenario {
     /// Player note events per block, alternating note-on and the matching note-off.
     events_per_block: u32,
     voice: bool,
+    /// The voice's synthesis kernel; `None` for the one the CPU gets by default.
+    kernel: Option<Kernel>,
 }
 
 /// A core activated as `lib.rs` does it, with this bench as host and generator.
@@ -188,6 +191,9 @@ impl Harness {
         let (from_engine_in, from_engine_out) =
             rtrb::RingBuffer::new(continuo::protocol::FROM_ENGINE_CAPACITY);
         core.activate(SAMPLE_RATE_HZ, to_engine_in, from_engine_out);
+        if let Some(kernel) = scenario.kernel {
+            assert!(core.set_voice_kernel(kernel));
+        }
         let silent = NoteEvent::NoteOff {
             timing: 0,
             voice_id: VoiceID::Wildcard,
@@ -366,18 +372,41 @@ fn process_block(c: &mut Criterion) {
             name: "process_512/32_events_voice_on",
             events_per_block: 32,
             voice: true,
+            kernel: None,
         },
         Scenario {
             name: "process_512/32_events_voice_off",
             events_per_block: 32,
             voice: false,
+            kernel: None,
         },
         Scenario {
             name: "process_512/1_event_voice_on",
             events_per_block: 1,
             voice: true,
+            kernel: None,
+        },
+        // The narrower kernels other CPUs get (AVX2 without AVX-512; portable off x86-64).
+        Scenario {
+            name: "process_512/32_events_voice_on_avx2",
+            events_per_block: 32,
+            voice: true,
+            kernel: Some(Kernel::Avx2),
+        },
+        Scenario {
+            name: "process_512/32_events_voice_on_portable",
+            events_per_block: 32,
+            voice: true,
+            kernel: Some(Kernel::Portable),
         },
     ] {
+        if scenario.kernel.is_some_and(|kernel| !kernel.is_available()) {
+            println!(
+                "{}: skipped, this CPU cannot run that kernel",
+                scenario.name
+            );
+            continue;
+        }
         bench_scenario(c, scenario);
     }
 }

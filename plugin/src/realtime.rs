@@ -35,7 +35,7 @@ use crate::schedule::{
     Schedule, ScheduledNote,
 };
 use crate::status::{AnswerState, EditorSnapshot, SharedStatus};
-use crate::voice::{PianoVoice, VoiceSource};
+use crate::voice::{Kernel, PianoVoice, VoiceSource};
 
 /// Room for generated notes waiting or sounding.
 pub const SCHEDULE_CAPACITY: usize = 1024;
@@ -181,6 +181,12 @@ impl Core {
                 beats: None,
             },
         }
+    }
+
+    /// Runs the built-in voice with `kernel` if this CPU can (see [`PianoVoice::set_kernel`]),
+    /// to measure it; returns whether it does. Not for the audio thread.
+    pub fn set_voice_kernel(&mut self, kernel: Kernel) -> bool {
+        self.synth.set_kernel(kernel)
     }
 
     /// Connects the queues of a freshly started generator. Called on the main thread from

@@ -75,14 +75,10 @@ impl NoteCounts {
         if self.total == 0 {
             return;
         }
-        for c in 0..16u8 {
-            if channel.is_some_and(|ch| ch != c) {
-                continue;
-            }
-            for k in 0..128u8 {
-                if key.is_some_and(|kk| kk != k) {
-                    continue;
-                }
+        let channels = channel.map_or(0..16, |c| c..c.saturating_add(1).min(16));
+        for c in channels {
+            let keys = key.map_or(0..128, |k| k..k.saturating_add(1).min(128));
+            for k in keys {
                 while self.counts[usize::from(c)][usize::from(k)] > 0 {
                     if !f(c, k) {
                         return;
