@@ -4,7 +4,8 @@
 //! thread does, and prints:
 //! * trigger to first generated note (the issue's bar: 50 ms), with a warm cache;
 //! * trigger to the whole 4-bar answer at 120 BPM (bar: ready before its first note is due,
-//!   which is at least `ANSWER_LEAD_MS` after the trigger and on the next beat);
+//!   which is on the next beat at least `answer_lead_ms` after the trigger: 100 ms, or enough
+//!   to generate the whole answer at the speed measured on earlier answers);
 //! * a style switch: loading the style file, and from handing it to the generator to the
 //!   first note decoded with it (bar: heard within one beat, 500 ms at 120 BPM).
 //!
@@ -19,7 +20,7 @@ use continuo::moonbeam::{locate_model, ModelCache, MoonbeamGenerator, StyleSlot}
 use continuo::protocol::{
     AnswerRequest, FromEngine, GenParams, NoteTime, PlayedNote, Stamp, ToEngine, TriggerKind,
 };
-use continuo::realtime::ANSWER_LEAD_MS;
+use continuo::realtime::{answer_lead_ms, ANSWER_LEAD_MARGIN, ANSWER_LEAD_MS, MAX_ANSWER_LEAD_MS};
 use continuo::status::SharedStatus;
 use continuo_engine::lora::Style;
 
@@ -96,16 +97,21 @@ impl Rig {
         last
     }
 
-    /// Triggers an answer and runs it to the end. Returns (time to first note, time to the
-    /// end, notes, the smallest margin in ms between a note being ready and its start being
-    /// due).
-    fn answer(&mut self, answer_id: u32, clock_ms: f64) -> (Duration, Duration, usize, f64) {
+    /// Triggers an answer and runs it to the end. The answer starts as far after the trigger
+    /// as the audio thread would put it at the earliest (`answer_lead_ms` with the generator's
+    /// measured speed so far). Returns (that lead in ms, time to first note, time to the end,
+    /// notes, the smallest margin in ms between a note being ready and its start being due).
+    fn answer(&mut self, answer_id: u32, clock_ms: f64) -> (f64, Duration, Duration, usize, f64) {
+        let lead_ms = answer_lead_ms(
+            self.status.generation_ratio(),
+            ANSWER_BEATS * 60_000.0 / TEMPO_BPM,
+        );
         let started = Instant::now();
         self.handle(ToEngine::Trigger(AnswerRequest {
             answer_id,
             kind: TriggerKind::Manual,
             start: Stamp {
-                clock_ms: clock_ms + ANSWER_LEAD_MS,
+                clock_ms: clock_ms + lead_ms,
                 beats: None,
             },
             length_beats: ANSWER_BEATS,
@@ -129,14 +135,14 @@ impl Rig {
                     FromEngine::AnswerEnd { .. } => {
                         let end = started.elapsed();
                         self.settle();
-                        return (first.unwrap_or(end), end, notes, margin);
+                        return (lead_ms, first.unwrap_or(end), end, notes, margin);
                     }
                     FromEngine::Status(_) => {}
                 }
             }
             if !more {
                 let end = started.elapsed();
-                return (first.unwrap_or(end), end, notes, margin);
+                return (lead_ms, first.unwrap_or(end), end, notes, margin);
             }
         }
     }
@@ -204,12 +210,29 @@ fn main() {
         rig.generator.is_synced()
     );
 
-    let (mut firsts, mut ends, mut counts, mut margins) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut leads, mut firsts, mut ends, mut counts, mut margins) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Answers complete by the earliest moment their first note can be due (the lead; the next
+    // beat is that or later), and by when it is due with the trigger at a spread of places in
+    // the beat (the first beat at least the lead after it).
+    let (mut complete_at_lead, mut complete_on_beat) = (0, 0);
+    let ms_per_beat = 60_000.0 / TEMPO_BPM;
     for trial in 0..TRIALS {
-        let (first, end, notes, margin) = rig.answer(trial as u32 + 1, clock);
+        let (lead, first, end, notes, margin) = rig.answer(trial as u32 + 1, clock);
+        let end_ms = end.as_secs_f64() * 1e3;
+        if trial == 0 {
+            println!(
+                "first answer after loading (speed from the warm-up only): lead {lead:.0} ms, \
+                 whole answer {end_ms:.1} ms, {notes} notes"
+            );
+        }
+        complete_at_lead += usize::from(end_ms <= lead);
+        let phase = (trial as f64 * 0.618_034).fract();
+        let due = ((phase + lead / ms_per_beat).ceil() - phase) * ms_per_beat;
+        complete_on_beat += usize::from(end_ms <= due);
+        leads.push(lead);
         firsts.push(first.as_secs_f64() * 1e3);
-        ends.push(end.as_secs_f64() * 1e3);
+        ends.push(end_ms);
         counts.push(notes as f64);
         margins.push(margin);
         // The player answers back with a few notes, then triggers again.
@@ -221,9 +244,16 @@ fn main() {
     stats("trigger to first note (warm cache)", "ms", firsts);
     stats("trigger to whole 4-bar answer (120 BPM)", "ms", ends);
     stats("notes per answer", "notes", counts);
+    stats("lead: earliest first note after trigger", "ms", leads);
     stats("smallest margin: note due minus note ready", "ms", margins);
     println!(
-        "an answer's first note is due {ANSWER_LEAD_MS:.0} ms after the trigger at the earliest, on the next beat (up to 500 ms at 120 BPM)"
+        "whole answer ready by the earliest time its first note can be due: {complete_at_lead}/{TRIALS}; \
+         by the beat it is due on, triggers spread over the beat: {complete_on_beat}/{TRIALS}"
+    );
+    println!(
+        "(the first note is due on the next beat at least the lead after the trigger: \
+         {ANSWER_LEAD_MS:.0} ms, or {ANSWER_LEAD_MARGIN} x the time to generate the answer at the \
+         measured speed, at most {MAX_ANSWER_LEAD_MS:.0} ms)"
     );
 
     // A style switch in the middle of an answer.

@@ -117,6 +117,12 @@ pub const PENDING_MAX: usize = 64;
 pub const ANSWER_MAX_NOTES: usize = 256;
 /// Answer length when none is asked for and nothing has been played yet.
 const DEFAULT_ANSWER_BEATS: f64 = 4.0;
+/// Notes decoded when a model is installed, to warm it up and measure its speed.
+const WARM_UP_NOTES: usize = 4;
+/// Notes per second of music assumed, before a model's first answer has measured its own speed,
+/// to choose how far ahead answers start: about the densest the bundled model plays (its 4-bar
+/// answers at 120 BPM have up to about 77 notes in 8 s).
+const ASSUMED_NOTES_PER_SECOND: f64 = 10.0;
 /// Longest answer, whatever is asked for.
 const MAX_ANSWER_MS: f64 = 10.0 * 60_000.0;
 /// Tempo used when neither the request nor the transport gives a usable one.
@@ -562,6 +568,36 @@ impl Engine {
         self.session.borrow_dependent().rows().len()
     }
 
+    /// Decodes a few notes from an empty context with top-p sampling, as answers do, and
+    /// returns the time per note. The session is left empty: it is rebuilt before use.
+    fn warm_up(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut chooser = Sampling::TopP {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: 0,
+        }
+        .chooser();
+        let decoded = self.session.with_dependent_mut(|_, session| {
+            session.prefill(&[])?;
+            let mut prev_onset = 0;
+            let mut decoded = 0;
+            for _ in 0..WARM_UP_NOTES {
+                let values = session.next_values(chooser.as_mut())?;
+                decoded += 1;
+                let note = Note::from_decoded(prev_onset, values);
+                prev_onset = note.onset;
+                session.push(note.to_row())?;
+            }
+            session.truncate(0)?;
+            Ok::<_, continuo_engine::error::ModelError>(decoded)
+        });
+        self.synced = None;
+        self.answered_after = None;
+        let decoded = decoded.map_err(|e| format!("warming up the model failed: {e}"))?;
+        Ok(started.elapsed() / decoded.max(1) as u32)
+    }
+
     /// The onset (session time) of the last row, 0 if there is none but SOS.
     fn last_onset(&self) -> i64 {
         let rows = self.session.borrow_dependent().rows();
@@ -962,6 +998,21 @@ impl MoonbeamGenerator {
             .is_some_and(|e| e.synced != Some(self.context.len()))
     }
 
+    /// Makes `model` the one answers use: warms it up, and starts the speed estimate behind the
+    /// audio thread's answer lead afresh from that (the previous model's no longer applies).
+    fn install_engine(&mut self, model: Arc<Moonbeam>) {
+        let mut engine = Engine::new(model);
+        let ratio = match engine.warm_up() {
+            Ok(per_note) => per_note.as_secs_f64() * ASSUMED_NOTES_PER_SECOND,
+            Err(e) => {
+                self.error(&e);
+                0.0
+            }
+        };
+        self.status.seed_generation_ratio(ratio);
+        self.engine = Some(engine);
+    }
+
     /// Switches to the model the loader installed in [`ModelCache`], if there is a new one.
     /// Called between answers; the played context is kept and prefilled into the new model
     /// while idle. Returns whether it switched.
@@ -983,12 +1034,13 @@ impl MoonbeamGenerator {
         }
         let started = Instant::now();
         let params = model.cfg.n_params();
-        let engine = Engine::new(model);
-        if self.context.len() > engine.limits.context_max {
-            let excess = self.context.len() - engine.limits.context_keep;
-            self.context.drain(..excess);
+        self.install_engine(model);
+        if let Some(engine) = &self.engine {
+            if self.context.len() > engine.limits.context_max {
+                let excess = self.context.len() - engine.limits.context_keep;
+                self.context.drain(..excess);
+            }
         }
-        self.engine = Some(engine);
         self.style_dirty = true;
         let label = self
             .models
@@ -1116,6 +1168,15 @@ impl MoonbeamGenerator {
         if answer.decoded > 0 {
             let us = answer.decode_time.as_micros() as u64 / answer.decoded as u64;
             self.status.us_per_note.store(us.max(1), Ordering::Relaxed);
+        }
+        // How long this answer took per time of music it covers, for the audio thread's lead.
+        // Answers cut short by the model after under half a second say too little.
+        if let Some(anchor) = answer.anchor {
+            let covered_ms = ((answer.prev_onset - anchor) as f64 * TICK_MS).min(answer.length_ms);
+            if covered_ms >= 500.0 {
+                let elapsed_ms = answer.triggered.elapsed().as_secs_f64() * 1000.0;
+                self.status.record_generation_ratio(elapsed_ms / covered_ms);
+            }
         }
         self.status.captures.file(CapturedAnswer {
             number: 0,
@@ -1358,7 +1419,7 @@ impl Generator for MoonbeamGenerator {
             Ok(model) => {
                 let params = model.cfg.n_params();
                 self.model_version = self.models.version();
-                self.engine = Some(Engine::new(model));
+                self.install_engine(model);
                 self.style_dirty = true;
                 self.apply_style();
                 self.status.set_model_label(&format!(
@@ -1962,6 +2023,8 @@ mod tests {
             ..GenParams::default()
         };
         rig.params(params);
+        // Installing the model warmed it up and seeded the speed estimate.
+        assert!(rig.status.generation_ratio().is_some());
         rig.play(&phrase(12, 1000.0));
         rig.settle();
         assert!(rig.generator.is_synced());
@@ -1983,6 +2046,12 @@ mod tests {
         assert_eq!(rig.status.engine_status(), EngineStatus::Idle);
         let (ms_per_note, first_note) = rig.status.timings_ms();
         assert!(ms_per_note.is_some() && first_note.is_some());
+        // The answer covered its 4 s, so its generation speed is measured for the lead.
+        let ratio = rig.status.generation_ratio().expect("measured");
+        assert!(
+            ratio > 0.0 && ratio < 1.0,
+            "generation time per time of music {ratio}"
+        );
 
         // Beats, after more playing.
         rig.play(&phrase(5, 9000.0));

@@ -42,8 +42,28 @@ pub const SCHEDULE_CAPACITY: usize = 1024;
 /// Tempo assumed when the host gives none.
 pub const DEFAULT_TEMPO_BPM: f64 = 120.0;
 /// How far ahead of "now" an answer starts at the earliest, so the generator has time to produce
-/// its first notes. While the transport plays, the answer then starts on the next beat.
+/// its first notes. While the transport plays, the answer then starts on the next beat. Once the
+/// generator's speed is measured, the lead also covers generating the whole answer: see
+/// [`answer_lead_ms`].
 pub const ANSWER_LEAD_MS: f64 = 100.0;
+/// The measured time to generate an answer is stretched by this much for its lead.
+pub const ANSWER_LEAD_MARGIN: f64 = 1.25;
+/// The longest lead: past this (a model slower than about a quarter of real time), answers
+/// stream, and notes not ready in time are dropped and counted.
+pub const MAX_ANSWER_LEAD_MS: f64 = 2_000.0;
+/// How far ahead of the trigger an answer of `answer_ms` of music starts at the earliest: enough
+/// for the generator to produce all of it first, at the measured `generation_ratio` (generation
+/// time per time of music; `None` before any answer) with [`ANSWER_LEAD_MARGIN`], but at least
+/// [`ANSWER_LEAD_MS`] and at most [`MAX_ANSWER_LEAD_MS`].
+pub fn answer_lead_ms(generation_ratio: Option<f64>, answer_ms: f64) -> f64 {
+    let whole = generation_ratio.unwrap_or(0.0) * answer_ms.max(0.0) * ANSWER_LEAD_MARGIN;
+    if whole.is_finite() {
+        whole.clamp(ANSWER_LEAD_MS, MAX_ANSWER_LEAD_MS)
+    } else {
+        MAX_ANSWER_LEAD_MS
+    }
+}
+
 /// A song position this far (in beats) from where the previous block said it would be counts as
 /// a jump (seek or loop).
 pub const JUMP_TOLERANCE_BEATS: f64 = 0.01;
@@ -383,7 +403,11 @@ impl Core {
                         }
                     }
                     Mode::Continuous => {
-                        let lead_beats = ANSWER_LEAD_MS / 60_000.0 * tempo_bpm;
+                        let answer_ms = f64::from(settings.answer_bars.max(1))
+                            * beats_per_bar
+                            * (60_000.0 / tempo_bpm);
+                        let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
+                        let lead_beats = lead_ms / 60_000.0 * tempo_bpm;
                         let needs_more = self
                             .continuous_next_beat
                             .is_none_or(|end| end - pos_beats < beats_per_bar + lead_beats);
@@ -635,8 +659,9 @@ impl Core {
         };
         let length_beats = f64::from(bars) * now.beats_per_bar;
         let ms_per_beat = 60_000.0 / now.tempo_bpm;
+        let lead_ms = answer_lead_ms(self.status.generation_ratio(), length_beats * ms_per_beat);
         let start = if now.playing {
-            let earliest = now.pos_beats + ANSWER_LEAD_MS / ms_per_beat;
+            let earliest = now.pos_beats + lead_ms / ms_per_beat;
             let beat = if kind == TriggerKind::Continuous {
                 let origin = bar_start_beats.filter(|b| b.is_finite()).unwrap_or(0.0);
                 let next_bar =
@@ -651,7 +676,7 @@ impl Core {
             stamp
         } else {
             let mut stamp = self.stamp(offset, None);
-            stamp.clock_ms += ANSWER_LEAD_MS;
+            stamp.clock_ms += lead_ms;
             stamp
         };
         let request = AnswerRequest {
@@ -1772,6 +1797,35 @@ mod tests {
         assert!(rig.stuck().is_empty());
         // No second answer without new playing.
         assert!(rig.run(200, 480).is_empty());
+    }
+
+    /// Once the generator's speed is measured, an answer starts late enough for all of it to
+    /// be generated first: here 1 bar (2 s at 120 BPM) at 0.2 ms per ms of music, with the
+    /// margin, is 500 ms (24,000 samples) instead of the 100 ms minimum.
+    #[test]
+    fn the_lead_covers_generating_the_whole_answer_at_the_measured_speed() {
+        assert_eq!(answer_lead_ms(None, 8_000.0), ANSWER_LEAD_MS);
+        assert_eq!(answer_lead_ms(Some(0.001), 8_000.0), ANSWER_LEAD_MS);
+        assert_eq!(answer_lead_ms(Some(0.02), 8_000.0), 200.0);
+        assert_eq!(answer_lead_ms(Some(3.0), 8_000.0), MAX_ANSWER_LEAD_MS);
+        assert_eq!(
+            answer_lead_ms(Some(f64::INFINITY), 8_000.0),
+            MAX_ANSWER_LEAD_MS
+        );
+
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.thru = false;
+        rig.settings.answer_bars = 1;
+        rig.settings.silence_beats = 1.0;
+        rig.status.record_generation_ratio(0.2);
+        rig.block(480, &[on(0, 60)]);
+        rig.block(480, &[off(0, 60)]);
+        let out = rig.run(120, 480);
+        let trigger_block_start = 480 + 24_000;
+        let answer_start = trigger_block_start + 24_000 - 960;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0], format!("{answer_start} on 0:72"));
+        assert!(rig.stuck().is_empty());
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub struct SharedStatus {
     /// Time from the generator receiving the latest trigger to its first note being sent, in
     /// microseconds (0 = none yet). Written by the generator thread, read by the editor.
     pub first_note_us: AtomicU64,
+    /// How long the generator takes to produce an answer, per length of music it covers, in
+    /// millionths (0 = unknown). Seeded from a short warm-up when a model is installed, then a
+    /// conservative running estimate over answers, see
+    /// [`SharedStatus::record_generation_ratio`]. Written by the generator thread, read by the
+    /// audio thread to choose how far ahead an answer starts.
+    pub generation_ratio_ppm: AtomicU64,
     /// Texts for the editor: which model runs and the last error. Written by the generator thread
     /// (rarely: at load time and on errors), read by the editor with `try_lock`. The audio
     /// thread never touches it.
@@ -115,6 +121,40 @@ impl SharedStatus {
             us => Some(us as f64 / 1000.0),
         };
         (ms(&self.us_per_note), ms(&self.first_note_us))
+    }
+
+    /// Folds in one answer's generation time per time of music it covers. The estimate follows a
+    /// slower answer at once and a faster one gradually (a quarter of the way each time), so
+    /// a passing slowdown errs on the side of starting answers later, not of late notes.
+    pub fn record_generation_ratio(&self, ratio: f64) {
+        if !ratio.is_finite() || ratio <= 0.0 {
+            return;
+        }
+        let sample = ratio * 1e6;
+        let estimate = match self.generation_ratio() {
+            Some(old) => sample.max(0.75 * old * 1e6 + 0.25 * sample),
+            None => sample,
+        };
+        self.generation_ratio_ppm
+            .store((estimate.round() as u64).max(1), Ordering::Relaxed);
+    }
+
+    /// Starts the estimate afresh (for a new model) from `ratio`; `0.0` forgets it.
+    pub fn seed_generation_ratio(&self, ratio: f64) {
+        let ppm = if ratio.is_finite() && ratio > 0.0 {
+            ((ratio * 1e6).round() as u64).max(1)
+        } else {
+            0
+        };
+        self.generation_ratio_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// The running estimate of generation time per time of music; `None` until measured.
+    pub fn generation_ratio(&self) -> Option<f64> {
+        match self.generation_ratio_ppm.load(Ordering::Relaxed) {
+            0 => None,
+            ppm => Some(ppm as f64 / 1e6),
+        }
     }
 
     /// A plain copy of all counters, for display and tests.
@@ -215,4 +255,28 @@ pub struct EditorSnapshot {
     pub upcoming: NoteRing<UPCOMING_NOTES>,
     /// Answers with a lower id were cancelled: their upcoming notes will not play.
     pub accept_from_answer: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generation_estimate_follows_slowdowns_at_once_and_speedups_gradually() {
+        let status = SharedStatus::default();
+        assert_eq!(status.generation_ratio(), None);
+        status.record_generation_ratio(f64::NAN);
+        status.record_generation_ratio(0.0);
+        assert_eq!(status.generation_ratio(), None);
+        status.record_generation_ratio(0.02);
+        assert_eq!(status.generation_ratio(), Some(0.02));
+        status.record_generation_ratio(0.04);
+        assert_eq!(status.generation_ratio(), Some(0.04));
+        status.record_generation_ratio(0.02);
+        assert_eq!(status.generation_ratio(), Some(0.035));
+        status.seed_generation_ratio(0.01);
+        assert_eq!(status.generation_ratio(), Some(0.01));
+        status.seed_generation_ratio(f64::NAN);
+        assert_eq!(status.generation_ratio(), None);
+    }
 }
