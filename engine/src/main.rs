@@ -188,12 +188,8 @@ struct DemoArgs {
     prompt_notes: usize,
     #[arg(long, default_value_t = 32)]
     notes: usize,
-    #[arg(long, default_value_t = 0.9)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 #[derive(Args)]
@@ -217,14 +213,8 @@ struct EvalArgs {
     notes: usize,
     #[arg(long, default_value_t = 16)]
     max_prompts: usize,
-    #[arg(long)]
-    greedy: bool,
-    #[arg(long, default_value_t = 0.9)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Also write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -280,6 +270,43 @@ struct ModelArgs {
     bf16_faithful: bool,
 }
 
+/// How tokens are chosen: the same flags for `continue`, `eval` and `demo`.
+#[derive(Args)]
+struct SamplingArgs {
+    /// Greedy decoding (argmax per attribute).
+    #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
+    greedy: bool,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.9)]
+    temperature: f32,
+    /// Nucleus (top-p) threshold over the full flat vocabulary.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn sampling(&self) -> Result<Sampling> {
+        if self.greedy {
+            return Ok(Sampling::Greedy);
+        }
+        // A NaN temperature is refused too.
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
+            bail!("--temperature must be positive (use --greedy for argmax decoding)");
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            bail!("--top-p must be between 0 and 1");
+        }
+        Ok(Sampling::TopP {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+}
+
 #[derive(Args)]
 struct ContinueArgs {
     #[command(flatten)]
@@ -296,18 +323,8 @@ struct ContinueArgs {
     /// Stop before a note that starts more than this many seconds after the prompt's last onset.
     #[arg(long)]
     max_seconds: Option<f64>,
-    /// Greedy decoding (argmax per attribute).
-    #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
-    greedy: bool,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 0.9)]
-    temperature: f32,
-    /// Nucleus (top-p) threshold over the full flat vocabulary.
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Random seed for sampling.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Output MIDI: the prompt followed by the playable generated notes.
     #[arg(long)]
     out: PathBuf,
@@ -439,26 +456,11 @@ fn print_out(text: &str) -> Result<()> {
 }
 
 fn run_continue(args: ContinueArgs) -> Result<()> {
+    let sampling = args.sampling.sampling()?;
     let t = Instant::now();
     let (model, style) = load_model(&args.model)?;
     let load = t.elapsed();
     let prompt = read_prompt(&args.midi, args.prompt_notes)?;
-    // A NaN temperature is refused too.
-    if !args.greedy && (args.temperature.is_nan() || args.temperature <= 0.0) {
-        bail!("--temperature must be positive (use --greedy for argmax decoding)");
-    }
-    if !(0.0..=1.0).contains(&args.top_p) {
-        bail!("--top-p must be between 0 and 1");
-    }
-    let sampling = if args.greedy {
-        Sampling::Greedy
-    } else {
-        Sampling::TopP {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        }
-    };
     let opts = GenerateOptions {
         max_notes: args.notes,
         max_duration_ticks: args.max_seconds.map(|s| (s * 100.0).round() as i64),
@@ -478,9 +480,9 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
             "prompt_with_sos": prompt_with_sos,
             "n_prompt_notes": prompt.len(),
             "max_gen_len": args.notes,
-            "temperature": if args.greedy { 0.0 } else { args.temperature },
-            "top_p": args.top_p,
-            "seed": args.seed,
+            "temperature": if args.sampling.greedy { 0.0 } else { args.sampling.temperature },
+            "top_p": args.sampling.top_p,
+            "seed": args.sampling.seed,
             "output_tokens_prompt_plus_generated_no_sos":
                 prompt.iter().map(|n| n.to_row()).chain(generated.iter().copied()).collect::<Vec<_>>(),
             "generated_only": generated,
@@ -990,6 +992,7 @@ fn data_files(spec: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
+    let sampling = args.sampling.sampling()?;
     let (model, style) = load_model(&args.model)?;
     let (held_out, report) = train::data::load_pieces(&data_files(&args.data)?, &model.cfg);
     eprintln!("held-out data: {report}");
@@ -1012,17 +1015,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let opts = continuo_engine::eval::EvalOptions {
         prompt_notes: args.prompt_notes,
         continuation_notes: args.notes,
-        sampling: if args.greedy {
-            Sampling::Greedy
-        } else {
-            Sampling::TopP {
-                temperature: args.temperature,
-                top_p: args.top_p,
-                seed: args.seed,
-            }
-        },
+        sampling,
         max_prompts: args.max_prompts,
-        seed: args.seed,
+        seed: args.sampling.seed,
     };
     let pieces: Vec<Vec<Note>> = held_out.iter().map(|p| p.notes.clone()).collect();
     let r =
@@ -1058,6 +1053,7 @@ fn shipped_styles(root: &Path) -> Vec<PathBuf> {
 }
 
 fn run_demo(args: DemoArgs) -> Result<()> {
+    let sampling = args.sampling.sampling()?;
     let root = args
         .root
         .clone()
@@ -1097,11 +1093,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         let opts = GenerateOptions {
             max_notes: args.notes,
             max_duration_ticks: None,
-            sampling: Sampling::TopP {
-                temperature: args.temperature,
-                top_p: args.top_p,
-                seed: args.seed,
-            },
+            sampling,
         };
         let t = Instant::now();
         let mut first: Option<f64> = None;

@@ -207,3 +207,47 @@ fn bad_input_is_an_error_not_a_panic() {
         "{stderr}"
     );
 }
+
+/// `continue`, `eval` and `demo` share their sampling flags and refuse the same bad values
+/// before doing any work.
+#[test]
+fn every_sampling_command_refuses_bad_sampling_flags() {
+    let out_dir = tmp("demo-refused");
+    let (config, weights, data) = (
+        golden("tiny_config.json"),
+        golden("tiny_model.safetensors"),
+        golden("input.mid"),
+    );
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["demo", "--out", path(&out_dir), "--temperature", "0"],
+            "--temperature must be positive",
+        ),
+        (
+            &["demo", "--out", path(&out_dir), "--top-p", "1.5"],
+            "--top-p must be between 0 and 1",
+        ),
+        (
+            &[
+                "eval",
+                "--config",
+                path(&config),
+                "--weights",
+                path(&weights),
+                "--data",
+                path(&data),
+                "--temperature=-1",
+            ],
+            "--temperature must be positive",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = continuo(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(message) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!out_dir.exists(), "a refused demo wrote nothing");
+}

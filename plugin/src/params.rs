@@ -166,7 +166,13 @@ fn style_value(names: &RwLock<Vec<String>>, text: &str) -> Option<i32> {
             return Some(i as i32 + 1);
         }
     }
-    text.trim_start_matches("Style").trim().parse().ok()
+    // "Style 3", "Style 3 (none)" or "3".
+    let number = text
+        .strip_prefix("Style")
+        .unwrap_or(text)
+        .split_whitespace()
+        .next()?;
+    number.parse().ok()
 }
 
 /// The trigger note's default, C1 in the C4 = 60 naming used here (C0 in Yamaha's): the lowest
@@ -310,9 +316,11 @@ impl Default for ContinuoParams {
             )
             .with_step_size(0.01),
             pitch_low: IntParam::new("Lowest note", 0, IntRange::Linear { min: 0, max: 127 })
-                .with_value_to_string(Arc::new(note_name)),
+                .with_value_to_string(Arc::new(note_name))
+                .with_string_to_value(Arc::new(parse_note)),
             pitch_high: IntParam::new("Highest note", 127, IntRange::Linear { min: 0, max: 127 })
-                .with_value_to_string(Arc::new(note_name)),
+                .with_value_to_string(Arc::new(note_name))
+                .with_string_to_value(Arc::new(parse_note)),
             density_cap: FloatParam::new(
                 "Density cap",
                 8.0,
@@ -606,6 +614,30 @@ mod tests {
         assert_eq!(read(&params.scale_root, "F#"), Some(6));
         assert_eq!(read(&params.scale_root, "Bb"), Some(10));
         assert_eq!(read(&params.scale_root, "7"), Some(7));
+    }
+
+    /// What clap-validator's `param-conversions` checks: every parameter's text (as a host
+    /// shows it, with the unit) reads back to a value that shows the same text.
+    #[test]
+    fn every_shown_value_reads_back() {
+        let params = ContinuoParams::default();
+        for (id, ptr, _) in params.param_map() {
+            for i in 0..=200 {
+                let normalized = i as f32 / 200.0;
+                // SAFETY: the pointers come from `params`, which outlives this loop.
+                let (text, again) = unsafe {
+                    let text = ptr.normalized_value_to_string(normalized, true);
+                    let back = ptr.string_to_normalized_value(&text);
+                    let again = back.map(|n| ptr.normalized_value_to_string(n, true));
+                    (text, again)
+                };
+                assert_eq!(
+                    again.as_deref(),
+                    Some(text.as_str()),
+                    "{id} at {normalized}"
+                );
+            }
+        }
     }
 
     #[test]
