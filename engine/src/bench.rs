@@ -225,19 +225,7 @@ pub fn run_style(
         pairs: crate::train::params::pairs_of(model, &vars, rank)?,
         lm_head_base: None,
     };
-    let card = crate::style::StyleCard {
-        name: "bench".into(),
-        description: String::new(),
-        author: String::new(),
-        base_model: String::new(),
-        base_fingerprint: String::new(),
-        rank,
-        alpha: adapter.alpha,
-        targets: Vec::new(),
-        data: serde_json::Value::Null,
-        metrics: serde_json::Value::Null,
-        format_version: crate::style::STYLE_FORMAT_VERSION,
-    };
+    let card = crate::style::StyleCard::new("bench", "");
     crate::style::save_style(&path, &adapter, &card)?;
     let file_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
     let mut loads = Vec::new();

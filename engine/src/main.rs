@@ -141,22 +141,19 @@ impl CardArgs {
         alpha: f64,
         data: serde_json::Value,
     ) -> StyleCard {
+        let name = self.name.clone().unwrap_or_else(|| {
+            default_name
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         StyleCard {
-            name: self.name.clone().unwrap_or_else(|| {
-                default_name
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            }),
-            description: self.description.clone(),
             author: self.author.clone(),
             base_model: self.base_model.clone(),
             base_fingerprint,
             rank,
             alpha,
-            targets: Vec::new(),
             data,
-            metrics: serde_json::Value::Null,
-            format_version: style::STYLE_FORMAT_VERSION,
+            ..StyleCard::new(name, self.description.clone())
         }
     }
 }

@@ -46,6 +46,26 @@ pub struct StyleCard {
     pub format_version: u32,
 }
 
+impl StyleCard {
+    /// A card with a name and a description and nothing else yet: the rank, alpha and targets
+    /// are taken from the adapter when the style is saved.
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        StyleCard {
+            name: name.into(),
+            description: description.into(),
+            author: String::new(),
+            base_model: String::new(),
+            base_fingerprint: String::new(),
+            rank: 0,
+            alpha: 0.0,
+            targets: Vec::new(),
+            data: serde_json::Value::Null,
+            metrics: serde_json::Value::Null,
+            format_version: STYLE_FORMAT_VERSION,
+        }
+    }
+}
+
 fn target_from_name(module: &str) -> Option<Target> {
     match module {
         "decoder_embedding" => return Some(Target::DecoderEmbedding),
@@ -314,21 +334,15 @@ pub fn load_any(
 ) -> Result<(Adapter, StyleCard), AdapterError> {
     if path.is_dir() {
         let adapter = Adapter::from_peft_dir(path, cfg)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let card = StyleCard {
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            description: "imported peft adapter".into(),
-            author: String::new(),
-            base_model: String::new(),
-            base_fingerprint: String::new(),
             rank: adapter.rank,
             alpha: adapter.alpha,
             targets: adapter.pairs.keys().map(|t| t.module_name()).collect(),
-            data: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-            format_version: STYLE_FORMAT_VERSION,
+            ..StyleCard::new(name, "imported peft adapter")
         };
         Ok((adapter, card))
     } else {

@@ -725,17 +725,8 @@ pub(crate) mod tests {
         let mut adapter = Adapter::from_peft_dir(&golden().join("lora_adapter"), &cfg).unwrap();
         adapter.alpha *= alpha_factor;
         let card = StyleCard {
-            name: name.into(),
-            description: "test style".into(),
-            author: String::new(),
             base_model: "tiny".into(),
-            base_fingerprint: String::new(),
-            rank: 0,
-            alpha: 0.0,
-            targets: Vec::new(),
-            data: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-            format_version: 1,
+            ..StyleCard::new(name, "test style")
         };
         save_style(path, &adapter, &card).unwrap();
     }

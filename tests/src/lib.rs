@@ -258,17 +258,11 @@ pub fn use_test_styles() -> PathBuf {
                     .expect("golden adapter");
             adapter.alpha *= 1.0 + 2.0 * i as f64;
             let card = continuo_engine::style::StyleCard {
-                name: (*name).to_string(),
-                description: "a test style for the tiny golden model".into(),
-                author: String::new(),
                 base_model: "tiny".into(),
-                base_fingerprint: String::new(),
-                rank: 0,
-                alpha: 0.0,
-                targets: Vec::new(),
-                data: serde_json::Value::Null,
-                metrics: serde_json::Value::Null,
-                format_version: 1,
+                ..continuo_engine::style::StyleCard::new(
+                    *name,
+                    "a test style for the tiny golden model",
+                )
             };
             let path = styles.join(format!("tiny-{i}.safetensors"));
             continuo_engine::style::save_style(&path, &adapter, &card).expect("test style");
