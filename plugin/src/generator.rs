@@ -330,16 +330,7 @@ mod tests {
     use crate::protocol::{Stamp, TriggerKind};
 
     fn played(clock_ms: f64, key: u8, is_on: bool) -> ToEngine {
-        ToEngine::Note(PlayedNote {
-            time: Stamp {
-                clock_ms,
-                beats: None,
-            },
-            channel: 0,
-            key,
-            velocity: if is_on { 0.5 } else { 0.0 },
-            is_on,
-        })
+        crate::protocol::played(clock_ms, key, is_on, 0.5)
     }
 
     fn run(generator: &mut EchoGenerator, messages: &[ToEngine]) -> Vec<FromEngine> {

@@ -1609,16 +1609,7 @@ mod tests {
     }
 
     fn played(clock_ms: f64, key: u8, is_on: bool) -> ToEngine {
-        ToEngine::Note(PlayedNote {
-            time: Stamp {
-                clock_ms,
-                beats: None,
-            },
-            channel: 0,
-            key,
-            velocity: if is_on { 0.7 } else { 0.0 },
-            is_on,
-        })
+        crate::protocol::played(clock_ms, key, is_on, 0.7)
     }
 
     fn request(

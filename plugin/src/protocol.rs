@@ -221,6 +221,22 @@ pub enum FromEngine {
     Status(EngineStatus),
 }
 
+/// A played note on channel 0 at `clock_ms` of the plugin's clock (transport stopped), for the
+/// generators' unit tests.
+#[cfg(test)]
+pub(crate) fn played(clock_ms: f64, key: u8, is_on: bool, velocity: f32) -> ToEngine {
+    ToEngine::Note(PlayedNote {
+        time: Stamp {
+            clock_ms,
+            beats: None,
+        },
+        channel: 0,
+        key,
+        velocity: if is_on { velocity } else { 0.0 },
+        is_on,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
