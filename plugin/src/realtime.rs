@@ -141,6 +141,11 @@ pub struct Core {
     engine_done: bool,
     /// The player played since the last answer was requested.
     phrase_pending: bool,
+    /// Plugin clock sample of the first note-on of the pending phrase.
+    phrase_started: i64,
+    /// How long the latest phrase was (first note-on to last note event), in ms: the length
+    /// of an answer "as played", for its lead.
+    last_phrase_ms: Option<f64>,
     /// The player played at all since activation (continuous mode needs something to go on).
     has_context: bool,
     /// Plugin clock sample of the player's last note-on or note-off.
@@ -188,6 +193,8 @@ impl Core {
             current_answer: None,
             engine_done: true,
             phrase_pending: false,
+            phrase_started: 0,
+            last_phrase_ms: None,
             has_context: false,
             last_player_activity: i64::MIN / 4,
             continuous_next_beat: None,
@@ -239,6 +246,7 @@ impl Core {
         self.current_answer = None;
         self.engine_done = true;
         self.phrase_pending = false;
+        self.last_phrase_ms = None;
         self.has_context = false;
         self.last_player_activity = i64::MIN / 4;
         self.continuous_next_beat = None;
@@ -659,7 +667,19 @@ impl Core {
         };
         let length_beats = f64::from(bars) * now.beats_per_bar;
         let ms_per_beat = 60_000.0 / now.tempo_bpm;
-        let lead_ms = answer_lead_ms(self.status.generation_ratio(), length_beats * ms_per_beat);
+        if self.phrase_pending {
+            let samples = self.last_player_activity - self.phrase_started;
+            if samples > 0 {
+                self.last_phrase_ms = Some(samples as f64 * 1000.0 / self.sample_rate);
+            }
+        }
+        // "As played" answers are as long as the phrase, as the generator makes them.
+        let answer_ms = if length_beats > 0.0 {
+            length_beats * ms_per_beat
+        } else {
+            self.last_phrase_ms.unwrap_or(4.0 * ms_per_beat)
+        };
+        let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
         let start = if now.playing {
             let earliest = now.pos_beats + lead_ms / ms_per_beat;
             let beat = if kind == TriggerKind::Continuous {
@@ -867,6 +887,9 @@ impl Core {
                 self.record_played_on(c, k, velocity, timing);
                 self.last_player_activity = self.clock + i64::from(timing);
                 if !settings.bypass {
+                    if !self.phrase_pending {
+                        self.phrase_started = self.clock + i64::from(timing);
+                    }
                     self.phrase_pending = true;
                     self.has_context = true;
                     if settings.mode == Mode::CallResponse && self.current_answer.is_some() {
@@ -1801,7 +1824,8 @@ mod tests {
 
     /// Once the generator's speed is measured, an answer starts late enough for all of it to
     /// be generated first: here 1 bar (2 s at 120 BPM) at 0.2 ms per ms of music, with the
-    /// margin, is 500 ms (24,000 samples) instead of the 100 ms minimum.
+    /// margin, is 500 ms (24,000 samples) instead of the 100 ms minimum; "as played", the
+    /// phrase's length counts.
     #[test]
     fn the_lead_covers_generating_the_whole_answer_at_the_measured_speed() {
         assert_eq!(answer_lead_ms(None, 8_000.0), ANSWER_LEAD_MS);
@@ -1825,6 +1849,23 @@ mod tests {
         let answer_start = trigger_block_start + 24_000 - 960;
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[0], format!("{answer_start} on 0:72"));
+        assert!(rig.stuck().is_empty());
+
+        // An answer "as played" is as long as the phrase: 1 s here, so 250 ms (12,000
+        // samples) of lead.
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.thru = false;
+        rig.settings.answer_bars = 0;
+        rig.settings.silence_beats = 1.0;
+        rig.status.record_generation_ratio(0.2);
+        rig.block(480, &[on(0, 60)]);
+        rig.block(47_520, &[]);
+        rig.block(480, &[off(0, 60)]);
+        // Silence from the note-off at 48,000; the trigger is seen by the block starting at
+        // 72,000, and the run counts from 48,480 (long enough for the 1 s echo to end).
+        let out = rig.run(200, 480);
+        let answer_start = 72_000 + 12_000 - 48_480;
+        assert_eq!(out.first(), Some(&format!("{answer_start} on 0:72")), "{out:?}");
         assert!(rig.stuck().is_empty());
     }
 
