@@ -11,6 +11,7 @@
 
 pub mod capture;
 pub mod editor;
+pub mod factory;
 pub mod generator;
 pub mod library;
 pub mod library_ui;

@@ -1,15 +1,16 @@
 //! What the user can choose (styles, the base model, the user folder) and the loader thread
 //! that loads it in the background.
 //!
-//! * **Catalog.** The style menu lists the shipped styles (`lora-weights/`, or the folder
-//!   named by [`ENV_STYLES`]) and then the styles in the user's folder (native style files,
+//! * **Catalog.** The style menu lists the shipped styles (those of `lora-weights/`, compiled
+//!   in and written out by [`crate::factory`], or the folder named by [`ENV_STYLES`]) and then the styles in the user's folder (native style files,
 //!   `*.safetensors` with a Continuo card, and peft adapter folders), each by its preset name.
 //!   Only the file headers are read to build it. Entry `i` of the catalog is value `i + 1` of
 //!   the automatable `style` parameter; 0 is the plain base model.
 //! * **Choice.** The chosen style is saved with the plugin state by path and name
 //!   ([`StyleChoice`]), as are the user folder and the base model ([`ModelChoice`]). The path is
-//!   what counts on restore (the menu order may have changed since); a style file that is gone
-//!   falls back to the base model with a message in the editor.
+//!   what counts on restore (the menu order may have changed since). A style file that is gone
+//!   is replaced by the shipped style of the same name if there is one (a project from another
+//!   computer), else the base model plays; either way the editor says so.
 //! * **Loader thread**, one per plugin instance, started in `initialize()` and stopped on
 //!   drop. It polls every [`POLL`] (and wakes at once on requests from the editor). It
 //!   follows the `style` parameter, loads the chosen style for the running base (checking the
@@ -34,6 +35,7 @@ use continuo_engine::style::{load_any, read_card};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::export_answer;
+use crate::factory;
 use crate::moonbeam::{
     locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, StyleSlot,
 };
@@ -41,7 +43,7 @@ use crate::params::ContinuoParams;
 use crate::status::SharedStatus;
 use crate::sync::{lock, try_with};
 
-/// Names the folder of shipped styles (default: the source tree's `lora-weights/`).
+/// Names the folder of shipped styles (default: the styles compiled into the plugin).
 pub const ENV_STYLES: &str = "CONTINUO_STYLES";
 /// The most styles the menu (and the `style` parameter) can hold.
 pub const MAX_STYLES: usize = 64;
@@ -49,7 +51,6 @@ pub const MAX_STYLES: usize = 64;
 pub const POLL: Duration = Duration::from_millis(15);
 /// Loaded styles kept for instant switching.
 pub const STYLE_CACHE: usize = 16;
-const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The chosen style, saved with the plugin state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,11 +134,12 @@ impl Catalog {
     }
 }
 
-/// The folder of shipped styles.
-pub fn shipped_styles_dir() -> PathBuf {
+/// The folder of shipped styles: [`ENV_STYLES`], else the styles compiled into the plugin,
+/// written out once ([`crate::factory`]).
+pub fn shipped_styles_dir() -> Result<PathBuf, String> {
     match std::env::var_os(ENV_STYLES).filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(SOURCE_ROOT).join("lora-weights"),
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => factory::installed().map(|dir| dir.join(factory::STYLES)),
     }
 }
 
@@ -371,6 +373,8 @@ pub struct Loader {
     cache_version: u64,
     /// Styles that failed to load for this model version (not retried by preloading).
     failed: Vec<PathBuf>,
+    /// The shipped styles' folder, if not [`shipped_styles_dir`] (tests).
+    shipped_dir: Option<PathBuf>,
 }
 
 impl Loader {
@@ -398,7 +402,15 @@ impl Loader {
             cache: HashMap::new(),
             cache_version: 0,
             failed: Vec::new(),
+            shipped_dir: None,
         }
+    }
+
+    /// Lists the shipped styles from `dir` instead of [`shipped_styles_dir`].
+    pub fn with_shipped_dir(mut self, dir: PathBuf) -> Self {
+        self.shipped_dir = Some(dir);
+        self.library.request_rescan();
+        self
     }
 
     fn user_folder(&self) -> PathBuf {
@@ -465,7 +477,17 @@ impl Loader {
 
     fn rescan(&mut self) {
         let user = self.user_folder();
-        let catalog = scan(&shipped_styles_dir(), Some(&user));
+        let shipped = match &self.shipped_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => shipped_styles_dir(),
+        };
+        let mut catalog = match &shipped {
+            Ok(dir) => scan(dir, Some(&user)),
+            Err(_) => scan(&user, None),
+        };
+        if let Err(problem) = shipped {
+            catalog.problems.insert(0, problem);
+        }
         if let Ok(mut names) = self.library.names.write() {
             *names = catalog.entries.iter().map(|e| e.name.clone()).collect();
         }
@@ -527,7 +549,25 @@ impl Loader {
             return false;
         };
         let version = self.models.version();
-        let choice = lock(&self.params.style_choice).clone();
+        let mut choice = lock(&self.params.style_choice).clone();
+        // A project saved on another computer (or by another version) names a shipped style
+        // by a path that is not here: the shipped style of the same name stands in for it.
+        if let Some(path) = choice.path.as_ref().filter(|p| !p.exists()) {
+            let catalog = self.catalog();
+            let shipped = catalog
+                .entries
+                .iter()
+                .find(|e| e.origin == StyleOrigin::Shipped && e.name == choice.name);
+            if let Some(entry) = shipped {
+                self.library.set_message(format!(
+                    "style “{}” was saved from {}; using the shipped one",
+                    choice.name,
+                    path.display()
+                ));
+                choice.path = Some(entry.path.clone());
+                *lock(&self.params.style_choice) = choice.clone();
+            }
+        }
         // `Err(message)`: the chosen style cannot be played; fall back to the base.
         let outcome = match &choice.path {
             None => Ok(None),
@@ -714,6 +754,8 @@ pub(crate) mod tests {
     use continuo_engine::Config;
     use nice_plug::prelude::Param;
 
+    const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
     fn golden() -> PathBuf {
         Path::new(SOURCE_ROOT).join("engine/testdata/golden")
     }
@@ -805,7 +847,12 @@ pub(crate) mod tests {
     }
 
     impl Rig {
+        /// A rig whose menu lists the source tree's shipped styles.
         fn new(tag: &str) -> Self {
+            Self::with_shipped(tag, shipped())
+        }
+
+        fn with_shipped(tag: &str, shipped: PathBuf) -> Self {
             let params = Arc::new(ContinuoParams::default());
             let user = user_folder(tag);
             *lock(&params.user_folder) = Some(user.clone());
@@ -822,7 +869,8 @@ pub(crate) mod tests {
                 models.clone(),
                 styles.clone(),
                 status.clone(),
-            );
+            )
+            .with_shipped_dir(shipped);
             Self {
                 params,
                 library,
@@ -957,6 +1005,38 @@ pub(crate) mod tests {
         );
         assert_eq!(view.active_style, "base model");
         assert_eq!(*lock(&rig.params.style_choice), StyleChoice::default());
+    }
+
+    /// A project from another computer names a shipped style by a path that is not here: the
+    /// shipped style of the same name plays, and the choice now names it.
+    #[test]
+    fn a_shipped_style_saved_elsewhere_is_found_by_name() {
+        let shipped = temp_dir("shipped");
+        std::fs::create_dir_all(shipped.join("tiny")).unwrap();
+        tiny_style(&shipped.join("tiny/tiny.safetensors"), "Tiny Shipped", 2.0);
+        let mut rig = Rig::with_shipped("elsewhere", shipped.clone());
+        rig.settle();
+        *lock(&rig.params.style_choice) = StyleChoice {
+            path: Some(PathBuf::from("/another/computer/tiny.safetensors")),
+            name: "Tiny Shipped".into(),
+        };
+        rig.settle();
+        assert_eq!(rig.requested().as_deref(), Some("Tiny Shipped"));
+        assert_eq!(
+            lock(&rig.params.style_choice).path,
+            Some(shipped.join("tiny/tiny.safetensors"))
+        );
+        let message = rig.library.view().message;
+        assert!(message.contains("using the shipped one"), "{message}");
+        // A user style of that name would not stand in: only shipped ones do.
+        *lock(&rig.params.style_choice) = StyleChoice {
+            path: Some(PathBuf::from("/another/computer/a.safetensors")),
+            name: "Alpha".into(),
+        };
+        rig.settle();
+        assert_eq!(rig.requested(), None);
+        assert!(rig.library.view().message.contains("“Alpha” is missing"));
+        std::fs::remove_dir_all(&shipped).unwrap();
     }
 
     #[test]

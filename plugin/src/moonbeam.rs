@@ -84,6 +84,7 @@ use continuo_engine::model::gru::Chooser;
 use continuo_engine::{Config, Moonbeam, Note, Precision};
 
 use crate::capture::{CapturedAnswer, CapturedNote};
+use crate::factory;
 use crate::generator::{Generator, Outbox};
 use crate::music::Quantize;
 use crate::protocol::{
@@ -98,10 +99,8 @@ pub const ENV_MODEL: &str = "CONTINUO_MODEL";
 /// Environment variable naming the model's config: a JSON file, `small` or `medium`.
 pub const ENV_CONFIG: &str = "CONTINUO_CONFIG";
 
-/// The source tree the plugin was built from; the bundled and test models are found through it.
+/// The source tree the plugin was built from; the tiny test model is found through it.
 const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-const BUNDLED_CONFIG: &str = "assets/configs/continuo_base.json";
-const BUNDLED_WEIGHTS: &str = "assets/continuo_base.safetensors";
 const TINY_CONFIG: &str = "engine/testdata/golden/tiny_config.json";
 const TINY_WEIGHTS: &str = "engine/testdata/golden/tiny_model.safetensors";
 
@@ -184,7 +183,7 @@ pub enum ModelOrigin {
     Environment,
     /// The bundled default model.
     Bundled,
-    /// The tiny golden test model (random weights), used until the bundled model exists.
+    /// The tiny golden test model of the source tree (random weights), for tests.
     TinyTest,
     /// Chosen in the editor (saved with the plugin state).
     User,
@@ -223,9 +222,7 @@ impl ModelLocation {
                 file_name(&self.weights),
                 self.config.describe()
             ),
-            ModelOrigin::TinyTest => {
-                "tiny test model (random weights; the bundled model is not there yet)".into()
-            }
+            ModelOrigin::TinyTest => "tiny test model (random weights)".into(),
         }
     }
 }
@@ -237,21 +234,23 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-/// Where the model is, in order: [`ENV_MODEL`] with [`ENV_CONFIG`]; the bundled model in the
-/// source tree's `assets/`; the tiny golden test model. This is the one place to change when the
-/// model becomes a user setting.
+/// Where the model is, in order: [`ENV_MODEL`] with [`ENV_CONFIG`]; the bundled model, which is
+/// compiled into the plugin and written out once ([`crate::factory`]). This is the one place to
+/// change when the default model changes.
 pub fn locate_model() -> Result<ModelLocation, String> {
     locate_model_in(
         std::env::var_os(ENV_MODEL),
         std::env::var_os(ENV_CONFIG),
-        Path::new(SOURCE_ROOT),
+        factory::installed,
     )
 }
 
+/// [`locate_model`] with the environment's values and the factory folder given; `factory` is
+/// only called when the environment names no model.
 fn locate_model_in(
     model: Option<OsString>,
     config: Option<OsString>,
-    root: &Path,
+    factory: impl FnOnce() -> Result<PathBuf, String>,
 ) -> Result<ModelLocation, String> {
     if let Some(model) = model.filter(|m| !m.is_empty()) {
         let Some(config) = config.filter(|c| !c.is_empty()) else {
@@ -265,23 +264,12 @@ fn locate_model_in(
             weights: PathBuf::from(model),
         });
     }
-    for (origin, config, weights) in [
-        (ModelOrigin::Bundled, BUNDLED_CONFIG, BUNDLED_WEIGHTS),
-        (ModelOrigin::TinyTest, TINY_CONFIG, TINY_WEIGHTS),
-    ] {
-        let (config, weights) = (root.join(config), root.join(weights));
-        if config.is_file() && weights.is_file() {
-            return Ok(ModelLocation {
-                origin,
-                config: ConfigSpec::File(config),
-                weights,
-            });
-        }
-    }
-    Err(format!(
-        "no model: set {ENV_MODEL} and {ENV_CONFIG}, or put the bundled model at {}",
-        root.join(BUNDLED_WEIGHTS).display()
-    ))
+    let dir = factory()?;
+    Ok(ModelLocation {
+        origin: ModelOrigin::Bundled,
+        config: ConfigSpec::File(dir.join(factory::MODEL_CONFIG)),
+        weights: dir.join(factory::MODEL_WEIGHTS),
+    })
 }
 
 fn load_model(location: &ModelLocation) -> Result<Moonbeam, String> {
@@ -1673,39 +1661,36 @@ mod tests {
 
     #[test]
     fn locates_the_model_in_order() {
-        let dir = std::env::temp_dir().join(format!("continuo-locate-{}", std::process::id()));
-        let root = dir.as_path();
-        std::fs::create_dir_all(root.join("assets/configs")).unwrap();
-        std::fs::create_dir_all(root.join("engine/testdata/golden")).unwrap();
-        // Nothing there.
-        assert!(locate_model_in(None, None, root).is_err());
-        // The tiny test model.
-        std::fs::write(root.join(TINY_CONFIG), "{}").unwrap();
-        std::fs::write(root.join(TINY_WEIGHTS), "").unwrap();
-        assert_eq!(
-            locate_model_in(None, None, root).unwrap().origin,
-            ModelOrigin::TinyTest
-        );
-        // The bundled model wins over it.
-        std::fs::write(root.join(BUNDLED_CONFIG), "{}").unwrap();
-        std::fs::write(root.join(BUNDLED_WEIGHTS), "").unwrap();
-        let bundled = locate_model_in(None, None, root).unwrap();
+        let factory = || Ok(PathBuf::from("/factory"));
+        // The bundled model, from the factory folder.
+        let bundled = locate_model_in(None, None, factory).unwrap();
         assert_eq!(bundled.origin, ModelOrigin::Bundled);
-        assert_eq!(bundled.weights, root.join(BUNDLED_WEIGHTS));
-        // The environment wins over both, and needs a config.
-        let env = locate_model_in(Some("/m/x.pt".into()), Some("medium".into()), root).unwrap();
+        assert_eq!(
+            bundled.weights,
+            Path::new("/factory").join(factory::MODEL_WEIGHTS)
+        );
+        assert_eq!(
+            bundled.config,
+            ConfigSpec::File(Path::new("/factory").join(factory::MODEL_CONFIG))
+        );
+        // A factory folder that cannot be written is the error.
+        let blocked = || Err("read-only".to_string());
+        assert_eq!(locate_model_in(None, None, blocked).unwrap_err(), "read-only");
+        // The environment wins (the factory is not even asked), and needs a config.
+        let env = locate_model_in(Some("/m/x.pt".into()), Some("medium".into()), blocked).unwrap();
         assert_eq!(env.origin, ModelOrigin::Environment);
         assert_eq!(env.config, ConfigSpec::Medium);
         assert_eq!(env.weights, PathBuf::from("/m/x.pt"));
-        assert!(locate_model_in(Some("/m/x.pt".into()), None, root)
+        assert!(locate_model_in(Some("/m/x.pt".into()), None, factory)
             .unwrap_err()
             .contains(ENV_CONFIG));
         // An empty variable counts as unset.
         assert_eq!(
-            locate_model_in(Some("".into()), None, root).unwrap().origin,
+            locate_model_in(Some("".into()), None, factory)
+                .unwrap()
+                .origin,
             ModelOrigin::Bundled
         );
-        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
