@@ -100,10 +100,8 @@ fn install_or_fallback(dir: PathBuf) -> Result<PathBuf, String> {
     match install(&dir) {
         Ok(()) => Ok(dir),
         Err(first) => {
-            let fallback = std::env::temp_dir().join(concat!(
-                "continuo-factory-",
-                env!("CARGO_PKG_VERSION")
-            ));
+            let fallback =
+                std::env::temp_dir().join(concat!("continuo-factory-", env!("CARGO_PKG_VERSION")));
             install(&fallback).map(|()| fallback).map_err(|second| {
                 format!(
                     "cannot write the bundled model and styles to {} ({first}) or {} ({second})",
@@ -208,7 +206,10 @@ mod tests {
         compiled.sort();
         assert_eq!(compiled, on_disk);
         for path in [MODEL_CONFIG, MODEL_WEIGHTS] {
-            assert!(FILES.iter().any(|f| f.path == path), "{path} is not compiled in");
+            assert!(
+                FILES.iter().any(|f| f.path == path),
+                "{path} is not compiled in"
+            );
         }
     }
 

@@ -1675,7 +1675,10 @@ mod tests {
         );
         // A factory folder that cannot be written is the error.
         let blocked = || Err("read-only".to_string());
-        assert_eq!(locate_model_in(None, None, blocked).unwrap_err(), "read-only");
+        assert_eq!(
+            locate_model_in(None, None, blocked).unwrap_err(),
+            "read-only"
+        );
         // The environment wins (the factory is not even asked), and needs a config.
         let env = locate_model_in(Some("/m/x.pt".into()), Some("medium".into()), blocked).unwrap();
         assert_eq!(env.origin, ModelOrigin::Environment);

@@ -1865,7 +1865,11 @@ mod tests {
         // 72,000, and the run counts from 48,480 (long enough for the 1 s echo to end).
         let out = rig.run(200, 480);
         let answer_start = 72_000 + 12_000 - 48_480;
-        assert_eq!(out.first(), Some(&format!("{answer_start} on 0:72")), "{out:?}");
+        assert_eq!(
+            out.first(),
+            Some(&format!("{answer_start} on 0:72")),
+            "{out:?}"
+        );
         assert!(rig.stuck().is_empty());
     }
 
