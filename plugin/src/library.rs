@@ -223,12 +223,9 @@ fn entry_for(path: &Path, origin: StyleOrigin) -> Result<StyleEntry, String> {
 /// Builds the menu: the shipped styles, then the user's, each sorted by name; at most
 /// [`MAX_STYLES`]. Files that are not styles (e.g. model weights in the user folder) are
 /// listed as problems, not entries.
-pub fn scan(shipped: &Path, user: Option<&Path>) -> Catalog {
+pub fn scan(shipped: Option<&Path>, user: Option<&Path>) -> Catalog {
     let mut catalog = Catalog::default();
-    for (dir, origin) in [
-        (Some(shipped), StyleOrigin::Shipped),
-        (user, StyleOrigin::User),
-    ] {
+    for (dir, origin) in [(shipped, StyleOrigin::Shipped), (user, StyleOrigin::User)] {
         let Some(dir) = dir else { continue };
         let mut paths = Vec::new();
         candidates(dir, 2, &mut paths);
@@ -481,10 +478,7 @@ impl Loader {
             Some(dir) => Ok(dir.clone()),
             None => shipped_styles_dir(),
         };
-        let mut catalog = match &shipped {
-            Ok(dir) => scan(dir, Some(&user)),
-            Err(_) => scan(&user, None),
-        };
+        let mut catalog = scan(shipped.as_deref().ok(), Some(&user));
         if let Err(problem) = shipped {
             catalog.problems.insert(0, problem);
         }
@@ -807,7 +801,7 @@ pub(crate) mod tests {
     #[test]
     fn catalog_lists_shipped_then_user_styles_by_name() {
         let user = user_folder("scan");
-        let catalog = scan(&shipped(), Some(&user));
+        let catalog = scan(Some(&shipped()), Some(&user));
         let names: Vec<&str> = catalog.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
@@ -832,7 +826,12 @@ pub(crate) mod tests {
         assert_eq!(catalog.entry(0), None);
         assert_eq!(catalog.entry(4).unwrap().name, "Alpha");
         // A missing folder is an empty one.
-        assert!(scan(&user.join("nothing"), None).entries.is_empty());
+        assert!(scan(Some(&user.join("nothing")), None).entries.is_empty());
+        // Without shipped styles (their folder could not be written), the user's are still
+        // the user's: only shipped ones stand in for a saved style by name.
+        let alone = scan(None, Some(&user));
+        assert_eq!(alone.entries.len(), 3);
+        assert!(alone.entries.iter().all(|e| e.origin == StyleOrigin::User));
         std::fs::remove_dir_all(&user).unwrap();
     }
 
