@@ -82,12 +82,13 @@ pub fn installed() -> Result<PathBuf, String> {
     // (the loader asks on every rescan, and the model alone is 35 MB).
     static VERIFIED: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut verified = crate::sync::lock(&VERIFIED);
-    if verified.as_ref().is_some_and(|v| {
+    let still_there = |v: &&PathBuf| {
         FILES.iter().all(|f| {
             std::fs::metadata(v.join(f.path)).is_ok_and(|m| m.len() == f.bytes.len() as u64)
         })
-    }) {
-        return Ok(verified.clone().unwrap_or(dir));
+    };
+    if let Some(dir) = verified.as_ref().filter(still_there) {
+        return Ok(dir.clone());
     }
     let result = install_or_fallback(dir);
     if let Ok(dir) = &result {

@@ -64,6 +64,16 @@ pub fn answer_lead_ms(generation_ratio: Option<f64>, answer_ms: f64) -> f64 {
     }
 }
 
+/// The bars an answer of `kind` lasts (0: as long as the phrase played); a continuous answer is
+/// at least a bar. The continuous mode's look-ahead and the request use this one rule.
+fn answer_bars(kind: TriggerKind, settings: &Settings) -> u32 {
+    if kind == TriggerKind::Continuous {
+        settings.answer_bars.max(1)
+    } else {
+        settings.answer_bars
+    }
+}
+
 /// A song position this far (in beats) from where the previous block said it would be counts as
 /// a jump (seek or loop).
 pub const JUMP_TOLERANCE_BEATS: f64 = 0.01;
@@ -411,9 +421,8 @@ impl Core {
                         }
                     }
                     Mode::Continuous => {
-                        let answer_ms = f64::from(settings.answer_bars.max(1))
-                            * beats_per_bar
-                            * (60_000.0 / tempo_bpm);
+                        let bars = answer_bars(TriggerKind::Continuous, settings);
+                        let answer_ms = f64::from(bars) * beats_per_bar * (60_000.0 / tempo_bpm);
                         let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
                         let lead_beats = lead_ms / 60_000.0 * tempo_bpm;
                         let needs_more = self
@@ -660,11 +669,7 @@ impl Core {
         offset: u32,
     ) {
         let answer_id = self.next_answer_id;
-        let bars = if kind == TriggerKind::Continuous {
-            settings.answer_bars.max(1)
-        } else {
-            settings.answer_bars
-        };
+        let bars = answer_bars(kind, settings);
         let length_beats = f64::from(bars) * now.beats_per_bar;
         let ms_per_beat = 60_000.0 / now.tempo_bpm;
         if self.phrase_pending {

@@ -130,13 +130,11 @@ impl SharedStatus {
         if !ratio.is_finite() || ratio <= 0.0 {
             return;
         }
-        let sample = ratio * 1e6;
         let estimate = match self.generation_ratio() {
-            Some(old) => sample.max(0.75 * old * 1e6 + 0.25 * sample),
-            None => sample,
+            Some(old) => ratio.max(0.75 * old + 0.25 * ratio),
+            None => ratio,
         };
-        self.generation_ratio_ppm
-            .store((estimate.round() as u64).max(1), Ordering::Relaxed);
+        self.seed_generation_ratio(estimate);
     }
 
     /// Starts the estimate afresh (for a new model) from `ratio`; `0.0` forgets it.
