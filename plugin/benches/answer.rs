@@ -15,12 +15,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use continuo::audio::{answer_lead_ms, ANSWER_LEAD_MARGIN, ANSWER_LEAD_MS, MAX_ANSWER_LEAD_MS};
+use continuo::generator::MoonbeamGenerator;
 use continuo::generator::{Generator, Outbox};
-use continuo::moonbeam::{locate_model, ModelCache, MoonbeamGenerator, StyleSlot};
+use continuo::library::{locate_model, ModelCache, StyleSlot};
 use continuo::protocol::{
     AnswerRequest, FromEngine, GenParams, NoteTime, PlayedNote, Stamp, ToEngine, TriggerKind,
 };
-use continuo::realtime::{answer_lead_ms, ANSWER_LEAD_MARGIN, ANSWER_LEAD_MS, MAX_ANSWER_LEAD_MS};
 use continuo::status::SharedStatus;
 use continuo_engine::lora::Style;
 

@@ -14,11 +14,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use continuo::audio::voice::Kernel;
+use continuo::audio::{BlockIo, Core, TransportSnapshot};
 use continuo::params::Settings;
 use continuo::protocol::{FromEngine, GeneratedNote, NoteTime, ToEngine};
-use continuo::realtime::{BlockIo, Core, TransportSnapshot};
 use continuo::status::{EditorSnapshot, SharedStatus};
-use continuo::voice::Kernel;
 use criterion::{criterion_group, criterion_main, Criterion};
 use nice_plug::midi::{Channel, Key, NoteEvent, VoiceID};
 

@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use continuo::voice::{Kernel, PianoVoice, VoiceSource, MAX_VOICES};
+use continuo::audio::voice::{Kernel, PianoVoice, VoiceSource, MAX_VOICES};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const SAMPLE_RATE_HZ: f32 = 48_000.0;

@@ -1,30 +1,33 @@
 //! Continuo: a CLAP/VST3 MIDI effect and instrument that answers the player with continuations
 //! from the Moonbeam MIDI transformer.
 //!
-//! This crate is the real-time shell: the nice-plug glue (this file), the audio-thread core
-//! ([`realtime`]), the scheduling and note bookkeeping ([`schedule`]), the built-in voice
-//! ([`voice`]), the generator thread and its message protocol ([`generator`], [`protocol`]) and the
-//! editor ([`editor`]) with its live piano roll ([`roll`]). The generator thread runs Moonbeam
-//! ([`moonbeam::MoonbeamGenerator`]) and shapes its notes with the quantize and scale math in
-//! [`music`]; the loader thread ([`library`]) loads styles and models and exports captured
-//! answers ([`capture`]).
+//! One folder per thread of a plugin instance, and beside them what the threads share:
+//!
+//! | module | thread | what it holds |
+//! |---|---|---|
+//! | [`audio`] | the host's audio thread | the real-time core: transport, answers, input, output, the schedule, the voice |
+//! | [`generator`] | the generator thread | the thread and its trait, the Moonbeam generator, the warm session, note shaping |
+//! | [`library`] | the loader thread (the only one doing file I/O) | the style catalogue, the model and style caches, the factory folder, capture export |
+//! | [`editor`] | the GUI thread | the egui editor, its library panel and the piano roll's painting |
+//! | [`protocol`] | (shared) | the messages between the audio and generator threads, the only thing they share |
+//! | [`status`] | (shared) | counters, the editor snapshot, the note ring and the capture log |
+//! | [`params`] | (shared) | the host parameters and the persisted choices |
+//! | [`sync`] | not audio | poison-tolerant lock helpers |
+//!
+//! This file is the nice-plug glue: it owns the queues and the threads of one instance and starts
+//! and stops them (the loader when the editor opens or on `activate()`, the generator on
+//! `activate()`).
 
-pub mod capture;
+pub mod audio;
 pub mod editor;
-pub mod factory;
 pub mod generator;
 pub mod library;
-pub mod library_ui;
-pub mod moonbeam;
-pub mod music;
 pub mod params;
 pub mod protocol;
-pub mod realtime;
-pub mod roll;
-pub mod schedule;
 pub mod status;
 pub mod sync;
-pub mod voice;
+#[cfg(test)]
+mod testing;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -32,12 +35,11 @@ use std::sync::{Arc, Mutex};
 use nice_plug::prelude::*;
 use nice_plug_egui::{EguiEditor, EguiEditorState};
 
-use crate::generator::GeneratorThread;
-use crate::library::{Library, Loader, LoaderThread};
-use crate::moonbeam::{ModelCache, MoonbeamGenerator, StyleSlot};
+use crate::audio::{BlockIo, Core, TransportSnapshot};
+use crate::generator::{GeneratorThread, MoonbeamGenerator};
+use crate::library::{Library, Loader, LoaderThread, ModelCache, StyleSlot};
 use crate::params::ContinuoParams;
 use crate::protocol::{EngineStatus, FROM_ENGINE_CAPACITY, TO_ENGINE_CAPACITY};
-use crate::realtime::{BlockIo, Core, TransportSnapshot};
 use crate::status::{EditorSnapshot, SharedStatus};
 
 /// The CLAP plugin id. Host-facing: never change it.

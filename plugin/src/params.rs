@@ -13,9 +13,30 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use nice_plug::prelude::*;
 
-use crate::library::{ModelChoice, StyleChoice, MAX_STYLES};
-use crate::music::{Quantize, Scale, PITCH_CLASS_NAMES};
-use crate::protocol::GenParams;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{GenParams, Quantize, Scale, PITCH_CLASS_NAMES};
+
+/// The most styles the menu (and the `style` parameter) can hold.
+pub const MAX_STYLES: usize = 64;
+
+/// The chosen style, saved with the plugin state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StyleChoice {
+    /// The style file or peft folder; `None` for the plain base model.
+    pub path: Option<PathBuf>,
+    /// Its preset name when it was chosen (shown if the file is gone).
+    pub name: String,
+}
+
+/// The chosen base model, saved with the plugin state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelChoice {
+    /// Weights (`.safetensors` or the release `.pt`); `None` for the default model.
+    pub weights: Option<PathBuf>,
+    /// `small`, `medium` or a config JSON file.
+    pub config: String,
+}
 
 /// What makes the plugin play.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,7 +359,7 @@ impl Default for ContinuoParams {
                 0,
                 IntRange::Linear {
                     min: 0,
-                    max: i32::from(crate::music::MAX_SWING_PERCENT),
+                    max: i32::from(crate::protocol::MAX_SWING_PERCENT),
                 },
             )
             .with_unit(" %"),

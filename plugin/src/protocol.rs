@@ -2,7 +2,7 @@
 //!
 //! Every message is a small fixed-size `Copy` value, so it can travel through a preallocated
 //! lock-free `rtrb` queue without allocating or dropping anything heap-owning on the audio thread.
-//! The same messages drive the Moonbeam generator (`moonbeam.rs`) and the stand-in echo
+//! The same messages drive the Moonbeam generator ([`crate::generator::MoonbeamGenerator`]) and the stand-in echo
 //! generator used by the shell's unit tests, so this module is the contract between the
 //! plugin shell and the engine.
 //!
@@ -15,7 +15,7 @@
 //! Generated notes carry absolute times ([`NoteTime`]) in one of those two bases, so the audio
 //! thread can map them onto sample offsets without knowing anything about the model.
 
-use crate::music::{Quantize, Scale};
+use nice_plug::prelude::Enum;
 
 /// The capacity of the audio → generator queue.
 pub const TO_ENGINE_CAPACITY: usize = 4096;
@@ -69,6 +69,65 @@ pub struct TransportInfo {
     pub jumped: bool,
 }
 
+/// The most swing the parameter allows, in percent.
+pub const MAX_SWING_PERCENT: u8 = 75;
+
+/// Pitch class names, sharps only, `C` = 0.
+pub const PITCH_CLASS_NAMES: [&str; 12] = [
+    "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
+];
+
+/// The grid generated note starts snap to.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Quantize {
+    #[id = "off"]
+    #[name = "Off"]
+    Off,
+    #[id = "8th"]
+    #[name = "1/8"]
+    Eighth,
+    #[id = "16th"]
+    #[name = "1/16"]
+    Sixteenth,
+    #[id = "8trip"]
+    #[name = "1/8 triplet"]
+    EighthTriplet,
+}
+
+/// The scale generated pitches are locked to.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Scale {
+    #[id = "off"]
+    #[name = "Off"]
+    Off,
+    #[id = "major"]
+    #[name = "Major"]
+    Major,
+    #[id = "minor"]
+    #[name = "Natural minor"]
+    NaturalMinor,
+    #[id = "harmin"]
+    #[name = "Harmonic minor"]
+    HarmonicMinor,
+    #[id = "dorian"]
+    #[name = "Dorian"]
+    Dorian,
+    #[id = "mixo"]
+    #[name = "Mixolydian"]
+    Mixolydian,
+    #[id = "majpen"]
+    #[name = "Major pentatonic"]
+    MajorPentatonic,
+    #[id = "minpen"]
+    #[name = "Minor pentatonic"]
+    MinorPentatonic,
+    #[id = "blues"]
+    #[name = "Blues"]
+    Blues,
+}
+
 /// Generation settings, sent whenever a parameter that affects generation changes.
 ///
 /// The musical settings are one byte each (`u8` and `#[repr(u8)]` enums), which keeps
@@ -88,7 +147,7 @@ pub struct GenParams {
     pub pitch_high: u8,
     /// Upper bound on generated note-ons per beat.
     pub density_cap_per_beat: f32,
-    /// The grid generated note starts snap to (see [`crate::music`]).
+    /// The grid generated note starts snap to (see [`crate::generator::shaper`]).
     pub quantize: Quantize,
     /// Swing of straight grids in percent, `0..=75`.
     pub swing_percent: u8,

@@ -37,7 +37,7 @@
 //!   context, as in the engine's `continue_notes`). Drum rows (instrument 128) are skipped
 //!   unless the player's last note was on the drum channel. Then, in this order:
 //!   1. **Scale lock** (`scale` other than Off): a pitch outside the scale on `scale_root` moves
-//!      to the nearest scale tone, the lower one at equal distance ([`crate::music`]). Drum
+//!      to the nearest scale tone, the lower one at equal distance ([`super::shaper`]). Drum
 //!      rows are left alone (their pitch is a drum, not a note).
 //!   2. **Range:** pitches outside `pitch_low..=pitch_high` are **folded by octaves** into the
 //!      range (keeping the rhythm and the pitch class, so a locked pitch stays in the scale); a
@@ -70,54 +70,29 @@
 //!   its first note being sent.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use continuo_engine::generate::{Sampling, Session};
+use continuo_engine::generate::Sampling;
 use continuo_engine::lora::Style;
 use continuo_engine::midi::LiveTokenizer;
 use continuo_engine::model::forward::Row;
 use continuo_engine::model::gru::Chooser;
-use continuo_engine::{Config, Moonbeam, Note, Precision};
+use continuo_engine::{Moonbeam, Note};
 
-use crate::capture::{CapturedAnswer, CapturedNote};
-use crate::factory;
-use crate::generator::{Generator, Outbox};
-use crate::music::Quantize;
+use super::session::{Engine, Limits, Timeline};
+use super::shaper::{density_window, fold_pitch, min_note_ms, TICK_MS};
+use super::{Generator, Outbox};
+use crate::library::{locate_model, ModelCache, ModelLocation, NamedStyle, StyleSlot};
 use crate::protocol::{
     AnswerRequest, EngineStatus, FromEngine, GenParams, GeneratedNote, NoteTime, PlayedNote,
-    ToEngine,
+    Quantize, ToEngine,
 };
-use crate::status::SharedStatus;
-use crate::sync::{lock, try_with};
+use crate::status::{CapturedAnswer, CapturedNote, SharedStatus};
 
-/// Environment variable naming a model file (`.safetensors` or an official `.pt` checkpoint).
-pub const ENV_MODEL: &str = "CONTINUO_MODEL";
-/// Environment variable naming the model's config: a JSON file, `small` or `medium`.
-pub const ENV_CONFIG: &str = "CONTINUO_CONFIG";
-
-/// The source tree the plugin was built from; the tiny test model is found through it.
-const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-const TINY_CONFIG: &str = "engine/testdata/golden/tiny_config.json";
-const TINY_WEIGHTS: &str = "engine/testdata/golden/tiny_model.safetensors";
-
-/// Played notes kept in the context after a trim.
-pub const CONTEXT_KEEP: usize = 256;
-/// Notes the context may grow by before it is trimmed back to [`CONTEXT_KEEP`] (trimming costs a
-/// prefill, so it is not done for every note).
-pub const CONTEXT_SLACK: usize = 64;
-/// Played notes the tokenizer may hold that are not final yet (a held note keeps every later note
-/// from becoming final). Past this, held notes are closed in the context.
-pub const PENDING_MAX: usize = 64;
-/// The most rows decoded for one answer.
-pub const ANSWER_MAX_NOTES: usize = 256;
 /// Answer length when none is asked for and nothing has been played yet.
 const DEFAULT_ANSWER_BEATS: f64 = 4.0;
-/// Notes decoded when a model is installed, to warm it up and measure its speed.
-const WARM_UP_NOTES: usize = 4;
 /// Notes per second of music assumed, before a model's first answer has measured its own speed,
 /// to choose how far ahead answers start: about the densest the bundled model plays (its 4-bar
 /// answers at 120 BPM have up to about 77 notes in 8 s).
@@ -132,487 +107,8 @@ const TEMPO_RANGE_BPM: (f64, f64) = (1.0, 100_000.0);
 const MIN_FREE_SLOTS: usize = 8;
 /// The gap limit used before a model is loaded (the official configs' largest timeshift).
 const DEFAULT_MAX_GAP_TICKS: i64 = 297;
-/// Milliseconds per model tick.
-const TICK_MS: f64 = 10.0;
 /// Notes closer than this (in ms) start at the same time.
 const SAME_START_MS: f64 = 1e-3;
-
-// ---------------------------------------------------------------------------------------------
-// Where the model comes from
-// ---------------------------------------------------------------------------------------------
-
-/// A model config: an official preset or a JSON file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigSpec {
-    Small,
-    Medium,
-    File(PathBuf),
-}
-
-impl ConfigSpec {
-    /// `small`, `medium` or a path.
-    pub fn parse(text: &str) -> Self {
-        match text.trim() {
-            "small" => Self::Small,
-            "medium" => Self::Medium,
-            path => Self::File(PathBuf::from(path)),
-        }
-    }
-
-    pub fn load(&self) -> Result<Config, String> {
-        match self {
-            Self::Small => Ok(Config::small()),
-            Self::Medium => Ok(Config::medium()),
-            Self::File(path) => Config::from_file(path).map_err(|e| e.to_string()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::Small => "small".into(),
-            Self::Medium => "medium".into(),
-            Self::File(path) => file_name(path),
-        }
-    }
-}
-
-/// Why a model was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelOrigin {
-    /// Named by [`ENV_MODEL`] and [`ENV_CONFIG`].
-    Environment,
-    /// The bundled default model.
-    Bundled,
-    /// The tiny golden test model of the source tree (random weights), for tests.
-    TinyTest,
-    /// Chosen in the editor (saved with the plugin state).
-    User,
-}
-
-/// A model to load: its config and weights.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelLocation {
-    pub origin: ModelOrigin,
-    pub config: ConfigSpec,
-    pub weights: PathBuf,
-}
-
-impl ModelLocation {
-    /// The tiny golden test model of the source tree (random weights).
-    pub fn tiny_test_model() -> Self {
-        let root = Path::new(SOURCE_ROOT);
-        Self {
-            origin: ModelOrigin::TinyTest,
-            config: ConfigSpec::File(root.join(TINY_CONFIG)),
-            weights: root.join(TINY_WEIGHTS),
-        }
-    }
-
-    /// What the editor shows.
-    pub fn label(&self) -> String {
-        match self.origin {
-            ModelOrigin::Environment => format!(
-                "{} (config {}, from {ENV_MODEL})",
-                file_name(&self.weights),
-                self.config.describe()
-            ),
-            ModelOrigin::Bundled => format!("bundled {}", file_name(&self.weights)),
-            ModelOrigin::User => format!(
-                "{} (config {})",
-                file_name(&self.weights),
-                self.config.describe()
-            ),
-            ModelOrigin::TinyTest => "tiny test model (random weights)".into(),
-        }
-    }
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
-}
-
-/// Where the model is, in order: [`ENV_MODEL`] with [`ENV_CONFIG`]; the bundled model, which is
-/// compiled into the plugin and written out once ([`crate::factory`]). This is the one place to
-/// change when the default model changes.
-pub fn locate_model() -> Result<ModelLocation, String> {
-    locate_model_in(
-        std::env::var_os(ENV_MODEL),
-        std::env::var_os(ENV_CONFIG),
-        factory::installed,
-    )
-}
-
-/// [`locate_model`] with the environment's values and the factory folder given; `factory` is
-/// only called when the environment names no model.
-fn locate_model_in(
-    model: Option<OsString>,
-    config: Option<OsString>,
-    factory: impl FnOnce() -> Result<PathBuf, String>,
-) -> Result<ModelLocation, String> {
-    if let Some(model) = model.filter(|m| !m.is_empty()) {
-        let Some(config) = config.filter(|c| !c.is_empty()) else {
-            return Err(format!(
-                "{ENV_MODEL} is set but {ENV_CONFIG} is not: set it to `small`, `medium` or a config JSON file"
-            ));
-        };
-        return Ok(ModelLocation {
-            origin: ModelOrigin::Environment,
-            config: ConfigSpec::parse(&config.to_string_lossy()),
-            weights: PathBuf::from(model),
-        });
-    }
-    let dir = factory()?;
-    Ok(ModelLocation {
-        origin: ModelOrigin::Bundled,
-        config: ConfigSpec::File(dir.join(factory::MODEL_CONFIG)),
-        weights: dir.join(factory::MODEL_WEIGHTS),
-    })
-}
-
-fn load_model(location: &ModelLocation) -> Result<Moonbeam, String> {
-    let config = location
-        .config
-        .load()
-        .map_err(|e| format!("cannot use the model config: {e}"))?;
-    Moonbeam::load(&config, &location.weights, Precision::F32)
-        .map_err(|e| format!("cannot load {}: {e}", location.weights.display()))
-}
-
-/// Models loaded by any instance in this process, so instances using the same file share it.
-static LOADED: Mutex<Vec<(ModelLocation, Weak<Moonbeam>)>> = Mutex::new(Vec::new());
-
-/// The model of one plugin instance, kept across activations so reactivating does not reload it.
-/// The generator thread loads the first one ([`ModelCache::get_or_load`] in its `start`); the
-/// loader thread ([`crate::library`]) loads the ones the user chooses later
-/// ([`ModelCache::load`]). Every installed model bumps [`ModelCache::version`], which is how the
-/// generator notices a new one and switches to it between answers. Anyone may read
-/// [`ModelCache::current`] (e.g. to load styles for it). Never touched by the audio thread.
-#[derive(Debug, Default)]
-pub struct ModelCache {
-    slot: Mutex<Option<(ModelLocation, Arc<Moonbeam>)>>,
-    version: AtomicU64,
-    /// What the generator loads when it starts; `None`: [`locate_model`].
-    wanted: Mutex<Option<ModelLocation>>,
-}
-
-impl ModelCache {
-    /// The loaded model, if any.
-    pub fn current(&self) -> Option<Arc<Moonbeam>> {
-        lock(&self.slot).as_ref().map(|(_, model)| model.clone())
-    }
-
-    /// Where the loaded model came from, if any.
-    pub fn current_location(&self) -> Option<ModelLocation> {
-        lock(&self.slot)
-            .as_ref()
-            .map(|(location, _)| location.clone())
-    }
-
-    /// Increases every time a model is installed.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    /// The model the generator should start with.
-    pub fn start_location(&self) -> Result<ModelLocation, String> {
-        match lock(&self.wanted).clone() {
-            Some(location) => Ok(location),
-            None => locate_model(),
-        }
-    }
-
-    fn install(&self, location: &ModelLocation, model: Arc<Moonbeam>) {
-        *lock(&self.slot) = Some((location.clone(), model));
-        self.version.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The model at `location`: another instance's, or freshly loaded. Slow when it loads.
-    fn shared(location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
-        // Held while loading, so two instances asking for the same file load it once.
-        let mut shared = lock(&LOADED);
-        shared.retain(|(_, weak)| weak.strong_count() > 0);
-        if let Some(model) = shared
-            .iter()
-            .find(|(loaded, _)| loaded == location)
-            .and_then(|(_, weak)| weak.upgrade())
-        {
-            return Ok(model);
-        }
-        let model = Arc::new(load_model(location)?);
-        shared.push((location.clone(), Arc::downgrade(&model)));
-        Ok(model)
-    }
-
-    /// The model at `location`: this instance's, another instance's, or freshly loaded. Slow
-    /// when it loads; call it on the generator thread only.
-    pub fn get_or_load(&self, location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
-        if let Some((loaded, model)) = &*lock(&self.slot) {
-            if loaded == location {
-                return Ok(model.clone());
-            }
-        }
-        let model = Self::shared(location)?;
-        self.install(location, model.clone());
-        Ok(model)
-    }
-
-    /// Loads the model at `location` and makes it this instance's; the generator switches to
-    /// it between answers. On failure nothing changes. Slow; call it on the loader thread.
-    pub fn load(&self, location: &ModelLocation) -> Result<Arc<Moonbeam>, String> {
-        let previous = lock(&self.wanted).replace(location.clone());
-        match Self::shared(location) {
-            Ok(model) => {
-                self.install(location, model.clone());
-                Ok(model)
-            }
-            Err(e) => {
-                *lock(&self.wanted) = previous;
-                Err(e)
-            }
-        }
-    }
-
-    /// Loads the default model ([`locate_model`]).
-    pub fn load_default(&self) -> Result<Arc<Moonbeam>, String> {
-        let location = locate_model()?;
-        self.load(&location)?;
-        *lock(&self.wanted) = None;
-        self.current().ok_or_else(|| "the model is gone".into())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The style hook
-// ---------------------------------------------------------------------------------------------
-
-/// A style and its name.
-#[derive(Debug, Clone)]
-pub struct NamedStyle {
-    pub name: String,
-    pub style: Style,
-    /// The base it was made for; the generator uses the style only with that base (a style
-    /// for a previous model waits for the loader to bring one for the new model). `None`: any
-    /// base of the right shapes.
-    pub model: Option<Weak<Moonbeam>>,
-}
-
-impl NamedStyle {
-    fn fits(&self, model: &Arc<Moonbeam>) -> bool {
-        self.model
-            .as_ref()
-            .is_none_or(|made_for| std::ptr::eq(made_for.as_ptr(), Arc::as_ptr(model)))
-    }
-}
-
-/// The style the generator should use. The style menu (or anything else) calls
-/// [`StyleSlot::set`]; the generator thread picks the change up between two decode steps and
-/// swaps it into its session. Never touched by the audio thread.
-#[derive(Debug, Default)]
-pub struct StyleSlot {
-    /// Increases with every change, so the generator can tell a change without locking.
-    version: AtomicU64,
-    style: Mutex<Option<NamedStyle>>,
-}
-
-impl StyleSlot {
-    /// Asks for `style` (made for the loaded base, see [`ModelCache::current`]; its adapters'
-    /// strengths are further scaled by the style strength parameter).
-    pub fn set(&self, name: impl Into<String>, style: Style) {
-        self.put(NamedStyle {
-            name: name.into(),
-            style,
-            model: None,
-        });
-    }
-
-    /// Asks for `style`, made for `model`; the generator uses it only with that model.
-    pub fn set_for(&self, model: &Arc<Moonbeam>, name: impl Into<String>, style: Style) {
-        self.put(NamedStyle {
-            name: name.into(),
-            style,
-            model: Some(Arc::downgrade(model)),
-        });
-    }
-
-    fn put(&self, style: NamedStyle) {
-        *lock(&self.style) = Some(style);
-        self.version.fetch_add(1, Ordering::Release);
-    }
-
-    /// The name of the style asked for (`None`: the plain base), and the base it was made for.
-    pub fn requested(&self) -> Option<(String, Option<Weak<Moonbeam>>)> {
-        lock(&self.style)
-            .as_ref()
-            .map(|named| (named.name.clone(), named.model.clone()))
-    }
-
-    /// Back to the plain base model.
-    pub fn clear(&self) {
-        *lock(&self.style) = None;
-        self.version.fetch_add(1, Ordering::Release);
-    }
-
-    /// The style asked for, if it changed since `seen` (which is then updated). Never blocks:
-    /// if the slot is being written, the change is picked up at a later call.
-    fn take_change(&self, seen: &mut u64) -> Option<Option<NamedStyle>> {
-        let version = self.version.load(Ordering::Acquire);
-        if version == *seen {
-            return None;
-        }
-        let style = try_with(&self.style, Option::clone)?;
-        *seen = version;
-        Some(style)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The session
-// ---------------------------------------------------------------------------------------------
-
-self_cell::self_cell!(
-    /// A [`Session`] together with the model it borrows, so the generator can keep both.
-    struct WarmSession {
-        owner: Arc<Moonbeam>,
-        #[covariant]
-        dependent: Session,
-    }
-);
-
-/// How many rows of what the session holds, from its capacity (scaled down for configs whose
-/// `max_len` is smaller than the defaults need).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Limits {
-    capacity: usize,
-    context_keep: usize,
-    context_max: usize,
-    pending_max: usize,
-    answer_max: usize,
-}
-
-impl Limits {
-    const DEFAULT: Self = Self {
-        capacity: 1 + CONTEXT_KEEP + CONTEXT_SLACK + PENDING_MAX + ANSWER_MAX_NOTES,
-        context_keep: CONTEXT_KEEP,
-        context_max: CONTEXT_KEEP + CONTEXT_SLACK,
-        pending_max: PENDING_MAX,
-        answer_max: ANSWER_MAX_NOTES,
-    };
-
-    fn for_max_len(max_len: usize) -> Self {
-        if max_len >= Self::DEFAULT.capacity {
-            return Self::DEFAULT;
-        }
-        // The default proportions: 2/5 answer, 1/10 pending, the rest context.
-        let capacity = max_len.max(2);
-        let rows = capacity - 1;
-        let answer_max = (rows * 2 / 5).max(1);
-        let pending_max = rows / 10;
-        let context_max = rows.saturating_sub(answer_max + pending_max);
-        Self {
-            capacity,
-            context_keep: context_max * 4 / 5,
-            context_max,
-            pending_max,
-            answer_max,
-        }
-    }
-}
-
-/// The loaded model and its warm session.
-struct Engine {
-    session: WarmSession,
-    limits: Limits,
-    /// The model's largest timeshift in ticks.
-    max_gap: i64,
-    /// `Some(n)`: the session holds exactly `[SOS] + context[..n]` (re-zeroed at `origin`).
-    /// `None`: it holds something else and must be rebuilt with a prefill.
-    synced: Option<usize>,
-    /// The context onset that is 0 in the session.
-    origin: i64,
-    /// `Some(n)`: the session starts with `[SOS] + context[..n]` and holds an answer after it,
-    /// so going back to the played context is a truncation, not a prefill.
-    answered_after: Option<usize>,
-}
-
-impl Engine {
-    fn new(model: Arc<Moonbeam>) -> Self {
-        let limits = Limits::for_max_len(model.cfg.max_len);
-        let max_gap = (model.cfg.vocab[0] as i64 - 3).max(1);
-        let session = WarmSession::new(model, |model| Session::new(model, limits.capacity));
-        Self {
-            session,
-            limits,
-            max_gap,
-            synced: None,
-            origin: 0,
-            answered_after: None,
-        }
-    }
-
-    fn rows_len(&self) -> usize {
-        self.session.borrow_dependent().rows().len()
-    }
-
-    /// Decodes a few notes from an empty context with top-p sampling, as answers do, and
-    /// returns the time per note. The session is left empty: it is rebuilt before use.
-    fn warm_up(&mut self) -> Result<Duration, String> {
-        let started = Instant::now();
-        let mut chooser = Sampling::TopP {
-            temperature: 1.0,
-            top_p: 0.95,
-            seed: 0,
-        }
-        .chooser();
-        let decoded = self.session.with_dependent_mut(|_, session| {
-            session.prefill(&[])?;
-            let mut prev_onset = 0;
-            let mut decoded = 0;
-            for _ in 0..WARM_UP_NOTES {
-                let values = session.next_values(chooser.as_mut())?;
-                decoded += 1;
-                let note = Note::from_decoded(prev_onset, values);
-                prev_onset = note.onset;
-                session.push(note.to_row())?;
-            }
-            session.truncate(0)?;
-            Ok::<_, continuo_engine::error::ModelError>(decoded)
-        });
-        self.synced = None;
-        self.answered_after = None;
-        let decoded = decoded.map_err(|e| format!("warming up the model failed: {e}"))?;
-        Ok(started.elapsed() / decoded.max(1) as u32)
-    }
-
-    /// The onset (session time) of the last row, 0 if there is none but SOS.
-    fn last_onset(&self) -> i64 {
-        let rows = self.session.borrow_dependent().rows();
-        match rows.len() {
-            0 | 1 => 0,
-            n => rows[n - 1][0],
-        }
-    }
-}
-
-/// Maps played onsets onto the context's time line, shortening long silences.
-#[derive(Debug, Clone, Copy, Default)]
-struct Timeline {
-    /// (played onset, context onset) of the latest note.
-    last: Option<(i64, i64)>,
-}
-
-impl Timeline {
-    fn map(&mut self, onset: i64, max_gap: i64) -> i64 {
-        let context = match self.last {
-            None => 0,
-            Some((played, context)) => context + (onset - played).clamp(0, max_gap),
-        };
-        self.last = Some((onset, context));
-        context
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Answers
@@ -644,38 +140,6 @@ struct Answer {
     decode_time: Duration,
     /// The notes sent, for the capture log.
     captured: Vec<CapturedNote>,
-}
-
-/// How a generated pitch fits the range: folded by octaves, or `None` if no octave fits.
-fn fold_pitch(pitch: i64, low: u8, high: u8) -> Option<u8> {
-    let (low, high) = (i64::from(low.min(high)), i64::from(low.max(high)));
-    let mut p = pitch;
-    if p < low {
-        p += (low - p + 11) / 12 * 12;
-    } else if p > high {
-        p -= (p - high + 11) / 12 * 12;
-    }
-    (low..=high).contains(&p).then_some(p as u8)
-}
-
-/// The shortest note a quantized start may leave before the answer's end: a 1/64 note, but at
-/// least one model tick (10 ms).
-fn min_note_ms(ms_per_beat: f64) -> f64 {
-    (ms_per_beat / 16.0).max(TICK_MS)
-}
-
-/// `(window in beats, notes allowed in it)` for a density cap in notes per beat; `None` for no
-/// cap (a cap that is not a number).
-fn density_window(cap: f32) -> Option<(f64, usize)> {
-    if cap.is_nan() {
-        return None;
-    }
-    let cap = f64::from(cap);
-    Some(if cap >= 1.0 {
-        (1.0, cap.floor().min(1e6) as usize)
-    } else {
-        (1.0 / cap.max(1e-3), 1)
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1483,9 +947,14 @@ impl Generator for MoonbeamGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    use super::super::session::{ANSWER_MAX_NOTES, CONTEXT_KEEP, CONTEXT_SLACK, PENDING_MAX};
     use crate::generator::GeneratorThread;
-    use crate::music::Scale;
+    use crate::library::{ConfigSpec, ModelOrigin};
+    use crate::protocol::Scale;
     use crate::protocol::{Stamp, TransportInfo, TriggerKind};
+    use crate::testing::{golden, tiny_test_model};
 
     /// A generator on the tiny golden model, with its queue.
     struct Rig {
@@ -1521,7 +990,7 @@ mod tests {
         }
 
         fn new() -> Self {
-            let rig = Self::with_location(ModelLocation::tiny_test_model());
+            let rig = Self::with_location(tiny_test_model());
             assert!(
                 rig.generator.has_model(),
                 "{:?}",
@@ -1657,59 +1126,6 @@ mod tests {
             assert!(time_ms(n.end) - base <= length_ms + 1e-6, "{n:?}");
             assert!(n.velocity > 0.0 && n.velocity <= 1.0);
         }
-    }
-
-    #[test]
-    fn locates_the_model_in_order() {
-        let factory = || Ok(PathBuf::from("/factory"));
-        // The bundled model, from the factory folder.
-        let bundled = locate_model_in(None, None, factory).unwrap();
-        assert_eq!(bundled.origin, ModelOrigin::Bundled);
-        assert_eq!(
-            bundled.weights,
-            Path::new("/factory").join(factory::MODEL_WEIGHTS)
-        );
-        assert_eq!(
-            bundled.config,
-            ConfigSpec::File(Path::new("/factory").join(factory::MODEL_CONFIG))
-        );
-        // A factory folder that cannot be written is the error.
-        let blocked = || Err("read-only".to_string());
-        assert_eq!(
-            locate_model_in(None, None, blocked).unwrap_err(),
-            "read-only"
-        );
-        // The environment wins (the factory is not even asked), and needs a config.
-        let env = locate_model_in(Some("/m/x.pt".into()), Some("medium".into()), blocked).unwrap();
-        assert_eq!(env.origin, ModelOrigin::Environment);
-        assert_eq!(env.config, ConfigSpec::Medium);
-        assert_eq!(env.weights, PathBuf::from("/m/x.pt"));
-        assert!(locate_model_in(Some("/m/x.pt".into()), None, factory)
-            .unwrap_err()
-            .contains(ENV_CONFIG));
-        // An empty variable counts as unset.
-        assert_eq!(
-            locate_model_in(Some("".into()), None, factory)
-                .unwrap()
-                .origin,
-            ModelOrigin::Bundled
-        );
-    }
-
-    #[test]
-    fn fold_pitch_and_density_window() {
-        assert_eq!(fold_pitch(60, 0, 127), Some(60));
-        assert_eq!(fold_pitch(40, 48, 72), Some(52));
-        assert_eq!(fold_pitch(90, 48, 72), Some(66));
-        assert_eq!(fold_pitch(61, 64, 62), None);
-        assert_eq!(fold_pitch(75, 62, 64), Some(63));
-        assert_eq!(fold_pitch(60, 62, 64), None);
-        assert_eq!(fold_pitch(60, 72, 48), Some(60));
-        assert_eq!(fold_pitch(-5, 0, 127), Some(7));
-        assert_eq!(density_window(8.0), Some((1.0, 8)));
-        assert_eq!(density_window(2.5), Some((1.0, 2)));
-        assert_eq!(density_window(0.5), Some((2.0, 1)));
-        assert_eq!(density_window(f32::NAN), None);
     }
 
     /// An answer as `trigger` makes it, at 120 BPM, for calling `playable` directly.
@@ -2291,7 +1707,7 @@ mod tests {
     fn styles_swap_between_decode_steps() {
         let mut rig = Rig::new();
         let model = rig.generator.models.current().unwrap();
-        let dir = Path::new(SOURCE_ROOT).join("engine/testdata/golden/lora_adapter");
+        let dir = golden().join("lora_adapter");
         let adapter = continuo_engine::lora::Adapter::from_peft_dir(&dir, &model.cfg).unwrap();
         let style = Style::single(Arc::new(adapter), 1.0);
         rig.params(GenParams {
@@ -2338,7 +1754,7 @@ mod tests {
     fn a_new_model_is_taken_between_answers() {
         let mut rig = Rig::new();
         let old = rig.generator.models.current().unwrap();
-        let golden = Path::new(SOURCE_ROOT).join("engine/testdata/golden");
+        let golden = golden();
         let adapter =
             continuo_engine::lora::Adapter::from_peft_dir(&golden.join("lora_adapter"), &old.cfg)
                 .unwrap();
@@ -2386,7 +1802,7 @@ mod tests {
                 status.clone(),
                 models.clone(),
                 Arc::new(StyleSlot::default()),
-                ModelLocation::tiny_test_model(),
+                tiny_test_model(),
             )),
             to_consumer,
             from_producer,

@@ -11,12 +11,9 @@ use std::sync::Arc;
 
 use nice_plug::prelude::ParamSetter;
 
-use crate::capture::CapturedAnswer;
-use crate::library::{
-    answers_folder, default_user_folder, Library, LibraryView, ModelChoice, StyleOrigin,
-};
-use crate::params::ContinuoParams;
-use crate::status::SharedStatus;
+use crate::library::{answers_folder, default_user_folder, Library, LibraryView, StyleOrigin};
+use crate::params::{ContinuoParams, ModelChoice};
+use crate::status::{CapturedAnswer, SharedStatus};
 
 /// The panel's own state: text being edited and the last copies of shared state.
 pub struct LibraryPanel {

@@ -1,6 +1,7 @@
-//! Music theory for the generator: grid quantization with swing, and key/scale lock.
+//! Note shaping on the generator thread: grid quantization with swing, key/scale lock, the
+//! pitch range and the density cap.
 //!
-//! Pure functions on plain numbers, kept apart from `moonbeam.rs` so the arithmetic can be
+//! Pure functions on plain numbers, kept apart from the generator ([`super::moonbeam`]) so the arithmetic can be
 //! tested without a model. The generator thread applies them to each decoded note (see
 //! `MoonbeamGenerator::playable`); the enums are also the parameters' values (`params.rs`).
 //!
@@ -20,33 +21,7 @@
 //! up, and the result never depends on anything but the pitch). The octave folding into the
 //! pitch range happens afterwards and keeps the pitch class, so it stays in the scale.
 
-use nice_plug::prelude::Enum;
-
-/// The most swing the parameter allows, in percent.
-pub const MAX_SWING_PERCENT: u8 = 75;
-
-/// Pitch class names, sharps only, `C` = 0.
-pub const PITCH_CLASS_NAMES: [&str; 12] = [
-    "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
-];
-
-/// The grid generated note starts snap to.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Quantize {
-    #[id = "off"]
-    #[name = "Off"]
-    Off,
-    #[id = "8th"]
-    #[name = "1/8"]
-    Eighth,
-    #[id = "16th"]
-    #[name = "1/16"]
-    Sixteenth,
-    #[id = "8trip"]
-    #[name = "1/8 triplet"]
-    EighthTriplet,
-}
+use crate::protocol::{Quantize, Scale, MAX_SWING_PERCENT};
 
 impl Quantize {
     /// The distance between grid points in beats; `None` when off.
@@ -114,39 +89,6 @@ impl Quantize {
     }
 }
 
-/// The scale generated pitches are locked to.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Scale {
-    #[id = "off"]
-    #[name = "Off"]
-    Off,
-    #[id = "major"]
-    #[name = "Major"]
-    Major,
-    #[id = "minor"]
-    #[name = "Natural minor"]
-    NaturalMinor,
-    #[id = "harmin"]
-    #[name = "Harmonic minor"]
-    HarmonicMinor,
-    #[id = "dorian"]
-    #[name = "Dorian"]
-    Dorian,
-    #[id = "mixo"]
-    #[name = "Mixolydian"]
-    Mixolydian,
-    #[id = "majpen"]
-    #[name = "Major pentatonic"]
-    MajorPentatonic,
-    #[id = "minpen"]
-    #[name = "Minor pentatonic"]
-    MinorPentatonic,
-    #[id = "blues"]
-    #[name = "Blues"]
-    Blues,
-}
-
 impl Scale {
     /// The scale's semitones above its root.
     pub fn intervals(self) -> &'static [u8] {
@@ -202,9 +144,45 @@ impl PitchClasses {
     }
 }
 
+/// Milliseconds per model tick.
+pub const TICK_MS: f64 = 10.0;
+
+/// How a generated pitch fits the range: folded by octaves, or `None` if no octave fits.
+pub(super) fn fold_pitch(pitch: i64, low: u8, high: u8) -> Option<u8> {
+    let (low, high) = (i64::from(low.min(high)), i64::from(low.max(high)));
+    let mut p = pitch;
+    if p < low {
+        p += (low - p + 11) / 12 * 12;
+    } else if p > high {
+        p -= (p - high + 11) / 12 * 12;
+    }
+    (low..=high).contains(&p).then_some(p as u8)
+}
+
+/// The shortest note a quantized start may leave before the answer's end: a 1/64 note, but at
+/// least one model tick (10 ms).
+pub(super) fn min_note_ms(ms_per_beat: f64) -> f64 {
+    (ms_per_beat / 16.0).max(TICK_MS)
+}
+
+/// `(window in beats, notes allowed in it)` for a density cap in notes per beat; `None` for no
+/// cap (a cap that is not a number).
+pub(super) fn density_window(cap: f32) -> Option<(f64, usize)> {
+    if cap.is_nan() {
+        return None;
+    }
+    let cap = f64::from(cap);
+    Some(if cap >= 1.0 {
+        (1.0, cap.floor().min(1e6) as usize)
+    } else {
+        (1.0 / cap.max(1e-3), 1)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::PITCH_CLASS_NAMES;
 
     fn grid(quantize: Quantize, swing: u8, n: u64) -> Vec<f64> {
         (0..n)
@@ -378,7 +356,7 @@ mod tests {
         assert_eq!(e_minor_pent.snap(66), 67);
         assert_eq!(e_minor_pent.snap(68), 67);
         assert_eq!(e_minor_pent.snap(63), 62);
-        // Snapping may leave the MIDI range; folding brings it back (see moonbeam.rs).
+        // Snapping may leave the MIDI range; folding brings it back (see the generator, `super::moonbeam`).
         let b_major = Scale::Major.mask(11).unwrap();
         assert_eq!(b_major.snap(0), -1, "C is between B and C#: down to B");
         assert_eq!(PitchClasses(0).snap(60), 60);
@@ -399,5 +377,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fold_pitch_and_density_window() {
+        assert_eq!(fold_pitch(60, 0, 127), Some(60));
+        assert_eq!(fold_pitch(40, 48, 72), Some(52));
+        assert_eq!(fold_pitch(90, 48, 72), Some(66));
+        assert_eq!(fold_pitch(61, 64, 62), None);
+        assert_eq!(fold_pitch(75, 62, 64), Some(63));
+        assert_eq!(fold_pitch(60, 62, 64), None);
+        assert_eq!(fold_pitch(60, 72, 48), Some(60));
+        assert_eq!(fold_pitch(-5, 0, 127), Some(7));
+        assert_eq!(density_window(8.0), Some((1.0, 8)));
+        assert_eq!(density_window(2.5), Some((1.0, 2)));
+        assert_eq!(density_window(0.5), Some((2.0, 1)));
+        assert_eq!(density_window(f32::NAN), None);
     }
 }

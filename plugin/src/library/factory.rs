@@ -171,14 +171,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("continuo-factory-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
+    use crate::testing::{temp_path, SOURCE_ROOT};
 
     /// The compiled-in list holds every style file under `lora-weights/` (so a new shipped
     /// style cannot be forgotten) and the bundled model.
@@ -216,7 +209,7 @@ mod tests {
 
     #[test]
     fn install_writes_the_source_files_and_repairs_damaged_ones() {
-        let dir = temp_dir("install");
+        let dir = temp_path("install");
         install(&dir).unwrap();
         let root = Path::new(SOURCE_ROOT);
         for file in FILES {
@@ -251,7 +244,7 @@ mod tests {
 
     #[test]
     fn install_reports_a_folder_it_cannot_write() {
-        let dir = temp_dir("blocked");
+        let dir = temp_path("blocked");
         std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
         // A file where the folder should be.
         std::fs::write(&dir, b"not a folder").unwrap();

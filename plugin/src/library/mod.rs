@@ -1,8 +1,15 @@
 //! What the user can choose (styles, the base model, the user folder) and the loader thread
 //! that loads it in the background.
 //!
+//! **Thread:** the loader thread, the only one that does file I/O (the generator thread only
+//! loads the model it is told to). **May touch:** the files, the parameters, [`SharedStatus`],
+//! and the hand-off slots it fills for the generator: [`ModelCache`] and [`StyleSlot`]
+//! (`cache`). Beside it: [`factory`] (the shipped files, compiled in and written out once) and
+//! [`capture`] (captured answers as `.mid` files).
+//!
 //! * **Catalog.** The style menu lists the shipped styles (those of `lora-weights/`, compiled
-//!   in and written out by [`crate::factory`], or the folder named by [`ENV_STYLES`]) and then the styles in the user's folder (native style files,
+//!   in and written out by [`factory`], or the folder named by [`ENV_STYLES`]) and then the
+//!   styles in the user's folder (native style files,
 //!   `*.safetensors` with a Continuo card, and peft adapter folders), each by its preset name.
 //!   Only the file headers are read to build it. Entry `i` of the catalog is value `i + 1` of
 //!   the automatable `style` parameter; 0 is the plain base model.
@@ -11,8 +18,8 @@
 //!   what counts on restore (the menu order may have changed since). A style file that is gone
 //!   is replaced by the shipped style of the same name if there is one (a project from another
 //!   computer), else the base model plays; either way the editor says so.
-//! * **Loader thread**, one per plugin instance, started in `initialize()` and stopped on
-//!   drop. It polls every [`POLL`] (and wakes at once on requests from the editor). It
+//! * **Loader thread**, one per plugin instance, started when the editor opens or on
+//!   `activate()`, and stopped on drop. It polls every [`POLL`] (and wakes at once on requests from the editor). It
 //!   follows the `style` parameter, loads the chosen style for the running base (checking the
 //!   base fingerprint and shapes) and hands it to the generator through [`StyleSlot`], which
 //!   swaps it in between two decode steps. Loaded styles are kept (up to [`STYLE_CACHE`]) and
@@ -29,46 +36,30 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+mod cache;
+pub mod capture;
+pub mod factory;
+
+pub use cache::{
+    locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, NamedStyle, StyleSlot,
+    ENV_CONFIG, ENV_MODEL,
+};
+
 use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::model::Moonbeam;
 use continuo_engine::style::{load_any, read_card};
-use serde::{Deserialize, Serialize};
 
-use crate::capture::export_answer;
-use crate::factory;
-use crate::moonbeam::{
-    locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, StyleSlot,
-};
-use crate::params::ContinuoParams;
+use crate::params::{ContinuoParams, ModelChoice, StyleChoice, MAX_STYLES};
 use crate::status::SharedStatus;
 use crate::sync::{lock, try_with};
+use capture::export_answer;
 
 /// Names the folder of shipped styles (default: the styles compiled into the plugin).
 pub const ENV_STYLES: &str = "CONTINUO_STYLES";
-/// The most styles the menu (and the `style` parameter) can hold.
-pub const MAX_STYLES: usize = 64;
 /// How often the loader thread looks at the `style` parameter.
 pub const POLL: Duration = Duration::from_millis(15);
 /// Loaded styles kept for instant switching.
 pub const STYLE_CACHE: usize = 16;
-
-/// The chosen style, saved with the plugin state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StyleChoice {
-    /// The style file or peft folder; `None` for the plain base model.
-    pub path: Option<PathBuf>,
-    /// Its preset name when it was chosen (shown if the file is gone).
-    pub name: String,
-}
-
-/// The chosen base model, saved with the plugin state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelChoice {
-    /// Weights (`.safetensors` or the release `.pt`); `None` for the default model.
-    pub weights: Option<PathBuf>,
-    /// `small`, `medium` or a config JSON file.
-    pub config: String,
-}
 
 impl ModelChoice {
     /// Where to load it from: the default ([`locate_model`]) or the chosen files.
@@ -135,7 +126,7 @@ impl Catalog {
 }
 
 /// The folder of shipped styles: [`ENV_STYLES`], else the styles compiled into the plugin,
-/// written out once ([`crate::factory`]).
+/// written out once ([`crate::library::factory`]).
 pub fn shipped_styles_dir() -> Result<PathBuf, String> {
     match std::env::var_os(ENV_STYLES).filter(|v| !v.is_empty()) {
         Some(dir) => Ok(PathBuf::from(dir)),
@@ -743,16 +734,12 @@ impl Drop for LoaderThread {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::capture::{CapturedAnswer, CapturedNote};
+    use crate::status::{CapturedAnswer, CapturedNote};
     use continuo_engine::style::{save_style, StyleCard};
     use continuo_engine::Config;
     use nice_plug::prelude::Param;
 
-    const SOURCE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-
-    fn golden() -> PathBuf {
-        Path::new(SOURCE_ROOT).join("engine/testdata/golden")
-    }
+    use crate::testing::{golden, source_path, temp_dir, tiny_test_model};
 
     /// Writes a native style for the tiny golden model: the golden peft adapter with its alpha
     /// multiplied by `alpha_factor`, under `name`.
@@ -765,14 +752,6 @@ pub(crate) mod tests {
             ..StyleCard::new(name, "test style")
         };
         save_style(path, &adapter, &card).unwrap();
-    }
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("continuo-library-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     /// A user folder with two tiny styles ("Alpha", "Zed"), model weights that are not a style,
@@ -795,7 +774,7 @@ pub(crate) mod tests {
     }
 
     fn shipped() -> PathBuf {
-        Path::new(SOURCE_ROOT).join("lora-weights")
+        source_path("lora-weights")
     }
 
     #[test]
@@ -857,9 +836,7 @@ pub(crate) mod tests {
             *lock(&params.user_folder) = Some(user.clone());
             let library = Arc::new(Library::new(params.style_names.clone()));
             let models = Arc::new(ModelCache::default());
-            models
-                .get_or_load(&ModelLocation::tiny_test_model())
-                .unwrap();
+            models.get_or_load(&tiny_test_model()).unwrap();
             let styles = Arc::new(StyleSlot::default());
             let status = Arc::new(SharedStatus::default());
             let loader = Loader::new(

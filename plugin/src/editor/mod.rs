@@ -1,12 +1,19 @@
 //! The egui editor: the status lines, a live piano roll, a trigger button and the controls.
 //!
-//! Runs on the GUI thread and does no blocking work: it reads atomics and the latest audio-thread
-//! snapshot from the triple buffer, and changes parameters through nice-plug's `ParamSetter`.
-//! What the roll shows is computed by [`crate::roll::layout`]; this module only paints it.
+//! **Thread:** the GUI thread. **May touch:** the atomics of [`SharedStatus`] and the latest
+//! audio-thread snapshot from the triple buffer (read), the parameters through nice-plug's
+//! `ParamSetter`, and the loader's [`Library`] (requests, never waiting for it). It does no
+//! blocking work and no file I/O.
+//!
+//! What the roll shows is computed by [`roll::layout`]; this module only paints it. The style,
+//! model and capture panel is `library_panel`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod library_panel;
+pub mod roll;
 
 use nice_plug::context::gui::GuiContext;
 use nice_plug::prelude::*;
@@ -17,10 +24,11 @@ use nice_plug_egui::{
 };
 
 use crate::library::Library;
-use crate::library_ui::LibraryPanel;
 use crate::params::ContinuoParams;
-use crate::roll::{self, NoteSource, RollWindow};
+use crate::status::NoteSource;
 use crate::status::{EditorSnapshot, EngineInfo, SharedStatus};
+use library_panel::LibraryPanel;
+use roll::RollWindow;
 
 const WIDTH: u32 = 520;
 const HEIGHT: u32 = 900;

@@ -10,104 +10,16 @@
 //! host's grid when dropped at that beat. The file carries the tempo the answer was made at
 //! (480 ticks per quarter note, one track, the generated channel).
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use continuo_engine::style::file_slug;
 use midly::num::{u15, u24, u28, u4, u7};
 use midly::{Format, Header, MetaMessage, MidiMessage, Smf, Timing, TrackEvent, TrackEventKind};
 
-use crate::sync::{lock, try_with};
+use crate::status::{CapturedAnswer, CapturedNote};
 
-/// How many answers are kept.
-pub const CAPTURE_KEEP: usize = 8;
 /// Ticks per quarter note of exported files.
 pub const EXPORT_TICKS_PER_BEAT: u16 = 480;
-
-/// One generated note, as sent.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CapturedNote {
-    /// Start, in beats after the answer's first beat.
-    pub start_beats: f64,
-    /// End, in beats after the answer's first beat.
-    pub end_beats: f64,
-    pub key: u8,
-    /// Velocity in `(0, 1]`.
-    pub velocity: f32,
-}
-
-/// One answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CapturedAnswer {
-    /// Counts answers since the plugin was loaded (1 = the first), for names.
-    pub number: u64,
-    /// The style it was generated with ("base model" without one).
-    pub style: String,
-    pub tempo_bpm: f64,
-    /// Zero-based MIDI channel the notes were sent on.
-    pub channel: u8,
-    pub notes: Vec<CapturedNote>,
-}
-
-impl CapturedAnswer {
-    /// Length in beats (the end of the last note).
-    pub fn length_beats(&self) -> f64 {
-        self.notes.iter().map(|n| n.end_beats).fold(0.0, f64::max)
-    }
-
-    /// A one-line description for the editor.
-    pub fn label(&self) -> String {
-        format!(
-            "#{} · {} · {} notes · {:.1} beats at {:.0} BPM",
-            self.number,
-            self.style,
-            self.notes.len(),
-            self.length_beats(),
-            self.tempo_bpm
-        )
-    }
-}
-
-/// The kept answers, newest last. Written by the generator thread, read by the editor and the
-/// loader thread; never by the audio thread.
-#[derive(Debug, Default)]
-pub struct CaptureLog {
-    answers: Mutex<VecDeque<CapturedAnswer>>,
-    /// Answers filed so far.
-    filed: std::sync::atomic::AtomicU64,
-}
-
-impl CaptureLog {
-    /// Files an answer (empty ones are not kept), dropping the oldest beyond [`CAPTURE_KEEP`].
-    pub fn file(&self, mut answer: CapturedAnswer) {
-        if answer.notes.is_empty() {
-            return;
-        }
-        let number = self
-            .filed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        answer.number = number;
-        let mut answers = lock(&self.answers);
-        answers.push_back(answer);
-        while answers.len() > CAPTURE_KEEP {
-            answers.pop_front();
-        }
-    }
-
-    /// Copies of the kept answers, oldest first; `None` if the generator is filing one right
-    /// now (the editor then shows what it showed before). Never blocks.
-    pub fn try_list(&self) -> Option<Vec<CapturedAnswer>> {
-        try_with(&self.answers, |answers| answers.iter().cloned().collect())
-    }
-
-    /// The answer with this number, if it is still kept (blocks briefly; not for the GUI).
-    pub fn get(&self, number: u64) -> Option<CapturedAnswer> {
-        let answers = lock(&self.answers);
-        answers.iter().find(|a| a.number == number).cloned()
-    }
-}
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
@@ -270,40 +182,7 @@ pub fn export_answer(answer: &CapturedAnswer, folder: &Path) -> Result<PathBuf, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn answer(notes: &[(f64, f64, u8)]) -> CapturedAnswer {
-        CapturedAnswer {
-            number: 3,
-            style: "Irish Folk Tune".into(),
-            tempo_bpm: 90.0,
-            channel: 2,
-            notes: notes
-                .iter()
-                .map(|&(start_beats, end_beats, key)| CapturedNote {
-                    start_beats,
-                    end_beats,
-                    key,
-                    velocity: 0.5,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn log_keeps_the_newest_and_numbers_them() {
-        let log = CaptureLog::default();
-        log.file(answer(&[]));
-        for _ in 0..CAPTURE_KEEP + 2 {
-            log.file(answer(&[(0.0, 1.0, 60)]));
-        }
-        let kept = log.try_list().unwrap();
-        assert_eq!(kept.len(), CAPTURE_KEEP);
-        // The empty answer was not filed, so numbering starts at the first real one.
-        assert_eq!(kept.last().unwrap().number, CAPTURE_KEEP as u64 + 2);
-        assert_eq!(kept[0].number, 3);
-        assert!(log.get(1).is_none());
-        assert_eq!(log.get(5).unwrap().number, 5);
-    }
+    use crate::testing::{answer, temp_path};
 
     #[test]
     fn midi_has_the_tempo_channel_and_beat_times() {
@@ -394,8 +273,7 @@ mod tests {
 
     #[test]
     fn export_never_overwrites() {
-        let dir = std::env::temp_dir().join(format!("continuo-capture-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp_path("capture");
         let a = answer(&[(0.0, 1.0, 60)]);
         let first = export_answer(&a, &dir).unwrap();
         let second = export_answer(&a, &dir).unwrap();
