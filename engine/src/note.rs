@@ -5,9 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Milliseconds per tick, the unit of every time in a [`Note`].
+pub const TICK_MS: f64 = 10.0;
+
 /// One note as Moonbeam sees it (spec §1).
 ///
-/// Times are in 10 ms ticks. `onset` is absolute from the start of the piece.
+/// Times are in [`TICK_MS`] (10 ms) ticks. `onset` is absolute from the start of the piece.
 /// The pitch is `octave * 12 + pitch_class`. `instrument` is the General MIDI
 /// program (0..=127) or 128 for drums (channel 10).
 ///

@@ -20,7 +20,7 @@ use continuo::generator::MoonbeamGenerator;
 use continuo::generator::{Generator, Outbox};
 use continuo::library::{locate_model, ModelCache, StyleSlot};
 use continuo::protocol::{
-    AnswerRequest, FromEngine, GenParams, NoteTime, PlayedNote, Stamp, ToEngine, TriggerKind,
+    AnswerRequest, FromEngine, GenParams, NoteTime, PlayedNote, Stamp, ToEngine,
 };
 use continuo::status::SharedStatus;
 use continuo_engine::lora::Style;
@@ -110,12 +110,11 @@ impl Rig {
         let started = Instant::now();
         self.handle(ToEngine::Trigger(AnswerRequest {
             answer_id,
-            kind: TriggerKind::Manual,
             start: Stamp {
                 clock_ms: clock_ms + lead_ms,
                 beats: None,
             },
-            length_beats: ANSWER_BEATS,
+            length_ms: ANSWER_BEATS * 60_000.0 / TEMPO_BPM,
             tempo_bpm: TEMPO_BPM,
         }));
         let mut first = None;
@@ -138,7 +137,6 @@ impl Rig {
                         self.settle();
                         return (lead_ms, first.unwrap_or(end), end, notes, margin);
                     }
-                    FromEngine::Status(_) => {}
                 }
             }
             if !more {
@@ -275,12 +273,11 @@ fn main() {
             for trial in 0..TRIALS {
                 rig.handle(ToEngine::Trigger(AnswerRequest {
                     answer_id: 1000 + trial as u32,
-                    kind: TriggerKind::Manual,
                     start: Stamp {
                         clock_ms: clock + ANSWER_LEAD_MS,
                         beats: None,
                     },
-                    length_beats: ANSWER_BEATS,
+                    length_ms: ANSWER_BEATS * 60_000.0 / TEMPO_BPM,
                     tempo_bpm: TEMPO_BPM,
                 }));
                 for _ in 0..4 {

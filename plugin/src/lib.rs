@@ -39,8 +39,8 @@ use crate::audio::{BlockIo, Core, TransportSnapshot};
 use crate::generator::{GeneratorThread, MoonbeamGenerator};
 use crate::library::{Library, Loader, LoaderThread, ModelCache, StyleSlot};
 use crate::params::ContinuoParams;
-use crate::protocol::{EngineStatus, FROM_ENGINE_CAPACITY, TO_ENGINE_CAPACITY};
-use crate::status::{EditorSnapshot, SharedStatus};
+use crate::protocol::{FROM_ENGINE_CAPACITY, TO_ENGINE_CAPACITY};
+use crate::status::{EditorSnapshot, EngineStatus, SharedStatus};
 
 /// The CLAP plugin id. Host-facing: never change it.
 pub const CLAP_ID: &str = "com.continuo.continuo";

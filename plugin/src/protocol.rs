@@ -2,9 +2,11 @@
 //!
 //! Every message is a small fixed-size `Copy` value, so it can travel through a preallocated
 //! lock-free `rtrb` queue without allocating or dropping anything heap-owning on the audio thread.
-//! The same messages drive the Moonbeam generator ([`crate::generator::MoonbeamGenerator`]) and the stand-in echo
-//! generator used by the shell's unit tests, so this module is the contract between the
-//! plugin shell and the engine.
+//! The same messages drive the Moonbeam generator ([`crate::generator::MoonbeamGenerator`]) and
+//! the stand-in echo generator used by the shell's unit tests, so this module is the contract
+//! between the plugin shell and the engine. Every field has a reader. Decisions are made once,
+//! on the audio thread: an [`AnswerRequest`] carries the answer's start, length and tempo
+//! resolved, and the generator only follows them.
 //!
 //! Times:
 //! * `clock_ms` is the plugin's own monotonic clock: milliseconds of audio processed since
@@ -16,6 +18,14 @@
 //! thread can map them onto sample offsets without knowing anything about the model.
 
 use nice_plug::prelude::Enum;
+
+/// The tempo assumed when the host gives none (or an invalid one).
+pub const DEFAULT_TEMPO_BPM: f64 = 120.0;
+/// The tempos the plugin works with; a host tempo outside is clamped into it (only absurd values
+/// are affected).
+pub const TEMPO_RANGE_BPM: (f64, f64) = (1.0, 100_000.0);
+/// The longest answer ever requested, in ms; longer lengths are cut to it.
+pub const MAX_ANSWER_MS: f64 = 10.0 * 60_000.0;
 
 /// The capacity of the audio → generator queue.
 pub const TO_ENGINE_CAPACITY: usize = 4096;
@@ -54,19 +64,6 @@ pub struct PlayedNote {
     pub velocity: f32,
     /// `true` for a note-on, `false` for a note-off.
     pub is_on: bool,
-}
-
-/// The host transport, as reported to the generator whenever it changes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TransportInfo {
-    pub time: Stamp,
-    pub playing: bool,
-    /// Tempo in beats per minute (the plugin substitutes 120 when the host gives none).
-    pub tempo_bpm: f64,
-    /// Quarter notes per bar (4.0 for 4/4, 3.0 for 6/8).
-    pub beats_per_bar: f64,
-    /// `true` when the song position jumped (seek, loop) rather than moved on.
-    pub jumped: bool,
 }
 
 /// The most swing the parameter allows, in percent.
@@ -176,31 +173,57 @@ impl Default for GenParams {
     }
 }
 
-/// Why an answer was requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerKind {
-    /// Call-and-response: the player went silent.
-    Silence,
-    /// The trigger button or parameter.
-    Manual,
-    /// Continuous mode: the next segment of an ongoing stream.
-    Continuous,
-}
-
-/// A request for an answer.
+/// A request for an answer, resolved by the audio thread: the generator does not second-guess
+/// its start, length or tempo.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AnswerRequest {
     /// Increases by one for every request; notes carry it back so the audio thread can discard
     /// notes of cancelled answers.
     pub answer_id: u32,
-    pub kind: TriggerKind,
     /// When the answer's first beat is. `start.beats` is set when the transport plays (the answer
     /// is then timed in beats), otherwise the answer is timed on the plugin clock.
     pub start: Stamp,
-    /// Answer length in quarter notes. `0.0` means "as long as the phrase that was played".
-    pub length_beats: f64,
-    /// The tempo used to convert between beats and milliseconds.
+    /// How long the answer lasts, in ms: finite, positive and at most [`MAX_ANSWER_MS`].
+    pub length_ms: f64,
+    /// The tempo used to convert between beats and milliseconds: finite and positive.
     pub tempo_bpm: f64,
+}
+
+impl AnswerRequest {
+    /// Whether the request keeps the protocol: finite times, a tempo in [`TEMPO_RANGE_BPM`] and a
+    /// length in `(0, MAX_ANSWER_MS]`. The audio thread only sends such requests.
+    pub fn is_valid(&self) -> bool {
+        self.start.clock_ms.is_finite()
+            && self.start.beats.is_none_or(f64::is_finite)
+            && (TEMPO_RANGE_BPM.0..=TEMPO_RANGE_BPM.1).contains(&self.tempo_bpm)
+            && self.length_ms > 0.0
+            && self.length_ms <= MAX_ANSWER_MS
+    }
+
+    /// Milliseconds per quarter note at the request's tempo.
+    pub fn ms_per_beat(&self) -> f64 {
+        60_000.0 / self.tempo_bpm
+    }
+
+    /// The time `ms` after the answer's start, in the answer's time base: song beats when it is
+    /// timed in beats, else the plugin clock. The one conversion from answer time to
+    /// [`NoteTime`].
+    pub fn time_at(&self, ms: f64) -> NoteTime {
+        match self.start.beats {
+            Some(beats) => NoteTime::Beats(beats + ms / self.ms_per_beat()),
+            None => NoteTime::Millis(self.start.clock_ms + ms),
+        }
+    }
+
+    /// Beats from the answer's start to `time` (the inverse of [`AnswerRequest::time_at`], in
+    /// beats).
+    pub fn beats_after_start(&self, time: NoteTime) -> f64 {
+        match (time, self.start.beats) {
+            (NoteTime::Beats(b), Some(origin)) => b - origin,
+            (NoteTime::Millis(ms), _) => (ms - self.start.clock_ms) / self.ms_per_beat(),
+            (NoteTime::Beats(b), None) => b,
+        }
+    }
 }
 
 /// Messages from the audio thread to the generator thread.
@@ -208,8 +231,6 @@ pub struct AnswerRequest {
 pub enum ToEngine {
     /// The player played or released a note.
     Note(PlayedNote),
-    /// The transport changed (play/stop, tempo, time signature, jump).
-    Transport(TransportInfo),
     /// Generation settings changed.
     Params(GenParams),
     /// Generate an answer.
@@ -217,8 +238,6 @@ pub enum ToEngine {
     /// Stop generating the given answer (barge-in, mode change, bypass). Its notes still in flight
     /// are discarded by the audio thread.
     Cancel { answer_id: u32 },
-    /// Forget the played context (transport jump, reactivation).
-    Reset,
 }
 
 /// A note generated for an answer.
@@ -235,40 +254,6 @@ pub struct GeneratedNote {
     pub velocity: f32,
 }
 
-/// The generator's state, shown in the editor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum EngineStatus {
-    /// No generator thread is running (the plugin is not active).
-    Stopped = 0,
-    /// Waiting for a trigger.
-    Idle = 1,
-    /// Generating an answer.
-    Generating = 2,
-    /// The generator failed; the plugin keeps passing MIDI through.
-    Failed = 3,
-}
-
-impl EngineStatus {
-    pub fn from_u8(value: u8) -> Self {
-        match value {
-            1 => Self::Idle,
-            2 => Self::Generating,
-            3 => Self::Failed,
-            _ => Self::Stopped,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Stopped => "stopped",
-            Self::Idle => "idle",
-            Self::Generating => "generating",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 /// Messages from the generator thread to the audio thread.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FromEngine {
@@ -276,8 +261,6 @@ pub enum FromEngine {
     Note(GeneratedNote),
     /// The generator has sent every note of this answer.
     AnswerEnd { answer_id: u32 },
-    /// The generator's state changed.
-    Status(EngineStatus),
 }
 
 /// A played note on channel 0 at `clock_ms` of the plugin's clock (transport stopped), for the

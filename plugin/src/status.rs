@@ -10,8 +10,41 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use crate::protocol::EngineStatus;
 use crate::sync::{lock, try_with};
+
+/// The generator's state, shown in the editor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EngineStatus {
+    /// No generator thread is running (the plugin is not active).
+    Stopped = 0,
+    /// Waiting for a trigger.
+    Idle = 1,
+    /// Generating an answer.
+    Generating = 2,
+    /// The generator failed; the plugin keeps passing MIDI through.
+    Failed = 3,
+}
+
+impl EngineStatus {
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Idle,
+            2 => Self::Generating,
+            3 => Self::Failed,
+            _ => Self::Stopped,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Idle => "idle",
+            Self::Generating => "generating",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// Counters and flags shared by all threads of one plugin instance.
 ///

@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::note::TICK_MS;
 use crate::Note;
 
 /// Duration the reference gives to notes still open at the end of a file:
@@ -43,8 +44,8 @@ pub(crate) enum TimeUnit {
 impl TimeUnit {
     fn to_ticks(self, time: f64) -> i64 {
         let ticks = match self {
-            TimeUnit::Seconds => 100.0 * time,
-            TimeUnit::Milliseconds => time / 10.0,
+            TimeUnit::Seconds => (1000.0 / TICK_MS) * time,
+            TimeUnit::Milliseconds => time / TICK_MS,
         };
         // `as` saturates (and maps NaN to 0), so this cannot panic.
         ticks.round_ties_even() as i64

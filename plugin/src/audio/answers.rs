@@ -4,9 +4,23 @@
 use super::schedule::{EventTime, NoteState, ScheduledNote};
 use super::{BlockIo, Core, Moment};
 use crate::params::Settings;
-use crate::protocol::{AnswerRequest, FromEngine, ToEngine, TriggerKind};
+use crate::protocol::{AnswerRequest, FromEngine, ToEngine, MAX_ANSWER_MS};
 use crate::status::SharedStatus;
 use crate::status::{NoteSource, RollNote};
+
+/// Why an answer is requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// Call-and-response: the player went silent.
+    Silence,
+    /// The trigger button, the trigger parameter or a MIDI trigger.
+    Manual,
+    /// Continuous mode: the next segment of an ongoing stream.
+    Continuous,
+}
+
+/// The length of an "as played" answer when no phrase has been played yet.
+const DEFAULT_ANSWER_BEATS: f64 = 4.0;
 
 /// How far ahead of "now" an answer starts at the earliest, so the generator has time to produce
 /// its first notes. While the transport plays, the answer then starts on the next beat. Once the
@@ -92,9 +106,25 @@ impl Core {
                         self.engine_done = true;
                     }
                 }
-                // `Outbox` already stored it in `SharedStatus`.
-                FromEngine::Status(_) => {}
             }
+        }
+    }
+
+    /// How long an answer of `bars` lasts, in ms: the one place this is decided. 0 bars ("as
+    /// played") is the length of the latest phrase (first note-on to last note event), or
+    /// [`DEFAULT_ANSWER_BEATS`] before any; never more than [`MAX_ANSWER_MS`].
+    pub(super) fn answer_ms(&self, bars: u32, beats_per_bar: f64, tempo_bpm: f64) -> f64 {
+        let ms_per_beat = 60_000.0 / tempo_bpm;
+        let asked_ms = if bars > 0 {
+            f64::from(bars) * beats_per_bar * ms_per_beat
+        } else {
+            self.last_phrase_ms
+                .unwrap_or(DEFAULT_ANSWER_BEATS * ms_per_beat)
+        };
+        if asked_ms.is_finite() && asked_ms > 0.0 {
+            asked_ms.min(MAX_ANSWER_MS)
+        } else {
+            DEFAULT_ANSWER_BEATS * ms_per_beat
         }
     }
 
@@ -117,12 +147,7 @@ impl Core {
                 self.last_phrase_ms = Some(samples as f64 * 1000.0 / self.sample_rate);
             }
         }
-        // "As played" answers are as long as the phrase, as the generator makes them.
-        let answer_ms = if length_beats > 0.0 {
-            length_beats * ms_per_beat
-        } else {
-            self.last_phrase_ms.unwrap_or(4.0 * ms_per_beat)
-        };
+        let answer_ms = self.answer_ms(bars, now.beats_per_bar, now.tempo_bpm);
         let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
         let start = if now.playing {
             let earliest = now.pos_beats + lead_ms / ms_per_beat;
@@ -145,9 +170,8 @@ impl Core {
         };
         let request = AnswerRequest {
             answer_id,
-            kind,
             start,
-            length_beats,
+            length_ms: answer_ms,
             tempo_bpm: now.tempo_bpm,
         };
         if !self.send_to_engine(ToEngine::Trigger(request)) {

@@ -48,11 +48,12 @@ use std::sync::Arc;
 use nice_plug::midi::NoteEvent;
 
 use crate::params::{Mode, Settings};
-use crate::protocol::{FromEngine, GenParams, Stamp, ToEngine, TransportInfo, TriggerKind};
+use crate::protocol::{FromEngine, GenParams, Stamp, ToEngine, DEFAULT_TEMPO_BPM, TEMPO_RANGE_BPM};
 use crate::status::{AnswerState, EditorSnapshot, SharedStatus};
 use crate::status::{NoteRing, RECENT_NOTES, UPCOMING_NOTES};
 
 use answers::answer_bars;
+pub use answers::TriggerKind;
 pub use answers::{answer_lead_ms, ANSWER_LEAD_MARGIN, ANSWER_LEAD_MS, MAX_ANSWER_LEAD_MS};
 use schedule::{BlockClock, DueEvent, EventTime, HeldPedals, NoteCounts, Schedule};
 use transport::TransportMemory;
@@ -61,8 +62,6 @@ use voice::{Kernel, PianoVoice};
 
 /// Room for generated notes waiting or sounding.
 pub const SCHEDULE_CAPACITY: usize = 1024;
-/// Tempo assumed when the host gives none.
-pub const DEFAULT_TEMPO_BPM: f64 = 120.0;
 
 /// The event input and output of one block. The plugin implements it over nice-plug's process
 /// context; tests implement it over vectors.
@@ -265,7 +264,8 @@ impl Core {
         let tempo_bpm = transport
             .tempo_bpm
             .filter(|t| t.is_finite() && *t > 0.0)
-            .unwrap_or(DEFAULT_TEMPO_BPM);
+            .unwrap_or(DEFAULT_TEMPO_BPM)
+            .clamp(TEMPO_RANGE_BPM.0, TEMPO_RANGE_BPM.1);
         let samples_per_beat = self.sample_rate * 60.0 / tempo_bpm;
         let pos_beats = transport.pos_beats.filter(|p| p.is_finite());
         let playing = transport.playing && pos_beats.is_some();
@@ -299,22 +299,8 @@ impl Core {
         if jumped || stopped {
             self.release_everything(io, 0);
         }
-        let transport_changed = memory.is_none_or(|m| {
-            m.playing != playing || m.tempo_bpm != tempo_bpm || m.beats_per_bar != beats_per_bar
-        });
-        if transport_changed || jumped {
-            self.send_to_engine(ToEngine::Transport(TransportInfo {
-                time: self.stamp(0, playing.then_some(pos_beats)),
-                playing,
-                tempo_bpm,
-                beats_per_bar,
-                jumped,
-            }));
-        }
         self.previous_transport = Some(TransportMemory {
             playing,
-            tempo_bpm,
-            beats_per_bar,
             expected_pos_beats: playing.then(|| pos_beats + f64::from(len) / samples_per_beat),
         });
 
@@ -386,7 +372,7 @@ impl Core {
                     }
                     Mode::Continuous => {
                         let bars = answer_bars(TriggerKind::Continuous, settings);
-                        let answer_ms = f64::from(bars) * beats_per_bar * (60_000.0 / tempo_bpm);
+                        let answer_ms = self.answer_ms(bars, beats_per_bar, tempo_bpm);
                         let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
                         let lead_beats = lead_ms / 60_000.0 * tempo_bpm;
                         let needs_more = self

@@ -6,7 +6,7 @@ use super::schedule::controller_is_down;
 use super::*;
 use crate::generator::{EchoGenerator, Generator, Outbox};
 use crate::params::TriggerSource;
-use crate::protocol::{GeneratedNote, NoteTime};
+use crate::protocol::{AnswerRequest, GeneratedNote, NoteTime, MAX_ANSWER_MS};
 
 struct VecIo {
     input: VecDeque<NoteEvent<()>>,
@@ -44,6 +44,8 @@ struct Rig {
     pedals_down: HashMap<(u8, u8), bool>,
     refuse_output: bool,
     audio_peak: f32,
+    /// Every answer request sent to the generator.
+    requests: Vec<AnswerRequest>,
 }
 
 impl Rig {
@@ -70,6 +72,7 @@ impl Rig {
             pedals_down: HashMap::new(),
             refuse_output: false,
             audio_peak: 0.0,
+            requests: Vec::new(),
         }
     }
 
@@ -114,6 +117,10 @@ impl Rig {
                 f64::from(len) / (self.sample_rate * 60.0 / tempo);
         }
         while let Ok(message) = self.engine_in.pop() {
+            if let ToEngine::Trigger(request) = message {
+                assert!(request.is_valid(), "{request:?}");
+                self.requests.push(request);
+            }
             self.generator.handle(
                 message,
                 &mut Outbox::new(&mut self.engine_out, &self.status),
@@ -748,6 +755,65 @@ fn the_lead_covers_generating_the_whole_answer_at_the_measured_speed() {
         "{out:?}"
     );
     assert!(rig.stuck().is_empty());
+}
+
+/// The audio thread decides an answer's length once and sends it: its bars at the host's tempo
+/// and metre, or "as played" the phrase's length (4 beats before any phrase), never more than
+/// the protocol's maximum; an unusable host tempo counts as the default.
+#[test]
+fn the_request_carries_the_resolved_length_and_tempo() {
+    let mut rig = Rig::new(48_000.0);
+    rig.settings.thru = false;
+    rig.settings.answer_bars = 0;
+    // A manual trigger before anything was played: 4 beats at the default tempo.
+    rig.settings.trigger = true;
+    rig.block(480, &[]);
+    rig.settings.trigger = false;
+    rig.run(10, 480);
+    let first = rig.requests.last().copied().unwrap();
+    assert_eq!(first.tempo_bpm, 120.0);
+    assert_eq!(first.length_ms, 2000.0);
+
+    // "As played": the phrase from its first note-on to its last note event, 1 s.
+    rig.settings.silence_beats = 1.0;
+    rig.block(480, &[on(0, 60)]);
+    rig.block(47_520, &[]);
+    rig.block(480, &[off(0, 60)]);
+    rig.run(200, 480);
+    assert_eq!(rig.requests.len(), 2);
+    assert!(
+        (rig.requests[1].length_ms - 1000.0).abs() < 1e-9,
+        "{:?}",
+        rig.requests[1]
+    );
+
+    // Bars at the host's tempo and metre: one bar of 3/4 at 90 BPM is 2 s.
+    let mut rig = Rig::new(48_000.0);
+    rig.settings.answer_bars = 1;
+    rig.play(90.0, 0.0);
+    rig.transport.time_sig = Some((3, 4));
+    rig.settings.trigger = true;
+    rig.block(480, &[]);
+    let request = rig.requests.last().copied().unwrap();
+    assert_eq!(request.tempo_bpm, 90.0);
+    assert!((request.length_ms - 2000.0).abs() < 1e-9, "{request:?}");
+
+    // A host tempo that is no tempo is the default; an absurdly slow one is cut to the most.
+    for (host_tempo, tempo, length_ms) in [(f64::NAN, 120.0, 2000.0), (0.0, 120.0, 2000.0)] {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.answer_bars = 1;
+        rig.settings.trigger = true;
+        rig.transport.tempo_bpm = Some(host_tempo);
+        rig.block(480, &[]);
+        let request = rig.requests.last().copied().unwrap();
+        assert_eq!((request.tempo_bpm, request.length_ms), (tempo, length_ms));
+    }
+    let mut rig = Rig::new(48_000.0);
+    rig.settings.answer_bars = 16;
+    rig.settings.trigger = true;
+    rig.transport.tempo_bpm = Some(1.0);
+    rig.block(480, &[]);
+    assert_eq!(rig.requests.last().unwrap().length_ms, MAX_ANSWER_MS);
 }
 
 #[test]

@@ -20,8 +20,6 @@ pub struct TransportSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct TransportMemory {
     pub(super) playing: bool,
-    pub(super) tempo_bpm: f64,
-    pub(super) beats_per_bar: f64,
     /// Where the song position should be at the next block if nothing jumps.
     pub(super) expected_pos_beats: Option<f64>,
 }

@@ -1,10 +1,8 @@
 //! A deterministic stand-in generator for the audio shell's unit tests.
 
 use super::{Generator, Outbox};
-use crate::protocol::{
-    AnswerRequest, EngineStatus, FromEngine, GenParams, GeneratedNote, NoteTime, PlayedNote,
-    ToEngine,
-};
+use crate::protocol::{AnswerRequest, FromEngine, GenParams, GeneratedNote, PlayedNote, ToEngine};
+use crate::status::EngineStatus;
 
 /// The most notes of a played phrase the stand-in remembers.
 const MAX_PHRASE_NOTES: usize = 256;
@@ -22,7 +20,7 @@ struct PhraseNote {
 }
 
 /// STAND-IN for the Moonbeam engine, used by the shell's unit tests ([`crate::audio`]), which need
-/// exactly predictable answers. The plugin itself runs [`crate::library::MoonbeamGenerator`].
+/// exactly predictable answers. The plugin itself runs [`super::MoonbeamGenerator`].
 ///
 /// It answers a phrase by echoing the notes played since the previous answer, transposed by
 /// [`EchoGenerator::TRANSPOSE`] semitones (folded by octaves into the pitch range), with the
@@ -33,7 +31,6 @@ struct PhraseNote {
 #[derive(Debug, Default)]
 pub struct EchoGenerator {
     params: GenParams,
-    tempo_bpm: f64,
     phrase: Vec<PhraseNote>,
     previous_phrase: Vec<PhraseNote>,
 }
@@ -45,7 +42,6 @@ impl EchoGenerator {
     pub fn new() -> Self {
         Self {
             params: GenParams::default(),
-            tempo_bpm: 120.0,
             phrase: Vec::with_capacity(MAX_PHRASE_NOTES),
             previous_phrase: Vec::with_capacity(MAX_PHRASE_NOTES),
         }
@@ -87,29 +83,16 @@ impl EchoGenerator {
     }
 
     fn answer(&mut self, request: AnswerRequest, out: &mut Outbox<'_>) {
-        out.send(FromEngine::Status(EngineStatus::Generating));
+        out.set_status(EngineStatus::Generating);
         if !self.phrase.is_empty() {
             self.previous_phrase.clear();
             self.previous_phrase.append(&mut self.phrase);
         }
-        let tempo_bpm = if request.tempo_bpm > 0.0 {
-            request.tempo_bpm
-        } else {
-            self.tempo_bpm
-        };
-        let ms_per_beat = 60_000.0 / tempo_bpm;
+        let ms_per_beat = request.ms_per_beat();
         let phrase = &self.previous_phrase;
         if let Some(first) = phrase.first() {
             let t0 = first.start_ms;
-            let phrase_end_ms = phrase
-                .iter()
-                .map(|n| n.end_ms.unwrap_or(n.start_ms + HELD_NOTE_MS))
-                .fold(t0, f64::max);
-            let length_ms = if request.length_beats > 0.0 {
-                request.length_beats * ms_per_beat
-            } else {
-                phrase_end_ms - t0
-            };
+            let length_ms = request.length_ms;
             let max_per_beat = self.params.density_cap_per_beat.max(0.0).ceil() as u32;
             let (mut beat_index, mut in_beat) = (u64::MAX, 0u32);
             for note in phrase {
@@ -127,15 +110,11 @@ impl EchoGenerator {
                 in_beat += 1;
                 let end_ms = note.end_ms.unwrap_or(note.start_ms + HELD_NOTE_MS);
                 let rel_end_ms = (end_ms - t0).max(rel_start_ms + MIN_NOTE_MS).min(length_ms);
-                let to_time = |rel_ms: f64| match request.start.beats {
-                    Some(beats) => NoteTime::Beats(beats + rel_ms / ms_per_beat),
-                    None => NoteTime::Millis(request.start.clock_ms + rel_ms),
-                };
                 let velocity = (note.velocity * self.params.velocity_scale).clamp(1.0 / 127.0, 1.0);
                 out.send(FromEngine::Note(GeneratedNote {
                     answer_id: request.answer_id,
-                    start: to_time(rel_start_ms),
-                    end: to_time(rel_end_ms.max(rel_start_ms)),
+                    start: request.time_at(rel_start_ms),
+                    end: request.time_at(rel_end_ms.max(rel_start_ms)),
                     key: Self::fold_key(note.key, self.params.pitch_low, self.params.pitch_high),
                     velocity,
                 }));
@@ -144,7 +123,7 @@ impl EchoGenerator {
         out.send(FromEngine::AnswerEnd {
             answer_id: request.answer_id,
         });
-        out.send(FromEngine::Status(EngineStatus::Idle));
+        out.set_status(EngineStatus::Idle);
     }
 }
 
@@ -152,15 +131,10 @@ impl Generator for EchoGenerator {
     fn handle(&mut self, message: ToEngine, out: &mut Outbox<'_>) {
         match message {
             ToEngine::Note(note) => self.record(note),
-            ToEngine::Transport(transport) => self.tempo_bpm = transport.tempo_bpm,
             ToEngine::Params(params) => self.params = params,
             ToEngine::Trigger(request) => self.answer(request, out),
             // Answers are made in one go, so there is nothing in progress to stop.
             ToEngine::Cancel { .. } => {}
-            ToEngine::Reset => {
-                self.phrase.clear();
-                self.previous_phrase.clear();
-            }
         }
     }
 }

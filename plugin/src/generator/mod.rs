@@ -28,8 +28,8 @@ pub mod shaper;
 pub use echo::EchoGenerator;
 pub use moonbeam::MoonbeamGenerator;
 
-use crate::protocol::{EngineStatus, FromEngine, ToEngine};
-use crate::status::SharedStatus;
+use crate::protocol::{FromEngine, ToEngine};
+use crate::status::{EngineStatus, SharedStatus};
 
 /// How long the thread sleeps when it has nothing to do. New messages are picked up within this
 /// time; the audio thread never wakes the thread itself (that would be a syscall).
@@ -72,9 +72,6 @@ impl<'a> Outbox<'a> {
 
     /// Sends a message; a full queue drops it and counts the drop. Returns whether it was sent.
     pub fn send(&mut self, message: FromEngine) -> bool {
-        if let FromEngine::Status(status) = message {
-            self.status.set_engine_status(status);
-        }
         match self.producer.push(message) {
             Ok(()) => true,
             Err(_) => {
@@ -82,6 +79,12 @@ impl<'a> Outbox<'a> {
                 false
             }
         }
+    }
+
+    /// Publishes the generator's state for the editor (an atomic, not a message: the audio
+    /// thread has no use for it).
+    pub fn set_status(&self, status: EngineStatus) {
+        self.status.set_engine_status(status);
     }
 
     /// Free slots in the queue, for generators that want to wait rather than drop.
@@ -110,14 +113,14 @@ impl GeneratorThread {
         let handle = thread::Builder::new()
             .name("continuo-generator".into())
             .spawn(move || {
-                Outbox::new(&mut from_engine, &status).send(FromEngine::Status(EngineStatus::Idle));
+                status.set_engine_status(EngineStatus::Idle);
                 let mut failed = {
                     let mut out = Outbox::new(&mut from_engine, &status);
                     let failed =
                         panic::catch_unwind(AssertUnwindSafe(|| generator.start(&mut out)))
                             .is_err();
                     if failed {
-                        out.send(FromEngine::Status(EngineStatus::Failed));
+                        out.set_status(EngineStatus::Failed);
                     }
                     failed
                 };
@@ -136,7 +139,7 @@ impl GeneratorThread {
                         }))
                         .is_err();
                         if failed {
-                            out.send(FromEngine::Status(EngineStatus::Failed));
+                            out.set_status(EngineStatus::Failed);
                         }
                     }
                     if !failed {
@@ -145,7 +148,7 @@ impl GeneratorThread {
                             Ok(more) => busy |= more,
                             Err(_) => {
                                 failed = true;
-                                out.send(FromEngine::Status(EngineStatus::Failed));
+                                out.set_status(EngineStatus::Failed);
                             }
                         }
                     }
@@ -181,7 +184,7 @@ impl Drop for GeneratorThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AnswerRequest, GeneratedNote, NoteTime, Stamp, TriggerKind};
+    use crate::protocol::{AnswerRequest, GeneratedNote, NoteTime, Stamp};
 
     fn played(clock_ms: f64, key: u8, is_on: bool) -> ToEngine {
         crate::protocol::played(clock_ms, key, is_on, 0.5)
@@ -196,15 +199,14 @@ mod tests {
         std::iter::from_fn(|| consumer.pop().ok()).collect()
     }
 
-    fn trigger(answer_id: u32, beats: Option<f64>, length_beats: f64) -> ToEngine {
+    fn trigger(answer_id: u32, beats: Option<f64>, length_ms: f64) -> ToEngine {
         ToEngine::Trigger(AnswerRequest {
             answer_id,
-            kind: TriggerKind::Manual,
             start: Stamp {
                 clock_ms: 10_000.0,
                 beats,
             },
-            length_beats,
+            length_ms,
             tempo_bpm: 120.0,
         })
     }
@@ -219,7 +221,8 @@ mod tests {
                 played(1200.0, 60, false),
                 played(1500.0, 64, true),
                 played(1600.0, 64, false),
-                trigger(7, None, 0.0),
+                // As long as the phrase, as the audio thread resolves it.
+                trigger(7, None, 600.0),
             ],
         );
         let notes: Vec<GeneratedNote> = out
@@ -251,8 +254,8 @@ mod tests {
                 played(400.0, 60, false),
                 played(1000.0, 62, true),
                 played(1100.0, 62, false),
-                // One beat at 120 BPM = 500 ms: only the first note fits, and it is cut.
-                trigger(1, Some(8.0), 0.5),
+                // Half a beat at 120 BPM = 250 ms: only the first note fits, and it is cut.
+                trigger(1, Some(8.0), 250.0),
             ],
         );
         let notes: Vec<GeneratedNote> = out
@@ -291,7 +294,7 @@ mod tests {
         )
         .unwrap();
         to_producer.push(played(0.0, 60, true)).unwrap();
-        to_producer.push(trigger(3, None, 1.0)).unwrap();
+        to_producer.push(trigger(3, None, 500.0)).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut got_end = false;
         while !got_end && std::time::Instant::now() < deadline {

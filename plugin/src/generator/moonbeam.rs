@@ -29,10 +29,10 @@
 //!   it is decoded (generation runs ahead of playback; the audio thread drops late notes).
 //!   The first note sent starts exactly at the request's start; later notes keep their onsets
 //!   relative to it (10 ms ticks → ms → beats at the request's tempo). Ends are cut at the answer
-//!   length. An answer stops at its length (`length_beats`, or the length of the phrase played
-//!   since the previous trigger when 0), on an EOS code, after [`ANSWER_MAX_NOTES`] decoded rows
-//!   (or when the session is full), or on `Cancel`/`Reset`/a new trigger; every answer ends with
-//!   `AnswerEnd`.
+//!   length. An answer stops at its length (`length_ms`, which the audio thread resolved), on an
+//!   EOS code, after `ANSWER_MAX_NOTES` decoded rows (or when the session is full), or on
+//!   `Cancel` or a new trigger; every answer ends with `AnswerEnd`. A request outside the
+//!   protocol ([`AnswerRequest::is_valid`]) gets an empty answer.
 //! * **What is played.** Rows that are not valid MIDI are not sent (they stay in the model's
 //!   context, as in the engine's `continue_notes`). Drum rows (instrument 128) are skipped
 //!   unless the player's last note was on the drum channel. Then, in this order:
@@ -79,30 +79,22 @@ use continuo_engine::lora::Style;
 use continuo_engine::midi::LiveTokenizer;
 use continuo_engine::model::forward::Row;
 use continuo_engine::model::gru::Chooser;
+use continuo_engine::note::TICK_MS;
 use continuo_engine::{Moonbeam, Note};
 
 use super::session::{Engine, Limits, Timeline};
-use super::shaper::{density_window, fold_pitch, min_note_ms, TICK_MS};
+use super::shaper::{density_window, fold_pitch, min_note_ms};
 use super::{Generator, Outbox};
 use crate::library::{locate_model, ModelCache, ModelLocation, NamedStyle, StyleSlot};
 use crate::protocol::{
-    AnswerRequest, EngineStatus, FromEngine, GenParams, GeneratedNote, NoteTime, PlayedNote,
-    Quantize, ToEngine,
+    AnswerRequest, FromEngine, GenParams, GeneratedNote, PlayedNote, Quantize, ToEngine,
 };
-use crate::status::{CapturedAnswer, CapturedNote, SharedStatus};
+use crate::status::{CapturedAnswer, CapturedNote, EngineStatus, SharedStatus};
 
-/// Answer length when none is asked for and nothing has been played yet.
-const DEFAULT_ANSWER_BEATS: f64 = 4.0;
 /// Notes per second of music assumed, before a model's first answer has measured its own speed,
 /// to choose how far ahead answers start: about the densest the bundled model plays (its 4-bar
 /// answers at 120 BPM have up to about 77 notes in 8 s).
 const ASSUMED_NOTES_PER_SECOND: f64 = 10.0;
-/// Longest answer, whatever is asked for.
-const MAX_ANSWER_MS: f64 = 10.0 * 60_000.0;
-/// Tempo used when neither the request nor the transport gives a usable one.
-const DEFAULT_TEMPO_BPM: f64 = 120.0;
-/// Tempos are clamped to this range (only absurd values are affected).
-const TEMPO_RANGE_BPM: (f64, f64) = (1.0, 100_000.0);
 /// Decoding pauses while the generator → audio queue has fewer free slots than this.
 const MIN_FREE_SLOTS: usize = 8;
 /// The gap limit used before a model is loaded (the official configs' largest timeshift).
@@ -116,10 +108,9 @@ const SAME_START_MS: f64 = 1e-3;
 
 /// An answer being generated.
 struct Answer {
+    /// What the audio thread asked for; notes starting `request.length_ms` after its start or
+    /// later end it.
     request: AnswerRequest,
-    ms_per_beat: f64,
-    /// Notes starting this long after the answer's start or later end it.
-    length_ms: f64,
     chooser: Box<dyn Chooser + Send>,
     /// Whether the prompt (played context and held notes) is in the session.
     prepared: bool,
@@ -169,13 +160,8 @@ pub struct MoonbeamGenerator {
     context: VecDeque<Note>,
     /// Whether the player's latest note was on the drum channel.
     player_drums: bool,
-    /// (first note-on, latest event) in ms of the phrase played since the previous trigger.
-    phrase: Option<(f64, f64)>,
-    /// The previous phrase's length in ms.
-    last_phrase_ms: Option<f64>,
 
     params: GenParams,
-    tempo_bpm: f64,
     style_seen: u64,
     style: Option<NamedStyle>,
     /// The session's style must be rebuilt (new style or strength).
@@ -224,10 +210,7 @@ impl MoonbeamGenerator {
             timeline: Timeline::default(),
             context: VecDeque::with_capacity(Limits::DEFAULT.context_max + 1),
             player_drums: false,
-            phrase: None,
-            last_phrase_ms: None,
             params: GenParams::default(),
-            tempo_bpm: DEFAULT_TEMPO_BPM,
             style_seen: 0,
             style: None,
             style_dirty: false,
@@ -312,17 +295,8 @@ impl MoonbeamGenerator {
             };
             self.tokenizer.note_on(ms, note.channel, note.key, velocity);
             self.player_drums = note.channel == 9;
-            if ms.is_finite() {
-                self.phrase = Some(match self.phrase {
-                    Some((start, end)) => (start, end.max(ms)),
-                    None => (ms, ms),
-                });
-            }
         } else {
             self.tokenizer.note_off(ms, note.channel, note.key);
-            if let (Some((_, end)), true) = (&mut self.phrase, ms.is_finite()) {
-                *end = end.max(ms);
-            }
         }
         if self.tokenizer.len() > self.limits().pending_max {
             // A note held through many others: end it here in the context.
@@ -345,21 +319,6 @@ impl MoonbeamGenerator {
                 engine.synced = None;
                 engine.answered_after = None;
             }
-        }
-    }
-
-    /// Forgets everything played.
-    fn reset(&mut self, out: &mut Outbox<'_>) {
-        self.end_answer(out);
-        self.tokenizer.reset();
-        self.timeline = Timeline::default();
-        self.context.clear();
-        self.phrase = None;
-        self.last_phrase_ms = None;
-        self.player_drums = false;
-        if let Some(engine) = &mut self.engine {
-            engine.synced = None;
-            engine.answered_after = None;
         }
     }
 
@@ -547,34 +506,17 @@ impl MoonbeamGenerator {
     fn trigger(&mut self, request: AnswerRequest, out: &mut Outbox<'_>) {
         self.end_answer(out);
         let triggered = Instant::now();
-        let phrase_ms = self.phrase.take().map(|(start, end)| end - start);
-        if let Some(ms) = phrase_ms.filter(|ms| *ms > 0.0) {
-            self.last_phrase_ms = Some(ms);
-        }
-        if self.engine.is_none() {
-            // No model: an empty answer, so the shell does not wait for one.
+        if self.engine.is_none() || !request.is_valid() {
+            // No model (or a request outside the protocol): an empty answer, so the shell does
+            // not wait for one.
+            if !request.is_valid() {
+                self.error(&format!("ignored an invalid answer request: {request:?}"));
+            }
             out.send(FromEngine::AnswerEnd {
                 answer_id: request.answer_id,
             });
             return;
         }
-        let tempo_bpm = [request.tempo_bpm, self.tempo_bpm]
-            .into_iter()
-            .find(|t| t.is_finite() && *t > 0.0)
-            .unwrap_or(DEFAULT_TEMPO_BPM)
-            .clamp(TEMPO_RANGE_BPM.0, TEMPO_RANGE_BPM.1);
-        let ms_per_beat = 60_000.0 / tempo_bpm;
-        let asked_ms = if request.length_beats > 0.0 {
-            request.length_beats * ms_per_beat
-        } else {
-            self.last_phrase_ms
-                .unwrap_or(DEFAULT_ANSWER_BEATS * ms_per_beat)
-        };
-        let length_ms = if asked_ms.is_finite() && asked_ms > 0.0 {
-            asked_ms.min(MAX_ANSWER_MS)
-        } else {
-            DEFAULT_ANSWER_BEATS * ms_per_beat
-        };
         let (temperature, top_p) = (self.params.temperature, self.params.top_p);
         let sampling = if temperature.is_finite() && temperature > 0.0 {
             Sampling::TopP {
@@ -589,11 +531,9 @@ impl MoonbeamGenerator {
         } else {
             Sampling::Greedy
         };
-        out.send(FromEngine::Status(EngineStatus::Generating));
+        out.set_status(EngineStatus::Generating);
         self.answer = Some(Answer {
             request,
-            ms_per_beat,
-            length_ms,
             chooser: sampling.chooser(),
             prepared: false,
             prev_onset: 0,
@@ -624,7 +564,8 @@ impl MoonbeamGenerator {
         // How long this answer took per time of music it covers, for the audio thread's lead.
         // Answers cut short by the model after under half a second say too little.
         if let Some(anchor) = answer.anchor {
-            let covered_ms = ((answer.prev_onset - anchor) as f64 * TICK_MS).min(answer.length_ms);
+            let covered_ms =
+                ((answer.prev_onset - anchor) as f64 * TICK_MS).min(answer.request.length_ms);
             if covered_ms >= 500.0 {
                 let elapsed_ms = answer.triggered.elapsed().as_secs_f64() * 1000.0;
                 self.status.record_generation_ratio(elapsed_ms / covered_ms);
@@ -635,12 +576,12 @@ impl MoonbeamGenerator {
             style: self
                 .style_name()
                 .map_or_else(|| "base model".to_string(), str::to_string),
-            tempo_bpm: 60_000.0 / answer.ms_per_beat,
+            tempo_bpm: answer.request.tempo_bpm,
             channel: 0,
             notes: answer.captured,
         });
         if self.engine.is_some() {
-            out.send(FromEngine::Status(EngineStatus::Idle));
+            out.set_status(EngineStatus::Idle);
         }
     }
 
@@ -737,7 +678,7 @@ impl MoonbeamGenerator {
         answer.prev_onset = note.onset;
         answer.pending_row = Some(note.to_row());
         if let Some(anchor) = answer.anchor {
-            if (note.onset - anchor) as f64 * TICK_MS >= answer.length_ms {
+            if (note.onset - anchor) as f64 * TICK_MS >= answer.request.length_ms {
                 return Ok(false);
             }
         }
@@ -757,15 +698,9 @@ impl MoonbeamGenerator {
 
     /// A sent note with its times in beats after the answer's start.
     fn captured(answer: &Answer, note: &GeneratedNote) -> CapturedNote {
-        let start = answer.request.start;
-        let beats = |time: NoteTime| match (time, start.beats) {
-            (NoteTime::Beats(b), Some(origin)) => b - origin,
-            (NoteTime::Millis(ms), _) => (ms - start.clock_ms) / answer.ms_per_beat,
-            (NoteTime::Beats(b), None) => b,
-        };
         CapturedNote {
-            start_beats: beats(note.start),
-            end_beats: beats(note.end),
+            start_beats: answer.request.beats_after_start(note.start),
+            end_beats: answer.request.beats_after_start(note.end),
             key: note.key,
             velocity: note.velocity,
         }
@@ -789,7 +724,8 @@ impl MoonbeamGenerator {
             _ => note.pitch(),
         };
         let key = fold_pitch(pitch, params.pitch_low, params.pitch_high)?;
-        let ms_per_beat = answer.ms_per_beat;
+        let ms_per_beat = answer.request.ms_per_beat();
+        let length_ms = answer.request.length_ms;
         let anchor = answer.anchor.unwrap_or(note.onset);
         let duration_ms = note.duration as f64 * TICK_MS;
         let mut start_ms = (note.onset - anchor) as f64 * TICK_MS;
@@ -797,7 +733,7 @@ impl MoonbeamGenerator {
             start_ms = params
                 .quantize
                 .snap_ms(start_ms, ms_per_beat, params.swing_percent);
-            if start_ms > answer.length_ms - min_note_ms(ms_per_beat) {
+            if start_ms > length_ms - min_note_ms(ms_per_beat) {
                 return None;
             }
         }
@@ -820,7 +756,7 @@ impl MoonbeamGenerator {
             }
         }
         *previous_start = start_ms;
-        let end_ms = (start_ms + duration_ms).min(answer.length_ms);
+        let end_ms = (start_ms + duration_ms).min(length_ms);
         let scale = if params.velocity_scale.is_finite() {
             params.velocity_scale
         } else {
@@ -831,14 +767,10 @@ impl MoonbeamGenerator {
             answer.recent.push_back(start_ms);
         }
         let request = &answer.request;
-        let at = |ms: f64| match request.start.beats.filter(|b| b.is_finite()) {
-            Some(beats) => NoteTime::Beats(beats + ms / ms_per_beat),
-            None => NoteTime::Millis(request.start.clock_ms + ms),
-        };
         Some(GeneratedNote {
             answer_id: request.answer_id,
-            start: at(start_ms),
-            end: at(end_ms.max(start_ms)),
+            start: request.time_at(start_ms),
+            end: request.time_at(end_ms.max(start_ms)),
             key,
             velocity,
         })
@@ -883,13 +815,13 @@ impl Generator for MoonbeamGenerator {
                 if self.models.start_location().ok() == self.models.current_location() {
                     self.status.set_last_error("");
                 }
-                out.send(FromEngine::Status(EngineStatus::Idle));
+                out.set_status(EngineStatus::Idle);
             }
             Err(e) => {
                 self.status
                     .set_model_label("no model: MIDI passes through, nothing is generated");
                 self.error(&e);
-                out.send(FromEngine::Status(EngineStatus::Failed));
+                out.set_status(EngineStatus::Failed);
             }
         }
     }
@@ -897,11 +829,6 @@ impl Generator for MoonbeamGenerator {
     fn handle(&mut self, message: ToEngine, out: &mut Outbox<'_>) {
         match message {
             ToEngine::Note(note) => self.record(note),
-            ToEngine::Transport(transport) => {
-                if transport.tempo_bpm.is_finite() && transport.tempo_bpm > 0.0 {
-                    self.tempo_bpm = transport.tempo_bpm;
-                }
-            }
             ToEngine::Params(params) => {
                 if params.style_strength != self.params.style_strength {
                     self.style_dirty = true;
@@ -918,7 +845,6 @@ impl Generator for MoonbeamGenerator {
                     self.end_answer(out);
                 }
             }
-            ToEngine::Reset => self.reset(out),
         }
     }
 
@@ -953,7 +879,7 @@ mod tests {
     use crate::generator::GeneratorThread;
     use crate::library::{ConfigSpec, ModelOrigin};
     use crate::protocol::Scale;
-    use crate::protocol::{Stamp, TransportInfo, TriggerKind};
+    use crate::protocol::{NoteTime, Stamp, MAX_ANSWER_MS, TEMPO_RANGE_BPM};
     use crate::testing::{golden, tiny_test_model};
 
     /// A generator on the tiny golden model, with its queue.
@@ -1069,6 +995,7 @@ mod tests {
         crate::protocol::played(clock_ms, key, is_on, 0.7)
     }
 
+    /// A request at 120 BPM for `length_beats` (500 ms each).
     fn request(
         answer_id: u32,
         clock_ms: f64,
@@ -1077,9 +1004,8 @@ mod tests {
     ) -> AnswerRequest {
         AnswerRequest {
             answer_id,
-            kind: TriggerKind::Manual,
             start: Stamp { clock_ms, beats },
-            length_beats,
+            length_ms: length_beats * 500.0,
             tempo_bpm: 120.0,
         }
     }
@@ -1135,8 +1061,6 @@ mod tests {
                 start,
                 ..request(1, start.clock_ms, start.beats, length_ms / 500.0)
             },
-            ms_per_beat: 500.0,
-            length_ms,
             chooser: Sampling::Greedy.chooser(),
             prepared: true,
             prev_onset: 0,
@@ -1432,10 +1356,7 @@ mod tests {
         check_answer(&notes, NoteTime::Millis(5000.0), &params, 4000.0);
         assert_eq!(rig.ended(1), 1);
         assert_eq!(
-            rig.sent
-                .iter()
-                .rev()
-                .find(|m| !matches!(m, FromEngine::Status(_))),
+            rig.sent.last(),
             Some(&FromEngine::AnswerEnd { answer_id: 1 })
         );
         assert_eq!(rig.status.engine_status(), EngineStatus::Idle);
@@ -1543,27 +1464,6 @@ mod tests {
     }
 
     #[test]
-    fn reset_clears_the_context() {
-        let mut rig = Rig::new();
-        rig.play(&phrase(8, 0.0));
-        rig.handle(played(3000.0, 70, true)); // still held
-        rig.settle();
-        assert_eq!(rig.generator.context_len(), 8);
-        rig.handle(ToEngine::Trigger(request(1, 4000.0, None, 64.0)));
-        rig.step();
-        rig.handle(ToEngine::Reset);
-        assert_eq!(rig.ended(1), 1);
-        assert_eq!(rig.generator.context_len(), 0);
-        rig.settle();
-        assert!(rig.generator.is_synced());
-        assert_eq!(rig.generator.session_rows(), 1, "only SOS is left");
-        // The held note was forgotten too: its note-off matches nothing.
-        rig.handle(played(5000.0, 70, false));
-        rig.settle();
-        assert_eq!(rig.generator.context_len(), 0);
-    }
-
-    #[test]
     fn the_context_stays_bounded() {
         let mut rig = Rig::new();
         for i in 0..(CONTEXT_KEEP + CONTEXT_SLACK + 40) {
@@ -1603,16 +1503,24 @@ mod tests {
         if let Some(first) = notes.first() {
             assert_eq!(first.start, NoteTime::Millis(100.0));
         }
-        // Zero length with nothing played: a default length.
-        rig.handle(ToEngine::Trigger(request(2, 200.0, None, 0.0)));
-        rig.settle();
-        assert_eq!(rig.ended(2), 1);
-        // Zero length after a phrase: as long as the phrase.
+        // Requests outside the protocol (the audio thread never sends them) end at once, empty.
         rig.play(&phrase(4, 1000.0));
-        rig.handle(ToEngine::Trigger(request(3, 3000.0, None, 0.0)));
-        rig.settle();
-        for n in rig.notes(3) {
-            assert!(time_ms(n.end) - 3000.0 <= 950.0 + 1e-6, "{n:?}");
+        for (id, tempo, length_ms, beats) in [
+            (2, 120.0, 0.0, None),
+            (3, 1e12, 2000.0, Some(1e9)),
+            (31, 0.0, f64::INFINITY, None),
+            (32, f64::NAN, -1.0, Some(f64::NAN)),
+            (33, 120.0, MAX_ANSWER_MS * 2.0, Some(-3.0)),
+            (34, 120.0, 2000.0, Some(f64::INFINITY)),
+        ] {
+            rig.handle(ToEngine::Trigger(AnswerRequest {
+                tempo_bpm: tempo,
+                length_ms,
+                ..request(id, 3000.0, beats, 0.0)
+            }));
+            rig.settle();
+            assert_eq!(rig.ended(id), 1);
+            assert!(rig.notes(id).is_empty());
         }
         // Absurd tempos, lengths, times and parameters.
         rig.params(GenParams {
@@ -1625,26 +1533,17 @@ mod tests {
             style_strength: f32::NAN,
             ..GenParams::default()
         });
-        for (id, tempo, length, beats) in [
-            (4, 1e12, 4.0, Some(1e9)),
-            (5, 0.0, f64::INFINITY, None),
-            (6, f64::NAN, -1.0, Some(f64::NAN)),
-            (7, -5.0, 1e300, Some(-3.0)),
-            (8, 1e-9, 1e-12, None),
+        // Extreme requests within the protocol.
+        for (id, tempo, length_ms, beats) in [
+            (4, TEMPO_RANGE_BPM.1, 2000.0, Some(1e9)),
+            (5, TEMPO_RANGE_BPM.0, MAX_ANSWER_MS, None),
+            (6, 120.0, 1e-12, Some(-3.0)),
+            (7, TEMPO_RANGE_BPM.0, 1e-9, None),
         ] {
-            rig.handle(ToEngine::Transport(TransportInfo {
-                time: Stamp {
-                    clock_ms: f64::NAN,
-                    beats: None,
-                },
-                playing: true,
-                tempo_bpm: tempo,
-                beats_per_bar: 0.0,
-                jumped: true,
-            }));
             rig.handle(ToEngine::Trigger(AnswerRequest {
                 tempo_bpm: tempo,
-                ..request(id, 5000.0, beats, length)
+                length_ms,
+                ..request(id, 5000.0, beats, 0.0)
             }));
             rig.settle();
             assert_eq!(rig.ended(id), 1);
@@ -1721,21 +1620,28 @@ mod tests {
 
         rig.handle(ToEngine::Trigger(request(2, 8000.0, None, 64.0)));
         rig.step();
-        rig.generator.styles.set("golden", style);
+        rig.generator.styles.set("golden", style.clone());
         rig.step();
         assert_eq!(rig.generator.style_name(), Some("golden"));
         rig.settle();
         assert_eq!(rig.ended(2), 1);
 
-        // With the style from the start the greedy answer differs from the base's.
-        rig.handle(ToEngine::Reset);
-        rig.play(&phrase(10, 20_000.0));
-        rig.handle(ToEngine::Trigger(request(3, 24_000.0, None, 16.0)));
-        rig.settle();
-        let styled: Vec<(f64, u8)> = rig
-            .notes(3)
+        // With the style from the start the greedy answer to the same prompt differs from the
+        // base's.
+        let mut styled_rig = Rig::new();
+        styled_rig.generator.styles.set("golden", style.clone());
+        styled_rig.params(GenParams {
+            temperature: 0.0,
+            ..GenParams::default()
+        });
+        styled_rig.play(&phrase(10, 0.0));
+        styled_rig.handle(ToEngine::Trigger(request(1, 4000.0, None, 16.0)));
+        styled_rig.settle();
+        assert_eq!(styled_rig.generator.style_name(), Some("golden"));
+        let styled: Vec<(f64, u8)> = styled_rig
+            .notes(1)
             .iter()
-            .map(|n| (time_ms(n.start) - 24_000.0, n.key))
+            .map(|n| (time_ms(n.start) - 4000.0, n.key))
             .collect();
         let base: Vec<(f64, u8)> = base
             .iter()

@@ -21,6 +21,8 @@
 //! up, and the result never depends on anything but the pitch). The octave folding into the
 //! pitch range happens afterwards and keeps the pitch class, so it stays in the scale.
 
+use continuo_engine::note::TICK_MS;
+
 use crate::protocol::{Quantize, Scale, MAX_SWING_PERCENT};
 
 impl Quantize {
@@ -143,9 +145,6 @@ impl PitchClasses {
         pitch
     }
 }
-
-/// Milliseconds per model tick.
-pub const TICK_MS: f64 = 10.0;
 
 /// How a generated pitch fits the range: folded by octaves, or `None` if no octave fits.
 pub(super) fn fold_pitch(pitch: i64, low: u8, high: u8) -> Option<u8> {
