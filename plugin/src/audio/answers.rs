@@ -2,8 +2,11 @@
 //! and the generated notes coming back into the schedule.
 
 use super::schedule::{EventTime, NoteState, ScheduledNote};
+use std::sync::atomic::Ordering;
+
+use super::transport::HostTime;
 use super::{BlockIo, Core, Moment};
-use crate::params::Settings;
+use crate::params::{Mode, Settings};
 use crate::protocol::{AnswerRequest, FromEngine, ToEngine, MAX_ANSWER_MS};
 use crate::status::SharedStatus;
 use crate::status::{NoteSource, RollNote};
@@ -107,6 +110,70 @@ impl Core {
                     }
                 }
             }
+        }
+    }
+
+    /// The triggers evaluated at the block's first sample: the trigger button or parameter,
+    /// the player's silence (call-and-response), the stream running low (continuous). MIDI
+    /// triggers fire at their own sample, in [`Core::play_block`].
+    pub(super) fn trigger_at_block_start(
+        &mut self,
+        io: &mut impl BlockIo,
+        time: &HostTime,
+        settings: &Settings,
+    ) {
+        let trigger_controller = settings.trigger_controller();
+        if trigger_controller != self.trigger_cc_tracked {
+            // A new trigger controller starts "up", unless it is a pedal passed on as down.
+            self.trigger_cc_tracked = trigger_controller;
+            for (channel, down) in (0..16u8).zip(&mut self.trigger_cc_down) {
+                *down = trigger_controller.is_some_and(|cc| self.pedals.is_down(channel, cc));
+            }
+        }
+        let trigger_edge = settings.trigger && !self.previous_trigger_param;
+        self.previous_trigger_param = settings.trigger;
+        let trigger_requested = self.status.trigger_request.swap(false, Ordering::Relaxed);
+        if settings.bypass {
+            return;
+        }
+        let HostTime {
+            now,
+            samples_per_beat,
+            bar_start_beats,
+        } = *time;
+        let kind = if trigger_edge || trigger_requested {
+            // A trigger while an answer plays replaces it ("regenerate").
+            self.cancel_answer(io, 0);
+            Some(TriggerKind::Manual)
+        } else {
+            match settings.mode {
+                Mode::CallResponse => {
+                    let silent_samples = self.clock.saturating_sub(self.last_player_activity);
+                    (self.current_answer.is_none()
+                        && self.phrase_pending
+                        && self.held.total() == 0
+                        && silent_samples as f64 >= settings.silence_beats * samples_per_beat)
+                        .then_some(TriggerKind::Silence)
+                }
+                Mode::Continuous => {
+                    let bars = answer_bars(TriggerKind::Continuous, settings);
+                    let answer_ms = self.answer_ms(bars, now.beats_per_bar, now.tempo_bpm);
+                    let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
+                    let lead_beats = lead_ms / 60_000.0 * now.tempo_bpm;
+                    let needs_more = self
+                        .continuous_next_beat
+                        .is_none_or(|end| end - now.pos_beats < now.beats_per_bar + lead_beats);
+                    (now.playing
+                        && self.has_context
+                        && (self.current_answer.is_none() || self.engine_done)
+                        && needs_more)
+                        .then_some(TriggerKind::Continuous)
+                }
+                Mode::Manual => None,
+            }
+        };
+        if let Some(kind) = kind {
+            self.start_answer(kind, settings, now, bar_start_beats, 0);
         }
     }
 

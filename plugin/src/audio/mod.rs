@@ -47,16 +47,15 @@ use std::sync::Arc;
 
 use nice_plug::midi::NoteEvent;
 
-use crate::params::{Mode, Settings};
-use crate::protocol::{FromEngine, GenParams, Stamp, ToEngine, DEFAULT_TEMPO_BPM, TEMPO_RANGE_BPM};
+use crate::params::Settings;
+use crate::protocol::{FromEngine, GenParams, Stamp, ToEngine};
 use crate::status::{AnswerState, EditorSnapshot, SharedStatus};
 use crate::status::{NoteRing, RECENT_NOTES, UPCOMING_NOTES};
 
-use answers::answer_bars;
 pub use answers::TriggerKind;
 pub use answers::{answer_lead_ms, ANSWER_LEAD_MARGIN, ANSWER_LEAD_MS, MAX_ANSWER_LEAD_MS};
 use schedule::{BlockClock, DueEvent, EventTime, HeldPedals, NoteCounts, Schedule};
-use transport::TransportMemory;
+use transport::{HostTime, TransportMemory};
 pub use transport::{TransportSnapshot, JUMP_TOLERANCE_BEATS};
 use voice::{Kernel, PianoVoice};
 
@@ -246,6 +245,11 @@ impl Core {
     }
 
     /// Processes one block of `len` samples. Called on the audio thread.
+    ///
+    /// The phases run in this order: everything that releases notes (at the block's first
+    /// sample, before anything else is sent), the generator's messages, the triggers due at the
+    /// block's start, then the input and the due generated notes merged in time order, and last
+    /// the editor snapshot.
     pub fn process(
         &mut self,
         io: &mut impl BlockIo,
@@ -260,50 +264,38 @@ impl Core {
         if len == 0 {
             return;
         }
-
-        let tempo_bpm = transport
-            .tempo_bpm
-            .filter(|t| t.is_finite() && *t > 0.0)
-            .unwrap_or(DEFAULT_TEMPO_BPM)
-            .clamp(TEMPO_RANGE_BPM.0, TEMPO_RANGE_BPM.1);
-        let samples_per_beat = self.sample_rate * 60.0 / tempo_bpm;
-        let pos_beats = transport.pos_beats.filter(|p| p.is_finite());
-        let playing = transport.playing && pos_beats.is_some();
-        let pos_beats = pos_beats.unwrap_or(0.0);
-        let beats_per_bar = match transport.time_sig {
-            Some((num, den)) if num > 0 && den > 0 => f64::from(num) * 4.0 / f64::from(den),
-            _ => 4.0,
-        };
-        let clock = BlockClock {
+        let time = HostTime::read(transport, self.sample_rate);
+        self.block = BlockClock {
             start_sample: self.clock,
             len,
-            beats: playing.then_some((pos_beats, samples_per_beat)),
+            beats: time
+                .now
+                .playing
+                .then_some((time.now.pos_beats, time.samples_per_beat)),
         };
-        self.block = clock;
-        let previous = self.previous_settings.unwrap_or(*settings);
+        self.release_for_changes(io, &time, settings);
+        self.receive_from_engine(settings.bypass);
+        self.trigger_at_block_start(io, &time, settings);
+        self.play_block(io, &time, settings, audio);
+        if self.current_answer.is_some() && self.engine_done && self.schedule.is_empty() {
+            self.current_answer = None;
+        }
+        self.previous_settings = Some(*settings);
+        self.publish_snapshot(&time, settings);
+        self.clock += i64::from(len);
+    }
 
-        // Things that release notes all happen at the block's first sample, before anything
-        // else is sent in this block.
+    /// Everything that releases notes or cancels the answer because something changed: a
+    /// release request, a transport stop or jump, bypass, a mode change, the voice switched off;
+    /// and new generation settings for the generator.
+    fn release_for_changes(&mut self, io: &mut impl BlockIo, time: &HostTime, settings: &Settings) {
+        let previous = self.previous_settings.unwrap_or(*settings);
         if std::mem::take(&mut self.release_requested) {
             self.release_everything(io, 0);
         }
-
-        let memory = self.previous_transport;
-        let jumped = playing
-            && memory.is_some_and(|m| {
-                m.playing
-                    && m.expected_pos_beats
-                        .is_some_and(|e| (pos_beats - e).abs() > JUMP_TOLERANCE_BEATS)
-            });
-        let stopped = !playing && memory.is_some_and(|m| m.playing);
-        if jumped || stopped {
+        if self.follow_transport(time) {
             self.release_everything(io, 0);
         }
-        self.previous_transport = Some(TransportMemory {
-            playing,
-            expected_pos_beats: playing.then(|| pos_beats + f64::from(len) / samples_per_beat),
-        });
-
         if settings.bypass && !previous.bypass {
             self.release_everything(io, 0);
         }
@@ -318,91 +310,23 @@ impl Core {
         {
             self.sent_gen_params = Some(settings.gen);
         }
+    }
 
-        self.receive_from_engine(settings.bypass);
-
-        let trigger_controller = settings.trigger_controller();
-        if trigger_controller != self.trigger_cc_tracked {
-            // A new trigger controller starts "up", unless it is a pedal passed on as down.
-            self.trigger_cc_tracked = trigger_controller;
-            for (channel, down) in (0..16u8).zip(&mut self.trigger_cc_down) {
-                *down = trigger_controller.is_some_and(|cc| self.pedals.is_down(channel, cc));
-            }
-        }
-
-        // Triggers, evaluated at the block's first sample (MIDI triggers at their own sample,
-        // below).
-        let trigger_edge = settings.trigger && !self.previous_trigger_param;
-        self.previous_trigger_param = settings.trigger;
-        let trigger_requested = self.status.trigger_request.swap(false, Ordering::Relaxed);
-        let now = Moment {
-            pos_beats,
-            playing,
-            tempo_bpm,
-            beats_per_bar,
-        };
-        if !settings.bypass {
-            if trigger_edge || trigger_requested {
-                // A trigger while an answer plays replaces it ("regenerate").
-                self.cancel_answer(io, 0);
-                self.start_answer(
-                    TriggerKind::Manual,
-                    settings,
-                    now,
-                    transport.bar_start_beats,
-                    0,
-                );
-            } else {
-                match settings.mode {
-                    Mode::CallResponse => {
-                        let silent_samples = self.clock.saturating_sub(self.last_player_activity);
-                        if self.current_answer.is_none()
-                            && self.phrase_pending
-                            && self.held.total() == 0
-                            && silent_samples as f64 >= settings.silence_beats * samples_per_beat
-                        {
-                            self.start_answer(
-                                TriggerKind::Silence,
-                                settings,
-                                now,
-                                transport.bar_start_beats,
-                                0,
-                            );
-                        }
-                    }
-                    Mode::Continuous => {
-                        let bars = answer_bars(TriggerKind::Continuous, settings);
-                        let answer_ms = self.answer_ms(bars, beats_per_bar, tempo_bpm);
-                        let lead_ms = answer_lead_ms(self.status.generation_ratio(), answer_ms);
-                        let lead_beats = lead_ms / 60_000.0 * tempo_bpm;
-                        let needs_more = self
-                            .continuous_next_beat
-                            .is_none_or(|end| end - pos_beats < beats_per_bar + lead_beats);
-                        if playing
-                            && self.has_context
-                            && (self.current_answer.is_none() || self.engine_done)
-                            && needs_more
-                        {
-                            self.start_answer(
-                                TriggerKind::Continuous,
-                                settings,
-                                now,
-                                transport.bar_start_beats,
-                                0,
-                            );
-                        }
-                    }
-                    Mode::Manual => {}
-                }
-            }
-        }
-
-        // Generated events due in this block, merged in time order with the input events.
+    /// The input events and the generated events due in this block, merged in time order, with
+    /// the voice rendered up to each of them.
+    fn play_block(
+        &mut self,
+        io: &mut impl BlockIo,
+        time: &HostTime,
+        settings: &Settings,
+        audio: &mut [&mut [f32]],
+    ) {
+        let len = self.block.len;
         let mut due = std::mem::take(&mut self.due);
         if settings.bypass {
             due.clear();
         } else {
-            let stats = self.schedule.collect_due(&clock, &mut due);
+            let stats = self.schedule.collect_due(&self.block, &mut due);
             if stats.late > 0 {
                 self.status
                     .late_notes
@@ -438,8 +362,8 @@ impl Core {
                 self.start_answer(
                     TriggerKind::Manual,
                     settings,
-                    now.at(at, samples_per_beat),
-                    transport.bar_start_beats,
+                    time.now.at(at, time.samples_per_beat),
+                    time.bar_start_beats,
                     at,
                 );
                 // The cancelled answer's notes are gone: nothing more is due in this block.
@@ -456,48 +380,51 @@ impl Core {
         }
         self.due = due;
         self.synth.render(audio, rendered, len as usize);
+    }
 
-        if self.current_answer.is_some() && self.engine_done && self.schedule.is_empty() {
-            self.current_answer = None;
-        }
-        self.previous_settings = Some(*settings);
+    /// Publishes the editor snapshot for the block just processed (before the clock moves on).
+    fn publish_snapshot(&mut self, time: &HostTime, settings: &Settings) {
+        let len = self.block.len;
+        let HostTime {
+            now,
+            samples_per_beat,
+            bar_start_beats,
+        } = *time;
         let silence_beats = (self.clock.saturating_sub(self.last_player_activity) as f64
             / samples_per_beat)
             .min(1.0e6);
-        self.clock += i64::from(len);
         let sounding_output_notes = self.sounding_output_notes() as u32;
+        let answer_state = if settings.bypass {
+            AnswerState::Bypassed
+        } else if self.current_answer.is_some() {
+            AnswerState::Answering
+        } else {
+            AnswerState::Listening
+        };
+        let now_samples = self.clock + i64::from(len);
         let Some(input) = &mut self.snapshot else {
             return;
         };
         // Written straight into the triple buffer's back buffer: the note rings (most of the
         // snapshot's 4 KB) are copied once, and nothing is allocated.
         *input.input_buffer_mut() = EditorSnapshot {
-            playing,
-            tempo_bpm,
-            pos_beats: if playing { pos_beats } else { 0.0 },
-            answer_state: if settings.bypass {
-                AnswerState::Bypassed
-            } else if self.current_answer.is_some() {
-                AnswerState::Answering
-            } else {
-                AnswerState::Listening
-            },
+            playing: now.playing,
+            tempo_bpm: now.tempo_bpm,
+            pos_beats: if now.playing { now.pos_beats } else { 0.0 },
+            answer_state,
             silence_beats,
             held_player_notes: self.held.total(),
             sounding_output_notes,
             scheduled_notes: self.schedule.len() as u32,
             active_voices: self.synth.active_voices() as u32,
-            now_samples: self.clock,
-            now_beats: if playing {
-                pos_beats + f64::from(len) / samples_per_beat
+            now_samples,
+            now_beats: if now.playing {
+                now.pos_beats + f64::from(len) / samples_per_beat
             } else {
                 0.0
             },
-            bar_start_beats: transport
-                .bar_start_beats
-                .filter(|b| b.is_finite())
-                .unwrap_or(0.0),
-            beats_per_bar,
+            bar_start_beats: bar_start_beats.filter(|b| b.is_finite()).unwrap_or(0.0),
+            beats_per_bar: now.beats_per_bar,
             sample_rate_hz: self.sample_rate,
             recent: self.recent,
             upcoming: self.upcoming,
@@ -536,7 +463,7 @@ impl Core {
 
 /// The musical "now" at the start of a block.
 #[derive(Debug, Clone, Copy)]
-struct Moment {
+pub(super) struct Moment {
     pos_beats: f64,
     playing: bool,
     tempo_bpm: f64,

@@ -3,6 +3,7 @@
 use nice_plug::midi::{Channel, Key, VoiceID};
 
 use super::*;
+use crate::params::Mode;
 use crate::protocol::{GeneratedNote, NoteTime};
 use crate::status::{NoteSource, RollNote};
 

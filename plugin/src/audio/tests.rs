@@ -5,7 +5,7 @@ use nice_plug::midi::{Channel, Key, VoiceID};
 use super::schedule::controller_is_down;
 use super::*;
 use crate::generator::{EchoGenerator, Generator, Outbox};
-use crate::params::TriggerSource;
+use crate::params::{Mode, TriggerSource};
 use crate::protocol::{AnswerRequest, GeneratedNote, NoteTime, MAX_ANSWER_MS};
 
 struct VecIo {
