@@ -3,7 +3,7 @@
 
 use nice_plug::midi::NoteEvent;
 
-use super::output::note_off;
+use super::output::{note_off, send_or_count};
 use super::schedule::controller_is_down;
 use super::voice::VoiceSource;
 use super::{BlockIo, Core};
@@ -98,9 +98,8 @@ impl Core {
                 }
                 if forward {
                     if self.thru.note_on(c, k) {
-                        if !io.send(with_timing(event, timing)) {
+                        if !send_or_count(io, &self.status, with_timing(event, timing)) {
                             self.thru.note_off(c, k);
-                            SharedStatus::count(&self.status.dropped_output_events);
                         }
                     } else {
                         SharedStatus::count(&self.status.dropped_output_events);
@@ -122,9 +121,8 @@ impl Core {
                                 NoteEvent::Choke { .. } => note_off(timing, c, k),
                                 _ => with_timing(event, timing),
                             };
-                            if !io.send(off) {
+                            if !send_or_count(io, &self.status, off) {
                                 self.thru.note_on(c, k);
-                                SharedStatus::count(&self.status.dropped_output_events);
                             }
                         }
                     }
@@ -132,11 +130,7 @@ impl Core {
                     (c, k) => {
                         let status = &self.status;
                         self.thru.release_matching(c, k, |c, k| {
-                            let sent = io.send(note_off(timing, c, k));
-                            if !sent {
-                                SharedStatus::count(&status.dropped_output_events);
-                            }
-                            sent
+                            send_or_count(io, status, note_off(timing, c, k))
                         });
                     }
                 }
@@ -219,11 +213,7 @@ impl Core {
         event: NoteEvent<()>,
         timing: u32,
     ) -> bool {
-        let sent = io.send(with_timing(event, timing));
-        if !sent {
-            SharedStatus::count(&self.status.dropped_output_events);
-        }
-        sent
+        send_or_count(io, &self.status, with_timing(event, timing))
     }
 
     /// Bookkeeping for a player note-off (`None` = wildcard).

@@ -18,28 +18,37 @@ impl Core {
             let Some(note) = self.schedule.get(slot).copied() else {
                 continue;
             };
-            let NoteState::Sounding { channel } = note.state else {
-                continue;
-            };
-            if io.send(note_off(timing, channel, note.key)) {
-                self.schedule.remove(slot);
-                self.recent.close(
-                    NoteSource::Generated,
-                    channel,
-                    note.key,
-                    u32::from(slot),
-                    self.clock + i64::from(timing),
-                );
-            } else {
-                // Tried again at the next block: late is better than stuck.
-                SharedStatus::count(&self.status.dropped_output_events);
-                if let Some(note) = self.schedule.get_mut(slot) {
-                    note.off = EventTime::IMMEDIATE;
-                }
+            if let NoteState::Sounding { channel } = note.state {
+                self.release_slot(io, slot, channel, note.key, timing);
             }
-            self.synth
-                .note_off(VoiceSource::Generated, Some(channel), Some(note.key));
         }
+    }
+
+    /// The one release path of a sounding generated note: its note-off at sample `timing`. One
+    /// the host refuses is counted and tried again at the next block: late is better than
+    /// stuck.
+    fn release_slot(
+        &mut self,
+        io: &mut impl BlockIo,
+        slot: u16,
+        channel: u8,
+        key: u8,
+        timing: u32,
+    ) {
+        if send_or_count(io, &self.status, note_off(timing, channel, key)) {
+            self.schedule.remove(slot);
+            self.recent.close(
+                NoteSource::Generated,
+                channel,
+                key,
+                u32::from(slot),
+                self.clock + i64::from(timing),
+            );
+        } else if let Some(note) = self.schedule.get_mut(slot) {
+            note.off = EventTime::IMMEDIATE;
+        }
+        self.synth
+            .note_off(VoiceSource::Generated, Some(channel), Some(key));
     }
 
     /// Releases every output note (generated and passed through) and hold pedal passed on, and
@@ -48,23 +57,16 @@ impl Core {
         self.cancel_answer(io, timing);
         let status = &self.status;
         self.thru.release_matching(None, None, |channel, key| {
-            let sent = io.send(note_off(timing, channel, key));
-            if !sent {
-                SharedStatus::count(&status.dropped_output_events);
-            }
-            sent
+            send_or_count(io, status, note_off(timing, channel, key))
         });
         self.pedals.release_all(|channel, cc| {
-            let sent = io.send(NoteEvent::MidiCC {
+            let pedal_up = NoteEvent::MidiCC {
                 timing,
                 channel,
                 cc,
                 value: 0.0,
-            });
-            if !sent {
-                SharedStatus::count(&status.dropped_output_events);
-            }
-            sent
+            };
+            send_or_count(io, status, pedal_up)
         });
         self.synth.release_all();
     }
@@ -76,14 +78,14 @@ impl Core {
         match (event.is_on, note.state) {
             (true, NoteState::Waiting) => {
                 let channel = settings.out_channel & 15;
-                let sent = io.send(NoteEvent::NoteOn {
+                let note_on = NoteEvent::NoteOn {
                     timing: event.timing,
                     voice_id: VoiceID::Wildcard,
                     channel: Channel::Number(channel),
                     key: Key::Number(note.key),
                     velocity: note.velocity,
-                });
-                if sent {
+                };
+                if send_or_count(io, &self.status, note_on) {
                     if let Some(note) = self.schedule.get_mut(event.slot) {
                         note.state = NoteState::Sounding { channel };
                     }
@@ -106,31 +108,28 @@ impl Core {
                     }
                 } else {
                     self.schedule.remove(event.slot);
-                    SharedStatus::count(&self.status.dropped_output_events);
                 }
             }
             (false, NoteState::Sounding { channel }) => {
-                if io.send(note_off(event.timing, channel, note.key)) {
-                    self.schedule.remove(event.slot);
-                    self.recent.close(
-                        NoteSource::Generated,
-                        channel,
-                        note.key,
-                        u32::from(event.slot),
-                        self.clock + i64::from(event.timing),
-                    );
-                } else {
-                    SharedStatus::count(&self.status.dropped_output_events);
-                    if let Some(note) = self.schedule.get_mut(event.slot) {
-                        note.off = EventTime::IMMEDIATE;
-                    }
-                }
-                self.synth
-                    .note_off(VoiceSource::Generated, Some(channel), Some(note.key));
+                self.release_slot(io, event.slot, channel, note.key, event.timing);
             }
             _ => {}
         }
     }
+}
+
+/// The one way an event goes out: sent, or counted as dropped when the host refuses it.
+/// Returns whether it was sent.
+pub(super) fn send_or_count(
+    io: &mut impl BlockIo,
+    status: &SharedStatus,
+    event: NoteEvent<()>,
+) -> bool {
+    let sent = io.send(event);
+    if !sent {
+        SharedStatus::count(&status.dropped_output_events);
+    }
+    sent
 }
 
 pub(super) fn note_off(timing: u32, channel: u8, key: u8) -> NoteEvent<()> {
