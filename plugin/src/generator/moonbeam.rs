@@ -82,13 +82,11 @@ use continuo_engine::model::gru::Chooser;
 use continuo_engine::note::TICK_MS;
 use continuo_engine::{Moonbeam, Note};
 
-use super::session::{Engine, Limits, Timeline};
-use super::shaper::{density_window, fold_pitch, min_note_ms};
+use super::session::{Cached, Engine, Limits, Timeline};
+use super::shaper::Shaper;
 use super::{Generator, Outbox};
 use crate::library::{locate_model, ModelCache, ModelLocation, NamedStyle, StyleSlot};
-use crate::protocol::{
-    AnswerRequest, FromEngine, GenParams, GeneratedNote, PlayedNote, Quantize, ToEngine,
-};
+use crate::protocol::{AnswerRequest, FromEngine, GenParams, GeneratedNote, PlayedNote, ToEngine};
 use crate::status::{CapturedAnswer, CapturedNote, EngineStatus, SharedStatus};
 
 /// Notes per second of music assumed, before a model's first answer has measured its own speed,
@@ -99,8 +97,6 @@ const ASSUMED_NOTES_PER_SECOND: f64 = 10.0;
 const MIN_FREE_SLOTS: usize = 8;
 /// The gap limit used before a model is loaded (the official configs' largest timeshift).
 const DEFAULT_MAX_GAP_TICKS: i64 = 297;
-/// Notes closer than this (in ms) start at the same time.
-const SAME_START_MS: f64 = 1e-3;
 
 // ---------------------------------------------------------------------------------------------
 // Answers
@@ -122,10 +118,8 @@ struct Answer {
     pending_row: Option<Row>,
     decoded: usize,
     budget: usize,
-    /// Start times (ms after the answer's start) of the notes sent in the density window.
-    recent: VecDeque<f64>,
-    /// Per key, the start (ms after the answer's start) of the latest note sent.
-    key_starts: [f64; 128],
+    /// What turns its decoded notes into the notes played.
+    shaper: Shaper,
     /// When the trigger reached the generator.
     triggered: Instant,
     decode_time: Duration,
@@ -241,7 +235,7 @@ impl MoonbeamGenerator {
     pub fn is_synced(&self) -> bool {
         self.engine
             .as_ref()
-            .is_some_and(|e| e.synced == Some(self.context.len()))
+            .is_some_and(|e| e.cache == Cached::Context(self.context.len()))
     }
 
     /// Batched prefills done so far.
@@ -316,8 +310,7 @@ impl MoonbeamGenerator {
             let excess = self.context.len() - limits.context_keep;
             self.context.drain(..excess);
             if let Some(engine) = &mut self.engine {
-                engine.synced = None;
-                engine.answered_after = None;
+                engine.cache = Cached::Stale;
             }
         }
     }
@@ -334,19 +327,20 @@ impl MoonbeamGenerator {
         let Some(engine) = &mut self.engine else {
             return false;
         };
-        match engine.synced {
-            None if engine.answered_after.is_some() => {
+        match engine.cache {
+            Cached::AnswerAfter(kept) => {
                 // Drop the answer (and held notes) from the session: one step, not a prefill.
-                let kept = engine.answered_after.take().unwrap_or(0);
                 let result = engine
                     .session
                     .with_dependent_mut(|_, session| session.truncate(kept + 1));
                 self.truncations += 1;
-                if result.is_ok() && engine.rows_len() == kept + 1 {
-                    engine.synced = Some(kept);
-                }
+                engine.cache = if result.is_ok() && engine.rows_len() == kept + 1 {
+                    Cached::Context(kept)
+                } else {
+                    Cached::Stale
+                };
             }
-            None => {
+            Cached::Stale => {
                 let origin = self.context.front().map_or(0, |n| n.onset);
                 let notes: Vec<Note> = self
                     .context
@@ -363,7 +357,7 @@ impl MoonbeamGenerator {
                 match result {
                     Ok(()) => {
                         engine.origin = origin;
-                        engine.synced = Some(notes.len());
+                        engine.cache = Cached::Context(notes.len());
                     }
                     Err(e) => {
                         let had_context = !self.context.is_empty();
@@ -382,7 +376,7 @@ impl MoonbeamGenerator {
                     }
                 }
             }
-            Some(n) if n < self.context.len() => {
+            Cached::Context(n) if n < self.context.len() => {
                 let note = self.context[n];
                 let row = Note {
                     onset: note.onset - engine.origin,
@@ -394,19 +388,19 @@ impl MoonbeamGenerator {
                     .with_dependent_mut(|_, session| session.push(row));
                 self.context_pushes += 1;
                 match result {
-                    Ok(()) => engine.synced = Some(n + 1),
+                    Ok(()) => engine.cache = Cached::Context(n + 1),
                     Err(e) => {
-                        engine.synced = None;
+                        engine.cache = Cached::Stale;
                         self.status
                             .set_last_error(&format!("could not extend the context: {e}"));
                     }
                 }
             }
-            Some(_) => {}
+            Cached::Context(_) => {}
         }
         self.engine
             .as_ref()
-            .is_some_and(|e| e.synced != Some(self.context.len()))
+            .is_some_and(|e| e.cache != Cached::Context(self.context.len()))
     }
 
     /// Makes `model` the one answers use: warms it up, and starts the speed estimate behind the
@@ -541,8 +535,7 @@ impl MoonbeamGenerator {
             pending_row: None,
             decoded: 0,
             budget: 0,
-            recent: VecDeque::new(),
-            key_starts: [f64::NEG_INFINITY; 128],
+            shaper: Shaper::new(request.ms_per_beat(), request.length_ms),
             triggered,
             decode_time: Duration::ZERO,
             captured: Vec::new(),
@@ -600,8 +593,10 @@ impl MoonbeamGenerator {
         let held = self.tokenizer.snapshot(answer.request.start.clock_ms);
         let room_for_answer = engine.limits.answer_max.min(engine.limits.capacity / 2);
         // From here on the session holds more than the played context.
-        engine.answered_after = engine.synced;
-        engine.synced = None;
+        engine.cache = match engine.cache {
+            Cached::Context(n) => Cached::AnswerAfter(n),
+            _ => Cached::Stale,
+        };
         for live in held {
             if engine.rows_len() + room_for_answer >= engine.limits.capacity {
                 break;
@@ -715,64 +710,15 @@ impl MoonbeamGenerator {
         answer: &mut Answer,
         note: &Note,
     ) -> Option<GeneratedNote> {
-        let is_drum = note.instrument == 128;
-        if !note.is_valid_midi() || (is_drum && !player_drums) {
-            return None;
-        }
-        let pitch = match params.scale.mask(params.scale_root) {
-            Some(scale) if !is_drum => scale.snap(note.pitch()),
-            _ => note.pitch(),
-        };
-        let key = fold_pitch(pitch, params.pitch_low, params.pitch_high)?;
-        let ms_per_beat = answer.request.ms_per_beat();
-        let length_ms = answer.request.length_ms;
         let anchor = answer.anchor.unwrap_or(note.onset);
-        let duration_ms = note.duration as f64 * TICK_MS;
-        let mut start_ms = (note.onset - anchor) as f64 * TICK_MS;
-        if params.quantize != Quantize::Off {
-            start_ms = params
-                .quantize
-                .snap_ms(start_ms, ms_per_beat, params.swing_percent);
-            if start_ms > length_ms - min_note_ms(ms_per_beat) {
-                return None;
-            }
-        }
-        let previous_start = &mut answer.key_starts[usize::from(key)];
-        if (start_ms - *previous_start).abs() < SAME_START_MS {
-            return None;
-        }
-        let window = density_window(params.density_cap_per_beat);
-        if let Some((beats, allowed)) = window {
-            let window_ms = beats * ms_per_beat;
-            while answer
-                .recent
-                .front()
-                .is_some_and(|&t| t <= start_ms - window_ms)
-            {
-                answer.recent.pop_front();
-            }
-            if answer.recent.len() >= allowed {
-                return None;
-            }
-        }
-        *previous_start = start_ms;
-        let end_ms = (start_ms + duration_ms).min(length_ms);
-        let scale = if params.velocity_scale.is_finite() {
-            params.velocity_scale
-        } else {
-            1.0
-        };
-        let velocity = (note.velocity as f32 / 127.0 * scale).clamp(1.0 / 127.0, 1.0);
-        if window.is_some() {
-            answer.recent.push_back(start_ms);
-        }
+        let shaped = answer.shaper.shape(params, player_drums, note, anchor)?;
         let request = &answer.request;
         Some(GeneratedNote {
             answer_id: request.answer_id,
-            start: request.time_at(start_ms),
-            end: request.time_at(end_ms.max(start_ms)),
-            key,
-            velocity,
+            start: request.time_at(shaped.start_ms),
+            end: request.time_at(shaped.end_ms),
+            key: shaped.key,
+            velocity: shaped.velocity,
         })
     }
 }
@@ -878,8 +824,8 @@ mod tests {
     use super::super::session::{ANSWER_MAX_NOTES, CONTEXT_KEEP, CONTEXT_SLACK, PENDING_MAX};
     use crate::generator::GeneratorThread;
     use crate::library::{ConfigSpec, ModelOrigin};
-    use crate::protocol::Scale;
     use crate::protocol::{NoteTime, Stamp, MAX_ANSWER_MS, TEMPO_RANGE_BPM};
+    use crate::protocol::{Quantize, Scale};
     use crate::testing::{golden, tiny_test_model};
 
     /// A generator on the tiny golden model, with its queue.
@@ -1068,8 +1014,7 @@ mod tests {
             pending_row: None,
             decoded: 0,
             budget: ANSWER_MAX_NOTES,
-            recent: VecDeque::new(),
-            key_starts: [f64::NEG_INFINITY; 128],
+            shaper: Shaper::new(500.0, length_ms),
             triggered: Instant::now(),
             decode_time: Duration::ZERO,
             captured: Vec::new(),

@@ -68,20 +68,29 @@ impl Limits {
     }
 }
 
+/// What the warm session holds, in terms of the played context (whose onsets are re-zeroed at
+/// [`Engine::origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cached {
+    /// Exactly `[SOS] + context[..n]`: the cache is warm up to note `n`.
+    Context(usize),
+    /// `[SOS] + context[..n]` followed by an answer (and the notes held when it started), so
+    /// going back to the played context is a truncation, not a prefill.
+    AnswerAfter(usize),
+    /// Anything else: rebuilt with a prefill.
+    Stale,
+}
+
 /// The loaded model and its warm session.
 pub(super) struct Engine {
     pub(super) session: WarmSession,
     pub(super) limits: Limits,
     /// The model's largest timeshift in ticks.
     pub(super) max_gap: i64,
-    /// `Some(n)`: the session holds exactly `[SOS] + context[..n]` (re-zeroed at `origin`).
-    /// `None`: it holds something else and must be rebuilt with a prefill.
-    pub(super) synced: Option<usize>,
+    /// What the session's rows are.
+    pub(super) cache: Cached,
     /// The context onset that is 0 in the session.
     pub(super) origin: i64,
-    /// `Some(n)`: the session starts with `[SOS] + context[..n]` and holds an answer after it,
-    /// so going back to the played context is a truncation, not a prefill.
-    pub(super) answered_after: Option<usize>,
 }
 
 impl Engine {
@@ -93,9 +102,8 @@ impl Engine {
             session,
             limits,
             max_gap,
-            synced: None,
+            cache: Cached::Stale,
             origin: 0,
-            answered_after: None,
         }
     }
 
@@ -127,8 +135,7 @@ impl Engine {
             session.truncate(0)?;
             Ok::<_, continuo_engine::error::ModelError>(decoded)
         });
-        self.synced = None;
-        self.answered_after = None;
+        self.cache = Cached::Stale;
         let decoded = decoded.map_err(|e| format!("warming up the model failed: {e}"))?;
         Ok(started.elapsed() / decoded.max(1) as u32)
     }

@@ -21,9 +21,12 @@
 //! up, and the result never depends on anything but the pitch). The octave folding into the
 //! pitch range happens afterwards and keeps the pitch class, so it stays in the scale.
 
-use continuo_engine::note::TICK_MS;
+use std::collections::VecDeque;
 
-use crate::protocol::{Quantize, Scale, MAX_SWING_PERCENT};
+use continuo_engine::note::TICK_MS;
+use continuo_engine::Note;
+
+use crate::protocol::{GenParams, Quantize, Scale, MAX_SWING_PERCENT};
 
 impl Quantize {
     /// The distance between grid points in beats; `None` when off.
@@ -176,6 +179,115 @@ pub(super) fn density_window(cap: f32) -> Option<(f64, usize)> {
     } else {
         (1.0 / cap.max(1e-3), 1)
     })
+}
+
+/// Notes closer than this (in ms) start at the same time.
+const SAME_START_MS: f64 = 1e-3;
+
+/// A decoded note as it is played: times in ms after the answer's start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct ShapedNote {
+    pub(super) start_ms: f64,
+    /// Never before `start_ms`, never after the answer's end.
+    pub(super) end_ms: f64,
+    pub(super) key: u8,
+    /// In `[1/127, 1]`.
+    pub(super) velocity: f32,
+}
+
+/// Shapes one answer's decoded notes into the notes played: scale lock, octave folding into the
+/// range, quantize (with swing), one start per key at a time, the density cap and the velocity
+/// scale, in that order. It keeps what the answer has played so far; the settings are passed
+/// with every note, so a change during an answer applies from the next note on.
+#[derive(Debug, Clone)]
+pub(super) struct Shaper {
+    ms_per_beat: f64,
+    /// Notes starting this long after the answer's start or later are not played; ends are cut
+    /// to it.
+    length_ms: f64,
+    /// Start times (ms after the answer's start) of the notes played in the density window.
+    recent: VecDeque<f64>,
+    /// Per key, the start (ms after the answer's start) of the latest note played.
+    key_starts: [f64; 128],
+}
+
+impl Shaper {
+    pub(super) fn new(ms_per_beat: f64, length_ms: f64) -> Self {
+        Self {
+            ms_per_beat,
+            length_ms,
+            recent: VecDeque::new(),
+            key_starts: [f64::NEG_INFINITY; 128],
+        }
+    }
+
+    /// The note played for a decoded `note` whose onset `anchor` plays at the answer's start, or
+    /// `None` if it is not played (invalid, a drum while the player plays none, out of range,
+    /// too near the answer's end once quantized, a repeat of a key at the same time, over the
+    /// density cap).
+    pub(super) fn shape(
+        &mut self,
+        params: &GenParams,
+        player_drums: bool,
+        note: &Note,
+        anchor: i64,
+    ) -> Option<ShapedNote> {
+        let is_drum = note.instrument == 128;
+        if !note.is_valid_midi() || (is_drum && !player_drums) {
+            return None;
+        }
+        let pitch = match params.scale.mask(params.scale_root) {
+            Some(scale) if !is_drum => scale.snap(note.pitch()),
+            _ => note.pitch(),
+        };
+        let key = fold_pitch(pitch, params.pitch_low, params.pitch_high)?;
+        let (ms_per_beat, length_ms) = (self.ms_per_beat, self.length_ms);
+        let duration_ms = note.duration as f64 * TICK_MS;
+        let mut start_ms = (note.onset - anchor) as f64 * TICK_MS;
+        if params.quantize != Quantize::Off {
+            start_ms = params
+                .quantize
+                .snap_ms(start_ms, ms_per_beat, params.swing_percent);
+            if start_ms > length_ms - min_note_ms(ms_per_beat) {
+                return None;
+            }
+        }
+        let previous_start = &mut self.key_starts[usize::from(key)];
+        if (start_ms - *previous_start).abs() < SAME_START_MS {
+            return None;
+        }
+        let window = density_window(params.density_cap_per_beat);
+        if let Some((beats, allowed)) = window {
+            let window_ms = beats * ms_per_beat;
+            while self
+                .recent
+                .front()
+                .is_some_and(|&t| t <= start_ms - window_ms)
+            {
+                self.recent.pop_front();
+            }
+            if self.recent.len() >= allowed {
+                return None;
+            }
+        }
+        *previous_start = start_ms;
+        let end_ms = (start_ms + duration_ms).min(length_ms);
+        let scale = if params.velocity_scale.is_finite() {
+            params.velocity_scale
+        } else {
+            1.0
+        };
+        let velocity = (note.velocity as f32 / 127.0 * scale).clamp(1.0 / 127.0, 1.0);
+        if window.is_some() {
+            self.recent.push_back(start_ms);
+        }
+        Some(ShapedNote {
+            start_ms,
+            end_ms: end_ms.max(start_ms),
+            key,
+            velocity,
+        })
+    }
 }
 
 #[cfg(test)]
