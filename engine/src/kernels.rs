@@ -206,6 +206,23 @@ pub fn bf16_round(x: f32) -> f32 {
     half::bf16::from_f32(x).to_f32()
 }
 
+/// Runs `f` on the contiguous f32 data of a CPU tensor without copying it: how the decode
+/// kernels read candle's weights.
+pub fn with_f32<R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("the decode path needs CPU tensors");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => f(&data[start..end]),
+        None => candle_core::bail!("the decode path needs contiguous tensors"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

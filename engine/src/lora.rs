@@ -15,7 +15,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::Config;
 use crate::error::AdapterError;
 use crate::kernels::matvec;
-use crate::model::linear::with_f32;
+use crate::kernels::with_f32;
+use crate::model::{Module, Proj, Shape};
 
 /// One low-rank pair: `delta(x) = scale * B (A x)` with `A: (r, in)` and `B: (out, r)`.
 /// For the embedding target, `A: (r, vocab)` and `B: (dim, r)` and `delta(id) = scale * B A[:, id]`.
@@ -39,32 +40,54 @@ pub enum Target {
 }
 
 impl Target {
-    /// The module's name as in the base checkpoint (without `.weight`).
-    pub fn module_name(self) -> String {
+    /// The base module the target adapts.
+    pub fn module(self) -> Module {
         match self {
-            Target::Q(i) => format!("model.layers.{i}.self_attn.q_proj"),
-            Target::K(i) => format!("model.layers.{i}.self_attn.k_proj"),
-            Target::V(i) => format!("model.layers.{i}.self_attn.v_proj"),
-            Target::O(i) => format!("model.layers.{i}.self_attn.o_proj"),
-            Target::DecoderEmbedding => "decoder_embedding".into(),
-            Target::SummaryProjection => "summary_projection".into(),
-            Target::LmHead => "lm_head".into(),
-            Target::FcOut => "decoder.fc_out".into(),
+            Target::Q(i) => Module::Proj(i, Proj::Q),
+            Target::K(i) => Module::Proj(i, Proj::K),
+            Target::V(i) => Module::Proj(i, Proj::V),
+            Target::O(i) => Module::Proj(i, Proj::O),
+            Target::DecoderEmbedding => Module::DecoderEmbedding,
+            Target::SummaryProjection => Module::SummaryProjection,
+            Target::LmHead => Module::LmHead,
+            Target::FcOut => Module::FcOut,
         }
+    }
+
+    /// The module's name as in the base checkpoint (without `.weight`), as peft names it.
+    pub fn module_name(self) -> String {
+        let name = self.module().name();
+        match self {
+            // The one tensor module: peft names the module, not its `.weight`.
+            Target::DecoderEmbedding => name.trim_end_matches(".weight").to_owned(),
+            _ => name,
+        }
+    }
+
+    /// The target whose [`Target::module_name`] is `name`, if any.
+    pub fn from_module_name(name: &str) -> Option<Target> {
+        let layer = name.split('.').find_map(|part| part.parse::<usize>().ok());
+        let layer_targets = layer
+            .map(|i| [Target::Q(i), Target::K(i), Target::V(i), Target::O(i)])
+            .into_iter()
+            .flatten();
+        let model_targets = [
+            Target::DecoderEmbedding,
+            Target::SummaryProjection,
+            Target::LmHead,
+            Target::FcOut,
+        ];
+        layer_targets
+            .chain(model_targets)
+            .find(|t| t.module_name() == name)
     }
 
     /// `(out, in)` of a linear target, `(vocab, dim)` of the embedding.
     pub fn shape(self, cfg: &Config) -> (usize, usize) {
-        let h = cfg.hidden_size;
-        let kv = cfg.n_kv_heads * cfg.head_dim();
-        let g = cfg.gru_hidden;
-        match self {
-            Target::Q(_) | Target::O(_) => (h, h),
-            Target::K(_) | Target::V(_) => (kv, h),
-            Target::DecoderEmbedding => (cfg.decode_vocab_size, g),
-            Target::SummaryProjection => (g, h),
-            Target::LmHead => (cfg.decode_vocab_size, g),
-            Target::FcOut => (g, g),
+        match self.module().shape(cfg) {
+            Shape::Linear { out, input, .. } => (out, input),
+            Shape::Tensor(shape) => (shape[0], shape[1]),
+            Shape::Gru { .. } => unreachable!("no LoRA target is a GRU layer"),
         }
     }
 

@@ -66,26 +66,6 @@ impl StyleCard {
     }
 }
 
-fn target_from_name(module: &str) -> Option<Target> {
-    match module {
-        "decoder_embedding" => return Some(Target::DecoderEmbedding),
-        "summary_projection" => return Some(Target::SummaryProjection),
-        "lm_head" => return Some(Target::LmHead),
-        "decoder.fc_out" => return Some(Target::FcOut),
-        _ => {}
-    }
-    let rest = module.strip_prefix("model.layers.")?;
-    let (layer, proj) = rest.split_once(".self_attn.")?;
-    let layer: usize = layer.parse().ok()?;
-    match proj {
-        "q_proj" => Some(Target::Q(layer)),
-        "k_proj" => Some(Target::K(layer)),
-        "v_proj" => Some(Target::V(layer)),
-        "o_proj" => Some(Target::O(layer)),
-        _ => None,
-    }
-}
-
 /// Writes a style file. The card's rank, alpha and targets are taken from the adapter.
 pub fn save_style(path: &Path, adapter: &Adapter, card: &StyleCard) -> Result<(), AdapterError> {
     let mut card = card.clone();
@@ -215,7 +195,7 @@ pub fn load_style(
         let (module, which) = name
             .rsplit_once('.')
             .ok_or_else(|| AdapterError::Format(format!("unexpected tensor `{name}`")))?;
-        let target = target_from_name(module)
+        let target = Target::from_module_name(module)
             .filter(|t| match t {
                 Target::Q(i) | Target::K(i) | Target::V(i) | Target::O(i) => *i < cfg.n_layers,
                 _ => true,
@@ -369,7 +349,7 @@ impl Moonbeam {
             for d in t.dims() {
                 eat(&(*d as u64).to_le_bytes());
             }
-            let _ = crate::model::linear::with_f32(&t, |data| {
+            let _ = crate::kernels::with_f32(&t, |data| {
                 let step = (data.len() / 4096).max(1);
                 for v in data.iter().step_by(step) {
                     eat(&v.to_bits().to_le_bytes());

@@ -7,12 +7,13 @@
 use candle_core::Result;
 
 use super::forward::{ForwardOutput, Row};
-use super::linear::with_f32;
 use super::tables::{
     embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN,
 };
-use super::{Moonbeam, Precision};
+use super::{Layer, Moonbeam, Precision};
+use crate::config::Config;
 use crate::error::ModelError;
+use crate::kernels::with_f32;
 use crate::kernels::{bf16_round, dot, rms_norm, silu, softmax_in_place};
 use crate::lora::{Style, Target};
 
@@ -202,8 +203,6 @@ impl Moonbeam {
         self.validate_rows(std::slice::from_ref(row))?;
         self.embed_one(row, scratch)?;
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
-        let half = hd / 2;
         let precision = self.tables.precision;
         for (t, &column) in TABLE_COLUMN.iter().enumerate() {
             rope_cos_sin(
@@ -214,82 +213,8 @@ impl Moonbeam {
                 &mut scratch.sin[t],
             );
         }
-        let pos = cache.len;
-        let t_len = pos + 1;
-        let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
-            with_f32(&layer.input_norm, |w| {
-                rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
-                Ok(())
-            })?;
-            layer
-                .q_proj
-                .matvec_styled(&scratch.xn, &mut scratch.q, style, Target::Q(li))?;
-            layer
-                .k_proj
-                .matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
-            layer
-                .v_proj
-                .matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
-            for head in 0..nh {
-                let t = GROUP_TABLE[head / (nh / 6)];
-                rotate(
-                    &mut scratch.q[head * hd..(head + 1) * hd],
-                    &scratch.cos[t],
-                    &scratch.sin[t],
-                    half,
-                );
-            }
-            for head in 0..nkv {
-                let t = GROUP_TABLE[head / (nkv / 6)];
-                rotate(
-                    &mut scratch.k[head * hd..(head + 1) * hd],
-                    &scratch.cos[t],
-                    &scratch.sin[t],
-                    half,
-                );
-                let at = cache.index(head, pos);
-                cache.k[li][at..at + hd].copy_from_slice(&scratch.k[head * hd..(head + 1) * hd]);
-                cache.v[li][at..at + hd].copy_from_slice(&scratch.v[head * hd..(head + 1) * hd]);
-            }
-            let n_rep = nh / nkv;
-            for head in 0..nh {
-                let kv_head = head / n_rep;
-                let q = &scratch.q[head * hd..(head + 1) * hd];
-                let scores = &mut scratch.scores[..t_len];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let at = cache.index(kv_head, j);
-                    *s = dot(q, &cache.k[li][at..at + hd]) * scale;
-                }
-                softmax_in_place(scores);
-                let out = &mut scratch.attn[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    let at = cache.index(kv_head, j);
-                    for (o, &v) in out.iter_mut().zip(&cache.v[li][at..at + hd]) {
-                        *o += p * v;
-                    }
-                }
-            }
-            layer
-                .o_proj
-                .matvec_styled(&scratch.attn, &mut scratch.proj, style, Target::O(li))?;
-            for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
-                *x += p;
-            }
-            with_f32(&layer.post_attention_norm, |w| {
-                rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
-                Ok(())
-            })?;
-            layer.gate_proj.matvec(&scratch.xn, &mut scratch.gate)?;
-            layer.up_proj.matvec(&scratch.xn, &mut scratch.up)?;
-            for (g, u) in scratch.gate.iter_mut().zip(&scratch.up) {
-                *g = silu(*g) * u;
-            }
-            layer.down_proj.matvec(&scratch.gate, &mut scratch.proj)?;
-            for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
-                *x += p;
-            }
+            layer.step(li, cfg, cache, scratch, style)?;
         }
         with_f32(&self.norm, |w| {
             rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.hidden);
@@ -353,6 +278,94 @@ impl Moonbeam {
         self.mlp_in.matvec(&scratch.proj, &mut scratch.mlp_hidden)?;
         scratch.mlp_hidden.iter_mut().for_each(|v| *v = v.max(0.0));
         self.mlp_out.matvec(&scratch.mlp_hidden, &mut scratch.x)?;
+        Ok(())
+    }
+}
+
+impl Layer {
+    /// Decoder layer `li` on the row in `scratch.x` (updated in place); its rotated key and
+    /// its value go into `cache` at position `cache.len()`.
+    fn step(
+        &self,
+        li: usize,
+        cfg: &Config,
+        cache: &mut KvCache,
+        scratch: &mut DecodeScratch,
+        style: &Style,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
+        let half = hd / 2;
+        let pos = cache.len;
+        let t_len = pos + 1;
+        let scale = 1.0 / (hd as f32).sqrt();
+        with_f32(&self.input_norm, |w| {
+            rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
+            Ok(())
+        })?;
+        self.q_proj
+            .matvec_styled(&scratch.xn, &mut scratch.q, style, Target::Q(li))?;
+        self.k_proj
+            .matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
+        self.v_proj
+            .matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
+        for head in 0..nh {
+            let t = GROUP_TABLE[head / (nh / 6)];
+            rotate(
+                &mut scratch.q[head * hd..(head + 1) * hd],
+                &scratch.cos[t],
+                &scratch.sin[t],
+                half,
+            );
+        }
+        for head in 0..nkv {
+            let t = GROUP_TABLE[head / (nkv / 6)];
+            rotate(
+                &mut scratch.k[head * hd..(head + 1) * hd],
+                &scratch.cos[t],
+                &scratch.sin[t],
+                half,
+            );
+            let at = cache.index(head, pos);
+            cache.k[li][at..at + hd].copy_from_slice(&scratch.k[head * hd..(head + 1) * hd]);
+            cache.v[li][at..at + hd].copy_from_slice(&scratch.v[head * hd..(head + 1) * hd]);
+        }
+        let n_rep = nh / nkv;
+        for head in 0..nh {
+            let kv_head = head / n_rep;
+            let q = &scratch.q[head * hd..(head + 1) * hd];
+            let scores = &mut scratch.scores[..t_len];
+            for (j, s) in scores.iter_mut().enumerate() {
+                let at = cache.index(kv_head, j);
+                *s = dot(q, &cache.k[li][at..at + hd]) * scale;
+            }
+            softmax_in_place(scores);
+            let out = &mut scratch.attn[head * hd..(head + 1) * hd];
+            out.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let at = cache.index(kv_head, j);
+                for (o, &v) in out.iter_mut().zip(&cache.v[li][at..at + hd]) {
+                    *o += p * v;
+                }
+            }
+        }
+        self.o_proj
+            .matvec_styled(&scratch.attn, &mut scratch.proj, style, Target::O(li))?;
+        for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
+            *x += p;
+        }
+        with_f32(&self.post_attention_norm, |w| {
+            rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
+            Ok(())
+        })?;
+        self.gate_proj.matvec(&scratch.xn, &mut scratch.gate)?;
+        self.up_proj.matvec(&scratch.xn, &mut scratch.up)?;
+        for (g, u) in scratch.gate.iter_mut().zip(&scratch.up) {
+            *g = silu(*g) * u;
+        }
+        self.down_proj.matvec(&scratch.gate, &mut scratch.proj)?;
+        for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
+            *x += p;
+        }
         Ok(())
     }
 }

@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use super::tables::{
     embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN,
 };
-use super::Moonbeam;
+use super::{Layer, Moonbeam};
+use crate::config::Config;
 use crate::error::ModelError;
 use crate::lora::{Style, Target};
 
@@ -200,58 +201,27 @@ impl Moonbeam {
             candle_core::bail!("forward needs a non-empty batch of equally long sequences");
         }
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
+        let (nh, nkv) = (cfg.n_heads, cfg.n_kv_heads);
         let mut x = self.embed(batch, trace.as_deref_mut())?;
         if let Some(t) = trace.as_deref_mut() {
             t.embed_output = Some(x.clone());
         }
         let (cos_q, sin_q) = self.rotary_tables(batch, nh)?;
         let (cos_k, sin_k) = self.rotary_tables(batch, nkv)?;
-        let mask = attention_mask(&mask, b, l)?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let pass = Pass {
+            cfg,
+            b,
+            l,
+            rotary_q: (cos_q, sin_q),
+            rotary_k: (cos_k, sin_k),
+            mask: attention_mask(&mask, b, l)?,
+            style,
+        };
         let mut kv = Vec::with_capacity(self.layers.len());
         for (li, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let xn = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let q = layer
-                .q_proj
-                .forward_styled(&xn, style, Target::Q(li))?
-                .reshape((b, l, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = layer
-                .k_proj
-                .forward_styled(&xn, style, Target::K(li))?
-                .reshape((b, l, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = layer
-                .v_proj
-                .forward_styled(&xn, style, Target::V(li))?
-                .reshape((b, l, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = apply_rotary(&q, &cos_q, &sin_q)?;
-            let k = apply_rotary(&k, &cos_k, &sin_k)?;
-            kv.push((k.clone(), v.clone()));
-            let k = repeat_kv(&k, nh / nkv)?;
-            let v = repeat_kv(&v, nh / nkv)?;
-            if let Some(t) = trace.as_deref_mut() {
-                t.qkv.push((q.clone(), k.clone(), v.clone()));
-            }
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-            // The composed softmax, not `softmax_last_dim`: the fused kernel has no backward pass.
-            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let attn = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, l, nh * hd))?;
-            x = (residual + layer.o_proj.forward_styled(&attn, style, Target::O(li))?)?;
-            let residual = x.clone();
-            let xn = rms_norm(&x, &layer.post_attention_norm, cfg.rms_norm_eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&xn)?)?;
-            let up = layer.up_proj.forward(&xn)?;
-            x = (residual + layer.down_proj.forward(&(gate * up)?)?)?;
+            let (next, layer_kv) = layer.forward(li, &x, &pass, trace.as_deref_mut())?;
+            x = next;
+            kv.push(layer_kv);
             if li == 0 {
                 if let Some(t) = trace.as_deref_mut() {
                     t.hidden_after_layer0 = Some(x.clone());
@@ -260,6 +230,63 @@ impl Moonbeam {
         }
         let hidden = rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
         Ok(ForwardOutput { hidden, kv })
+    }
+}
+
+/// What every layer of one batched pass shares.
+struct Pass<'a> {
+    cfg: &'a Config,
+    b: usize,
+    l: usize,
+    /// Rotary `(cos, sin)` for the query heads and for the key heads.
+    rotary_q: (Tensor, Tensor),
+    rotary_k: (Tensor, Tensor),
+    /// Additive attention mask, `(B, 1, L, L)`.
+    mask: Tensor,
+    style: &'a Style,
+}
+
+impl Layer {
+    /// Decoder layer `li` over `x` `(B, L, hidden)`: returns the layer's output and its
+    /// rotated keys and values `(B, n_kv_heads, L, head_dim)`.
+    fn forward(
+        &self,
+        li: usize,
+        x: &Tensor,
+        pass: &Pass<'_>,
+        trace: Option<&mut Trace>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let (cfg, b, l, style) = (pass.cfg, pass.b, pass.l, pass.style);
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let xn = rms_norm(x, &self.input_norm, cfg.rms_norm_eps)?;
+        let q = heads(self.q_proj.forward_styled(&xn, style, Target::Q(li))?, nh)?;
+        let k = heads(self.k_proj.forward_styled(&xn, style, Target::K(li))?, nkv)?;
+        let v = heads(self.v_proj.forward_styled(&xn, style, Target::V(li))?, nkv)?;
+        let q = apply_rotary(&q, &pass.rotary_q.0, &pass.rotary_q.1)?;
+        let k = apply_rotary(&k, &pass.rotary_k.0, &pass.rotary_k.1)?;
+        let kv = (k.clone(), v.clone());
+        let k = repeat_kv(&k, nh / nkv)?;
+        let v = repeat_kv(&v, nh / nkv)?;
+        if let Some(t) = trace {
+            t.qkv.push((q.clone(), k.clone(), v.clone()));
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&pass.mask)?;
+        // The composed softmax, not `softmax_last_dim`: the fused kernel has no backward pass.
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, l, nh * hd))?;
+        let x = (x + self.o_proj.forward_styled(&attn, style, Target::O(li))?)?;
+        let xn = rms_norm(&x, &self.post_attention_norm, cfg.rms_norm_eps)?;
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(&xn)?)?;
+        let up = self.up_proj.forward(&xn)?;
+        let x = (&x + self.down_proj.forward(&(gate * up)?)?)?;
+        Ok((x, kv))
     }
 }
 

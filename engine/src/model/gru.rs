@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use candle_core::{Result, Tensor, D};
 
-use super::linear::with_f32;
-use super::Moonbeam;
+use super::{GruLayer, Moonbeam};
+use crate::kernels::with_f32;
 use crate::kernels::{matvec, sigmoid};
 use crate::lora::{Style, Target};
 
@@ -76,9 +76,7 @@ impl Moonbeam {
             })?;
             style.add_embedding(token, &mut scratch.x)?;
             for (layer, h) in self.gru.iter().zip(scratch.h.iter_mut()) {
-                layer.ih.matvec(&scratch.x, &mut scratch.gi)?;
-                layer.hh.matvec(h, &mut scratch.gh)?;
-                gru_cell(&scratch.gi, &scratch.gh, h);
+                layer.step(&scratch.x, h, &mut scratch.gi, &mut scratch.gh)?;
                 scratch.x.copy_from_slice(h);
             }
             self.fc_out
@@ -137,25 +135,7 @@ impl Moonbeam {
         }
         let mut x = x.reshape((n, 6, g))?;
         for layer in &self.gru {
-            let gi_all = layer.ih.forward(&x)?; // (n, 6, 3g)
-            let mut h = s.clone();
-            let mut outs = Vec::with_capacity(6);
-            for step in 0..6 {
-                let gi = gi_all.narrow(1, step, 1)?.squeeze(1)?;
-                let gh = layer.hh.forward(&h)?;
-                let r = candle_nn::ops::sigmoid(
-                    &(gi.narrow(D::Minus1, 0, g)? + gh.narrow(D::Minus1, 0, g)?)?,
-                )?;
-                let z = candle_nn::ops::sigmoid(
-                    &(gi.narrow(D::Minus1, g, g)? + gh.narrow(D::Minus1, g, g)?)?,
-                )?;
-                let nn = (gi.narrow(D::Minus1, 2 * g, g)?
-                    + (r * gh.narrow(D::Minus1, 2 * g, g)?)?)?
-                .tanh()?;
-                h = ((&nn - (&z * &nn)?)? + (&z * &h)?)?;
-                outs.push(h.clone());
-            }
-            x = Tensor::stack(&outs, 1)?;
+            x = layer.forward(&x, &s)?;
         }
         let logits = self.lm_head.forward_styled(
             &self.fc_out.forward_styled(&x, style, Target::FcOut)?,
@@ -163,6 +143,41 @@ impl Moonbeam {
             Target::LmHead,
         )?;
         logits.reshape((b, l - 1, 6, self.cfg.decode_vocab_size))
+    }
+}
+
+impl GruLayer {
+    /// The layer over the six steps of `x` `(n, 6, g)`, from the hidden state `h0` `(n, g)`:
+    /// returns every step's hidden state, `(n, 6, g)`.
+    fn forward(&self, x: &Tensor, h0: &Tensor) -> Result<Tensor> {
+        let g = self.hh.in_dim;
+        let gi_all = self.ih.forward(x)?; // (n, 6, 3g)
+        let mut h = h0.clone();
+        let mut outs = Vec::with_capacity(6);
+        for step in 0..6 {
+            let gi = gi_all.narrow(1, step, 1)?.squeeze(1)?;
+            let gh = self.hh.forward(&h)?;
+            let r = candle_nn::ops::sigmoid(
+                &(gi.narrow(D::Minus1, 0, g)? + gh.narrow(D::Minus1, 0, g)?)?,
+            )?;
+            let z = candle_nn::ops::sigmoid(
+                &(gi.narrow(D::Minus1, g, g)? + gh.narrow(D::Minus1, g, g)?)?,
+            )?;
+            let nn = (gi.narrow(D::Minus1, 2 * g, g)? + (r * gh.narrow(D::Minus1, 2 * g, g)?)?)?
+                .tanh()?;
+            h = ((&nn - (&z * &nn)?)? + (&z * &h)?)?;
+            outs.push(h.clone());
+        }
+        Tensor::stack(&outs, 1)
+    }
+
+    /// One step on one vector: `h` becomes the new hidden state for input `x`; `gi` and `gh`
+    /// (`3g` each) are scratch.
+    fn step(&self, x: &[f32], h: &mut [f32], gi: &mut [f32], gh: &mut [f32]) -> Result<()> {
+        self.ih.matvec(x, gi)?;
+        self.hh.matvec(h, gh)?;
+        gru_cell(gi, gh, h);
+        Ok(())
     }
 }
 

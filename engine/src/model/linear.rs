@@ -2,10 +2,12 @@
 
 use candle_core::{Result, Tensor};
 
+use crate::config::Config;
 use crate::error::WeightsError;
-use crate::kernels;
+use crate::kernels::{self, with_f32};
 use crate::lora::{Style, Target};
 use crate::model::weights::WeightStore;
+use crate::model::Module;
 
 /// `y = x W^T + b` with `W` stored `(out, in)` as in PyTorch.
 #[derive(Debug, Clone)]
@@ -17,25 +19,36 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The linear module `module` of a checkpoint for `cfg`.
     pub fn load(
         ws: &WeightStore,
-        name: &str,
-        out_dim: usize,
-        in_dim: usize,
-        bias: bool,
+        module: Module,
+        cfg: &Config,
     ) -> std::result::Result<Self, WeightsError> {
-        let weight = ws.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(ws.get(&format!("{name}.bias"), &[out_dim])?)
-        } else {
-            None
-        };
+        let mut tensors = ws.module(module, cfg)?.into_iter();
+        let weight = tensors.next().ok_or_else(|| WeightsError::Format {
+            path: Default::default(),
+            reason: format!("internal: {} has no weight", module.name()),
+        })?;
+        Ok(Linear::new(weight, tensors.next())?)
+    }
+
+    /// A layer from its `(out, in)` weight and optional `(out)` bias.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
         Ok(Linear {
             weight,
             bias,
             out_dim,
             in_dim,
         })
+    }
+
+    /// The weight, then the bias if any (checkpoint order).
+    pub fn tensors(&self) -> Vec<Tensor> {
+        std::iter::once(self.weight.clone())
+            .chain(self.bias.clone())
+            .collect()
     }
 
     /// Batched forward for `x` of shape `(..., in)`.
@@ -115,18 +128,5 @@ impl Linear {
             })?;
         }
         Ok(())
-    }
-}
-
-/// Runs `f` on the contiguous f32 data of a CPU tensor without copying it.
-pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("the decode path needs CPU tensors");
-    };
-    let data = cpu.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => f(&data[start..end]),
-        None => candle_core::bail!("the decode path needs contiguous tensors"),
     }
 }

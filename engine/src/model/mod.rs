@@ -13,6 +13,7 @@ pub mod decode;
 pub mod forward;
 pub mod gru;
 pub mod linear;
+pub mod modules;
 pub mod tables;
 pub mod weights;
 
@@ -23,6 +24,7 @@ use candle_core::Tensor;
 use crate::config::Config;
 use crate::error::WeightsError;
 pub use linear::Linear;
+pub use modules::{Module, Proj, Shape, FME_NAMES};
 pub use tables::{Precision, Tables};
 use weights::WeightStore;
 
@@ -78,7 +80,90 @@ pub struct Moonbeam {
     pub lm_head: Linear,
 }
 
-const FME_NAMES: [&str; 5] = ["onset", "dur", "octave", "pitch", "velocity"];
+impl Fme {
+    /// FME attribute `k` (0 onset, 1 duration, 2 octave, 3 pitch class, 4 velocity).
+    fn load(ws: &WeightStore, cfg: &Config, k: usize) -> Result<Self, WeightsError> {
+        Ok(Fme {
+            translation_bias: ws.tensor(Module::FmeBias(k), cfg)?,
+            linear: Linear::load(ws, Module::FmeLinear(k), cfg)?,
+        })
+    }
+}
+
+impl Layer {
+    /// Decoder layer `i`.
+    fn load(ws: &WeightStore, cfg: &Config, i: usize) -> Result<Self, WeightsError> {
+        let linear = |proj| Linear::load(ws, Module::Proj(i, proj), cfg);
+        Ok(Layer {
+            q_proj: linear(Proj::Q)?,
+            k_proj: linear(Proj::K)?,
+            v_proj: linear(Proj::V)?,
+            o_proj: linear(Proj::O)?,
+            gate_proj: linear(Proj::Gate)?,
+            up_proj: linear(Proj::Up)?,
+            down_proj: linear(Proj::Down)?,
+            input_norm: ws.tensor(Module::InputNorm(i), cfg)?,
+            post_attention_norm: ws.tensor(Module::PostAttentionNorm(i), cfg)?,
+        })
+    }
+
+    /// The projection `proj`.
+    pub fn proj(&self, proj: Proj) -> &Linear {
+        match proj {
+            Proj::Q => &self.q_proj,
+            Proj::K => &self.k_proj,
+            Proj::V => &self.v_proj,
+            Proj::O => &self.o_proj,
+            Proj::Gate => &self.gate_proj,
+            Proj::Up => &self.up_proj,
+            Proj::Down => &self.down_proj,
+        }
+    }
+}
+
+impl GruLayer {
+    /// GRU layer `l` of the note head.
+    fn load(ws: &WeightStore, cfg: &Config, l: usize) -> Result<Self, WeightsError> {
+        let [w_ih, w_hh, b_ih, b_hh]: [Tensor; 4] = ws
+            .module(Module::Gru(l), cfg)?
+            .try_into()
+            .map_err(|_| internal("a GRU layer has four tensors"))?;
+        Ok(GruLayer {
+            ih: Linear::new(w_ih, Some(b_ih))?,
+            hh: Linear::new(w_hh, Some(b_hh))?,
+        })
+    }
+}
+
+fn internal(what: &str) -> WeightsError {
+    WeightsError::Format {
+        path: Default::default(),
+        reason: format!("internal: {what}"),
+    }
+}
+
+impl WeightStore {
+    /// The tensors of `module` for `cfg`, in [`Module::tensors`] order, each checked.
+    pub fn module(&self, module: Module, cfg: &Config) -> Result<Vec<Tensor>, WeightsError> {
+        module
+            .tensors(cfg)
+            .iter()
+            .map(|(name, shape)| self.get(name, shape))
+            .collect()
+    }
+
+    /// A module that is one tensor.
+    pub fn tensor(&self, module: Module, cfg: &Config) -> Result<Tensor, WeightsError> {
+        let mut t = self.module(module, cfg)?;
+        match t.len() {
+            1 => Ok(t.remove(0)),
+            _ => Err(internal(&format!(
+                "{} is not a single tensor",
+                module.name()
+            ))),
+        }
+    }
+}
 
 impl Moonbeam {
     /// Loads a checkpoint (`.safetensors` or the official `.pt`) for `cfg`.
@@ -87,106 +172,65 @@ impl Moonbeam {
         Self::from_store(cfg, &ws, precision)
     }
 
-    /// Builds the model from named tensors, checking every name and shape.
+    /// Builds the model from named tensors, checking every name and shape in checkpoint
+    /// order ([`Module::all`]), so the first mismatch reported is the first in the file.
     pub fn from_store(
         cfg: &Config,
         ws: &WeightStore,
         precision: Precision,
     ) -> Result<Self, WeightsError> {
-        let h = cfg.hidden_size;
-        let d = cfg.attr_dim();
-        let kv = cfg.n_kv_heads * cfg.head_dim();
-        let g = cfg.gru_hidden;
-        let v = cfg.decode_vocab_size;
-        let fme = FME_NAMES
-            .iter()
-            .map(|name| {
-                let p = format!("model.{name}_embedding");
-                Ok(Fme {
-                    translation_bias: ws.get(&format!("{p}.translation_bias"), &[1, d])?,
-                    linear: Linear::load(ws, &format!("{p}.linear_fme"), d, d, true)?,
-                })
-            })
-            .collect::<Result<Vec<_>, WeightsError>>()?;
-        let fme: [Fme; 5] = fme.try_into().map_err(|_| WeightsError::Format {
-            path: Default::default(),
-            reason: "internal: FME count".into(),
-        })?;
-        let layers = (0..cfg.n_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                Ok(Layer {
-                    q_proj: Linear::load(ws, &format!("{p}.self_attn.q_proj"), h, h, false)?,
-                    k_proj: Linear::load(ws, &format!("{p}.self_attn.k_proj"), kv, h, false)?,
-                    v_proj: Linear::load(ws, &format!("{p}.self_attn.v_proj"), kv, h, false)?,
-                    o_proj: Linear::load(ws, &format!("{p}.self_attn.o_proj"), h, h, false)?,
-                    gate_proj: Linear::load(
-                        ws,
-                        &format!("{p}.mlp.gate_proj"),
-                        cfg.intermediate_size,
-                        h,
-                        false,
-                    )?,
-                    up_proj: Linear::load(
-                        ws,
-                        &format!("{p}.mlp.up_proj"),
-                        cfg.intermediate_size,
-                        h,
-                        false,
-                    )?,
-                    down_proj: Linear::load(
-                        ws,
-                        &format!("{p}.mlp.down_proj"),
-                        h,
-                        cfg.intermediate_size,
-                        false,
-                    )?,
-                    input_norm: ws.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                    post_attention_norm: ws
-                        .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                })
-            })
-            .collect::<Result<Vec<_>, WeightsError>>()?;
-        let gru = (0..cfg.gru_layers)
-            .map(|l| {
-                let w = |kind: &str, shape: &[usize]| {
-                    ws.get(&format!("decoder.gru.{kind}_l{l}"), shape)
-                };
-                Ok(GruLayer {
-                    ih: Linear {
-                        weight: w("weight_ih", &[3 * g, g])?,
-                        bias: Some(w("bias_ih", &[3 * g])?),
-                        out_dim: 3 * g,
-                        in_dim: g,
-                    },
-                    hh: Linear {
-                        weight: w("weight_hh", &[3 * g, g])?,
-                        bias: Some(w("bias_hh", &[3 * g])?),
-                        out_dim: 3 * g,
-                        in_dim: g,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, WeightsError>>()?;
+        let fme: [Fme; 5] = (0..FME_NAMES.len())
+            .map(|k| Fme::load(ws, cfg, k))
+            .collect::<Result<Vec<_>, WeightsError>>()?
+            .try_into()
+            .map_err(|_| internal("FME count"))?;
         Ok(Moonbeam {
             cfg: cfg.clone(),
             tables: Tables::new(cfg, precision),
             fme,
-            instrument: ws.get(
-                "model.instrument_embedding.embedding.weight",
-                &[cfg.vocab[4], d],
-            )?,
-            supplementary: ws.get("model.supplementary_embedding.weight", &[2, h])?,
-            mlp_in: Linear::load(ws, "model.supplementary_MLP.0", h / 2, h, true)?,
-            mlp_out: Linear::load(ws, "model.supplementary_MLP.2", h, h / 2, true)?,
-            layers,
-            norm: ws.get("model.norm.weight", &[h])?,
-            summary_projection: Linear::load(ws, "summary_projection", g, h, false)?,
-            gru,
-            fc_out: Linear::load(ws, "decoder.fc_out", g, g, true)?,
-            decoder_embedding: ws.get("decoder_embedding.weight", &[v, g])?,
-            lm_head: Linear::load(ws, "lm_head", v, g, false)?,
+            instrument: ws.tensor(Module::Instrument, cfg)?,
+            supplementary: ws.tensor(Module::Supplementary, cfg)?,
+            mlp_in: Linear::load(ws, Module::MlpIn, cfg)?,
+            mlp_out: Linear::load(ws, Module::MlpOut, cfg)?,
+            layers: (0..cfg.n_layers)
+                .map(|i| Layer::load(ws, cfg, i))
+                .collect::<Result<_, _>>()?,
+            norm: ws.tensor(Module::Norm, cfg)?,
+            gru: (0..cfg.gru_layers)
+                .map(|l| GruLayer::load(ws, cfg, l))
+                .collect::<Result<_, _>>()?,
+            fc_out: Linear::load(ws, Module::FcOut, cfg)?,
+            decoder_embedding: ws.tensor(Module::DecoderEmbedding, cfg)?,
+            summary_projection: Linear::load(ws, Module::SummaryProjection, cfg)?,
+            lm_head: Linear::load(ws, Module::LmHead, cfg)?,
         })
+    }
+
+    /// The tensors of `module`, in [`Module::tensors`] order.
+    pub fn module_tensors(&self, module: Module) -> Vec<Tensor> {
+        let one = |t: &Tensor| vec![t.clone()];
+        match module {
+            Module::FmeBias(k) => one(&self.fme[k].translation_bias),
+            Module::FmeLinear(k) => self.fme[k].linear.tensors(),
+            Module::Instrument => one(&self.instrument),
+            Module::Supplementary => one(&self.supplementary),
+            Module::MlpIn => self.mlp_in.tensors(),
+            Module::MlpOut => self.mlp_out.tensors(),
+            Module::Proj(i, proj) => self.layers[i].proj(proj).tensors(),
+            Module::InputNorm(i) => one(&self.layers[i].input_norm),
+            Module::PostAttentionNorm(i) => one(&self.layers[i].post_attention_norm),
+            Module::Norm => one(&self.norm),
+            Module::Gru(l) => {
+                let (ih, hh) = (&self.gru[l].ih, &self.gru[l].hh);
+                let mut t = vec![ih.weight.clone(), hh.weight.clone()];
+                t.extend(ih.bias.iter().chain(&hh.bias).cloned());
+                t
+            }
+            Module::FcOut => self.fc_out.tensors(),
+            Module::DecoderEmbedding => one(&self.decoder_embedding),
+            Module::SummaryProjection => self.summary_projection.tensors(),
+            Module::LmHead => self.lm_head.tensors(),
+        }
     }
 
     /// Switches between plain f32 and bf16-faithful element-wise numerics.
@@ -196,61 +240,10 @@ impl Moonbeam {
 
     /// The expected name and shape of every tensor of a checkpoint for `cfg`.
     pub fn expected_tensors(cfg: &Config) -> Vec<(String, Vec<usize>)> {
-        let h = cfg.hidden_size;
-        let d = cfg.attr_dim();
-        let kv = cfg.n_kv_heads * cfg.head_dim();
-        let g = cfg.gru_hidden;
-        let v = cfg.decode_vocab_size;
-        let mut out = Vec::new();
-        for name in FME_NAMES {
-            let p = format!("model.{name}_embedding");
-            out.push((format!("{p}.translation_bias"), vec![1, d]));
-            out.push((format!("{p}.linear_fme.weight"), vec![d, d]));
-            out.push((format!("{p}.linear_fme.bias"), vec![d]));
-        }
-        out.push((
-            "model.instrument_embedding.embedding.weight".into(),
-            vec![cfg.vocab[4], d],
-        ));
-        out.push(("model.supplementary_embedding.weight".into(), vec![2, h]));
-        out.push(("model.supplementary_MLP.0.weight".into(), vec![h / 2, h]));
-        out.push(("model.supplementary_MLP.0.bias".into(), vec![h / 2]));
-        out.push(("model.supplementary_MLP.2.weight".into(), vec![h, h / 2]));
-        out.push(("model.supplementary_MLP.2.bias".into(), vec![h]));
-        for i in 0..cfg.n_layers {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![h, h]));
-            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
-            out.push((
-                format!("{p}.mlp.gate_proj.weight"),
-                vec![cfg.intermediate_size, h],
-            ));
-            out.push((
-                format!("{p}.mlp.up_proj.weight"),
-                vec![cfg.intermediate_size, h],
-            ));
-            out.push((
-                format!("{p}.mlp.down_proj.weight"),
-                vec![h, cfg.intermediate_size],
-            ));
-            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        }
-        out.push(("model.norm.weight".into(), vec![h]));
-        for l in 0..cfg.gru_layers {
-            out.push((format!("decoder.gru.weight_ih_l{l}"), vec![3 * g, g]));
-            out.push((format!("decoder.gru.weight_hh_l{l}"), vec![3 * g, g]));
-            out.push((format!("decoder.gru.bias_ih_l{l}"), vec![3 * g]));
-            out.push((format!("decoder.gru.bias_hh_l{l}"), vec![3 * g]));
-        }
-        out.push(("decoder.fc_out.weight".into(), vec![g, g]));
-        out.push(("decoder.fc_out.bias".into(), vec![g]));
-        out.push(("decoder_embedding.weight".into(), vec![v, g]));
-        out.push(("summary_projection.weight".into(), vec![g, h]));
-        out.push(("lm_head.weight".into(), vec![v, g]));
-        out
+        Module::all(cfg)
+            .into_iter()
+            .flat_map(|m| m.tensors(cfg))
+            .collect()
     }
 
     /// A model with random weights at the shapes of `cfg` (for benchmarks and tests):
@@ -318,66 +311,12 @@ impl Moonbeam {
 
     /// All weights as named tensors (the official names), e.g. to save a checkpoint.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (name, f) in FME_NAMES.iter().zip(&self.fme) {
-            let p = format!("model.{name}_embedding");
-            out.push((format!("{p}.translation_bias"), f.translation_bias.clone()));
-            push_linear(&mut out, &format!("{p}.linear_fme"), &f.linear);
-        }
-        out.push((
-            "model.instrument_embedding.embedding.weight".into(),
-            self.instrument.clone(),
-        ));
-        out.push((
-            "model.supplementary_embedding.weight".into(),
-            self.supplementary.clone(),
-        ));
-        push_linear(&mut out, "model.supplementary_MLP.0", &self.mlp_in);
-        push_linear(&mut out, "model.supplementary_MLP.2", &self.mlp_out);
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            push_linear(&mut out, &format!("{p}.self_attn.q_proj"), &l.q_proj);
-            push_linear(&mut out, &format!("{p}.self_attn.k_proj"), &l.k_proj);
-            push_linear(&mut out, &format!("{p}.self_attn.v_proj"), &l.v_proj);
-            push_linear(&mut out, &format!("{p}.self_attn.o_proj"), &l.o_proj);
-            push_linear(&mut out, &format!("{p}.mlp.gate_proj"), &l.gate_proj);
-            push_linear(&mut out, &format!("{p}.mlp.up_proj"), &l.up_proj);
-            push_linear(&mut out, &format!("{p}.mlp.down_proj"), &l.down_proj);
-            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_norm.clone(),
-            ));
-        }
-        out.push(("model.norm.weight".into(), self.norm.clone()));
-        for (l, layer) in self.gru.iter().enumerate() {
-            out.push((
-                format!("decoder.gru.weight_ih_l{l}"),
-                layer.ih.weight.clone(),
-            ));
-            out.push((
-                format!("decoder.gru.weight_hh_l{l}"),
-                layer.hh.weight.clone(),
-            ));
-            if let (Some(bi), Some(bh)) = (&layer.ih.bias, &layer.hh.bias) {
-                out.push((format!("decoder.gru.bias_ih_l{l}"), bi.clone()));
-                out.push((format!("decoder.gru.bias_hh_l{l}"), bh.clone()));
-            }
-        }
-        push_linear(&mut out, "decoder.fc_out", &self.fc_out);
-        out.push((
-            "decoder_embedding.weight".into(),
-            self.decoder_embedding.clone(),
-        ));
-        push_linear(&mut out, "summary_projection", &self.summary_projection);
-        push_linear(&mut out, "lm_head", &self.lm_head);
-        out
-    }
-}
-
-fn push_linear(out: &mut Vec<(String, Tensor)>, name: &str, l: &Linear) {
-    out.push((format!("{name}.weight"), l.weight.clone()));
-    if let Some(b) = &l.bias {
-        out.push((format!("{name}.bias"), b.clone()));
+        Module::all(&self.cfg)
+            .into_iter()
+            .flat_map(|m| {
+                let names = m.tensors(&self.cfg).into_iter().map(|(name, _)| name);
+                names.zip(self.module_tensors(m)).collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
