@@ -4,7 +4,8 @@
 //! caller such as the plugin's inference thread can keep a warm cache between answers;
 //! [`continue_notes`] is the reference's whole `generate` call on top of it.
 
-use std::ops::Range;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -205,8 +206,12 @@ pub struct NoteTiming {
 }
 
 /// One conversation with the model: a warm KV cache and its scratch buffers.
-pub struct Session<'m> {
-    model: &'m Moonbeam,
+///
+/// `M` is how the session holds its model: `&Moonbeam` for a session that lives inside one
+/// call, `Arc<Moonbeam>` (the default) for one that is kept, as the plugin keeps its warm
+/// session next to the model it runs.
+pub struct Session<M: Deref<Target = Moonbeam> = Arc<Moonbeam>> {
+    model: M,
     cache: KvCache,
     scratch: DecodeScratch,
     gru: GruScratch,
@@ -214,22 +219,23 @@ pub struct Session<'m> {
     style: Style,
 }
 
-impl<'m> Session<'m> {
+impl<M: Deref<Target = Moonbeam>> Session<M> {
     /// A session whose context holds at most `capacity` rows (SOS included).
-    pub fn new(model: &'m Moonbeam, capacity: usize) -> Self {
+    pub fn new(model: M, capacity: usize) -> Self {
         let capacity = capacity.max(2);
         Session {
-            model,
-            cache: KvCache::new(model, capacity),
-            scratch: DecodeScratch::new(model, capacity),
-            gru: GruScratch::new(model),
+            cache: KvCache::new(&model, capacity),
+            scratch: DecodeScratch::new(&model, capacity),
+            gru: GruScratch::new(&model),
             rows: Vec::with_capacity(capacity),
             style: Style::base(),
+            model,
         }
     }
 
-    pub fn model(&self) -> &'m Moonbeam {
-        self.model
+    /// The model, as the session holds it (e.g. the `Arc` it shares).
+    pub fn model(&self) -> &M {
+        &self.model
     }
 
     /// The rows in the context, SOS first.

@@ -256,7 +256,7 @@ impl MoonbeamGenerator {
     /// The name of the style in use (`None`: the plain base, also while the style asked for was
     /// made for another base than the one running).
     pub fn style_name(&self) -> Option<&str> {
-        let model = self.engine.as_ref().map(|e| e.session.borrow_owner());
+        let model = self.engine.as_ref().map(|e| e.session.model());
         self.style
             .as_ref()
             .filter(|s| model.is_none_or(|m| s.fits(m)))
@@ -265,7 +265,7 @@ impl MoonbeamGenerator {
 
     /// The model running, if any.
     pub fn model(&self) -> Option<&Arc<Moonbeam>> {
-        self.engine.as_ref().map(|e| e.session.borrow_owner())
+        self.engine.as_ref().map(|e| e.session.model())
     }
 
     fn limits(&self) -> Limits {
@@ -330,9 +330,7 @@ impl MoonbeamGenerator {
         match engine.cache {
             Cached::AnswerAfter(kept) => {
                 // Drop the answer (and held notes) from the session: one step, not a prefill.
-                let result = engine
-                    .session
-                    .with_dependent_mut(|_, session| session.truncate(kept + 1));
+                let result = engine.session.truncate(kept + 1);
                 self.truncations += 1;
                 engine.cache = if result.is_ok() && engine.rows_len() == kept + 1 {
                     Cached::Context(kept)
@@ -350,9 +348,7 @@ impl MoonbeamGenerator {
                         ..*n
                     })
                     .collect();
-                let result = engine
-                    .session
-                    .with_dependent_mut(|_, session| session.prefill(&notes));
+                let result = engine.session.prefill(&notes);
                 self.prefills += 1;
                 match result {
                     Ok(()) => {
@@ -383,9 +379,7 @@ impl MoonbeamGenerator {
                     ..note
                 }
                 .to_row();
-                let result = engine
-                    .session
-                    .with_dependent_mut(|_, session| session.push(row));
+                let result = engine.session.push(row);
                 self.context_pushes += 1;
                 match result {
                     Ok(()) => engine.cache = Cached::Context(n + 1),
@@ -433,7 +427,7 @@ impl MoonbeamGenerator {
         if self
             .engine
             .as_ref()
-            .is_some_and(|e| Arc::ptr_eq(e.session.borrow_owner(), &model))
+            .is_some_and(|e| Arc::ptr_eq(e.session.model(), &model))
         {
             return false;
         }
@@ -476,7 +470,7 @@ impl MoonbeamGenerator {
         } else {
             1.0
         };
-        let model = engine.session.borrow_owner();
+        let model = engine.session.model();
         let style = match self.style.as_ref().filter(|named| named.fits(model)) {
             Some(named) => Style {
                 parts: named
@@ -488,9 +482,7 @@ impl MoonbeamGenerator {
             },
             None => Style::base(),
         };
-        engine
-            .session
-            .with_dependent_mut(|_, session| session.set_style(style));
+        engine.session.set_style(style);
         self.style_dirty = false;
         let label = self.style_name().unwrap_or("").to_string();
         self.status.set_style_label(&label);
@@ -610,7 +602,7 @@ impl MoonbeamGenerator {
             }
             engine
                 .session
-                .with_dependent_mut(|_, session| session.push(note.to_row()))
+                .push(note.to_row())
                 .map_err(|e| format!("could not add the held notes: {e}"))?;
         }
         answer.prev_onset = engine.last_onset();
@@ -654,18 +646,14 @@ impl MoonbeamGenerator {
         let started = Instant::now();
         let chooser = &mut answer.chooser;
         let pending = answer.pending_row.take();
-        let values = engine
-            .session
-            .with_dependent_mut(|_, session| {
-                if let Some(row) = pending {
-                    session.push(row)?;
-                }
-                session.next_values(chooser.as_mut())
-            })
+        let session = &mut engine.session;
+        let values = pending
+            .map_or(Ok(()), |row| session.push(row))
+            .and_then(|()| session.next_values(chooser.as_mut()))
             .map_err(|e| format!("generation stopped: {e}"))?;
         answer.decode_time += started.elapsed();
         answer.decoded += 1;
-        let cfg = &engine.session.borrow_owner().cfg;
+        let cfg = &engine.session.model().cfg;
         if cfg.is_eos(&values) {
             return Ok(false);
         }

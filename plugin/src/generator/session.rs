@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use continuo_engine::error::ModelError;
 use continuo_engine::generate::{Sampling, Session};
 use continuo_engine::{Moonbeam, Note};
 
@@ -18,15 +19,6 @@ pub const PENDING_MAX: usize = 64;
 pub const ANSWER_MAX_NOTES: usize = 256;
 /// Notes decoded when a model is installed, to warm it up and measure its speed.
 const WARM_UP_NOTES: usize = 4;
-
-self_cell::self_cell!(
-    /// A [`Session`] together with the model it borrows, so the generator can keep both.
-    pub(super) struct WarmSession {
-        owner: Arc<Moonbeam>,
-        #[covariant]
-        dependent: Session,
-    }
-);
 
 /// How many rows of what the session holds, from its capacity (scaled down for configs whose
 /// `max_len` is smaller than the defaults need).
@@ -83,7 +75,7 @@ pub(super) enum Cached {
 
 /// The loaded model and its warm session.
 pub(super) struct Engine {
-    pub(super) session: WarmSession,
+    pub(super) session: Session,
     pub(super) limits: Limits,
     /// The model's largest timeshift in ticks.
     pub(super) max_gap: i64,
@@ -97,7 +89,7 @@ impl Engine {
     pub(super) fn new(model: Arc<Moonbeam>) -> Self {
         let limits = Limits::for_max_len(model.cfg.max_len);
         let max_gap = (model.cfg.vocab[0] as i64 - 3).max(1);
-        let session = WarmSession::new(model, |model| Session::new(model, limits.capacity));
+        let session = Session::new(model, limits.capacity);
         Self {
             session,
             limits,
@@ -108,33 +100,14 @@ impl Engine {
     }
 
     pub(super) fn rows_len(&self) -> usize {
-        self.session.borrow_dependent().rows().len()
+        self.session.rows().len()
     }
 
     /// Decodes a few notes from an empty context with top-p sampling, as answers do, and
     /// returns the time per note. The session is left empty: it is rebuilt before use.
     pub(super) fn warm_up(&mut self) -> Result<Duration, String> {
         let started = Instant::now();
-        let mut chooser = Sampling::TopP {
-            temperature: 1.0,
-            top_p: 0.95,
-            seed: 0,
-        }
-        .chooser();
-        let decoded = self.session.with_dependent_mut(|_, session| {
-            session.prefill(&[])?;
-            let mut prev_onset = 0;
-            let mut decoded = 0;
-            for _ in 0..WARM_UP_NOTES {
-                let values = session.next_values(chooser.as_mut())?;
-                decoded += 1;
-                let note = Note::from_decoded(prev_onset, values);
-                prev_onset = note.onset;
-                session.push(note.to_row())?;
-            }
-            session.truncate(0)?;
-            Ok::<_, continuo_engine::error::ModelError>(decoded)
-        });
+        let decoded = decode_from_silence(&mut self.session, WARM_UP_NOTES);
         self.cache = Cached::Stale;
         let decoded = decoded.map_err(|e| format!("warming up the model failed: {e}"))?;
         Ok(started.elapsed() / decoded.max(1) as u32)
@@ -142,7 +115,7 @@ impl Engine {
 
     /// The onset (session time) of the last row, 0 if there is none but SOS.
     pub(super) fn last_onset(&self) -> i64 {
-        let rows = self.session.borrow_dependent().rows();
+        let rows = self.session.rows();
         match rows.len() {
             0 | 1 => 0,
             n => rows[n - 1][0],
@@ -166,4 +139,25 @@ impl Timeline {
         self.last = Some((onset, context));
         context
     }
+}
+
+/// Decodes `notes` notes from an empty context with top-p sampling, as answers do, and empties
+/// the session again. Returns how many notes were decoded.
+fn decode_from_silence(session: &mut Session, notes: usize) -> Result<usize, ModelError> {
+    let mut chooser = Sampling::TopP {
+        temperature: 1.0,
+        top_p: 0.95,
+        seed: 0,
+    }
+    .chooser();
+    session.prefill(&[])?;
+    let mut prev_onset = 0;
+    for _ in 0..notes {
+        let values = session.next_values(chooser.as_mut())?;
+        let note = Note::from_decoded(prev_onset, values);
+        prev_onset = note.onset;
+        session.push(note.to_row())?;
+    }
+    session.truncate(0)?;
+    Ok(notes)
 }
