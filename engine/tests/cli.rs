@@ -1,15 +1,17 @@
 //! The `continuo` command line, end to end, against the golden reference outputs.
 
+mod common;
+
+use common::golden;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::Device;
 use serde_json::Value;
 
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
+fn tmp(name: &str) -> PathBuf {
+    common::tmp("cli", name)
 }
 
 fn continuo(args: &[&str]) -> std::process::Output {
@@ -17,12 +19,6 @@ fn continuo(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run continuo")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuo-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 fn json(path: &std::path::Path) -> Value {

@@ -1,20 +1,22 @@
 //! `continuo eval` and `continuo demo`: the baselines are proper distributions, the
 //! statistics behave as distances, and both commands run end to end.
 
+mod common;
+
+use common::{folk_dir, golden, tiny_config};
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use continuo_engine::eval::{Baselines, Stats};
-use continuo_engine::{midi, Config, Note};
+use continuo_engine::{midi, Note};
 
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
+fn tmp(name: &str) -> PathBuf {
+    common::tmp("evaldemo", name)
 }
 
 fn folk() -> Vec<Vec<Note>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
+    let dir = folk_dir();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -28,15 +30,9 @@ fn folk() -> Vec<Vec<Note>> {
         .collect()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuo-evaldemo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
 #[test]
 fn baseline_losses_are_proper_and_markov_fits_its_data_better() {
-    let cfg = Config::from_file(&golden("tiny_config.json")).unwrap();
+    let cfg = tiny_config();
     let pieces = folk();
     let b = Baselines::fit(&cfg, &pieces);
     // A uniform model over the vocabularies bounds a smoothed unigram from above.
@@ -203,7 +199,7 @@ fn demo_and_eval_run_end_to_end() {
     assert!(written.len() > 16 && written.iter().all(Note::is_valid_midi));
 
     let json = root.join("eval.json");
-    let folk = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
+    let folk = folk_dir();
     let out = Command::new(exe)
         .args([
             "eval",

@@ -1,23 +1,15 @@
 //! Properties of sampling and the continuation loop, on tiny random models.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{golden_prompt as prompt, tiny_config as config};
 
 use continuo_engine::generate::{
     continue_notes, GenerateOptions, Greedy, Sampling, StopReason, TopP,
 };
 use continuo_engine::lora::Style;
 use continuo_engine::model::gru::Chooser;
-use continuo_engine::{midi, Config, Moonbeam, Note, Precision};
-
-fn config() -> Config {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/tiny_config.json");
-    Config::from_file(&p).unwrap()
-}
-
-fn prompt() -> Vec<Note> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/input.mid");
-    midi::read_midi_file(&p).unwrap()
-}
+use continuo_engine::{midi, Moonbeam, Note, Precision};
 
 #[test]
 fn only_playable_notes_reach_the_midi_output() {

@@ -2,39 +2,24 @@
 //! `testdata/golden/` (made by running the reference code on a tiny random model).
 //! Tolerances are the ones the golden README suggests for an f32 port.
 
+mod common;
+
+use common::{golden, golden_json as json, tiny_config as config, tiny_model as model};
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling, Session};
 use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::model::forward::{Mask, Row, Trace};
 use continuo_engine::model::tables::{fme_angles, mra_position, rope_cos_sin, rope_inv_freq};
-use continuo_engine::{vocab, Config, Moonbeam, Note, Precision};
+use continuo_engine::{vocab, Moonbeam, Note, Precision};
 use serde_json::Value;
 use std::sync::Arc;
-
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
-}
-
-fn config() -> Config {
-    Config::from_file(&golden("tiny_config.json")).expect("tiny config")
-}
-
-fn model(precision: Precision) -> Moonbeam {
-    Moonbeam::load(&config(), &golden("tiny_model.safetensors"), precision).expect("tiny model")
-}
 
 fn outputs() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(golden("forward_outputs.safetensors"), &Device::Cpu)
         .expect("golden outputs")
-}
-
-fn json(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(golden(name)).unwrap()).unwrap()
 }
 
 fn rows_of(v: &Value) -> Vec<Row> {

@@ -1,6 +1,10 @@
 //! Style files and hot swapping: formats round-trip, bad files are refused, and a swap
 //! between decode steps is applied atomically without disturbing generation.
 
+mod common;
+
+use common::golden;
+
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
@@ -8,23 +12,14 @@ use continuo_engine::generate::{Greedy, Session};
 use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::model::forward::Mask;
 use continuo_engine::style::{self, StyleCard, STYLE_FORMAT_VERSION};
-use continuo_engine::{midi, Config, Moonbeam, Note, Precision};
-
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
-}
+use continuo_engine::{midi, Moonbeam, Note, Precision};
 
 fn model() -> Moonbeam {
-    let cfg = Config::from_file(&golden("tiny_config.json")).unwrap();
-    Moonbeam::load(&cfg, &golden("tiny_model.safetensors"), Precision::F32).unwrap()
+    common::tiny_model(Precision::F32)
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("continuo-styles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::tmp("styles", name)
 }
 
 fn card(m: &Moonbeam) -> StyleCard {

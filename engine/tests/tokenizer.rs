@@ -4,6 +4,10 @@
 //! §1.1) in the test itself, malformed input, and properties (round trip,
 //! writer validation, live tokenizer = file tokenizer).
 
+mod common;
+
+use common::{golden, golden_json};
+
 use std::path::{Path, PathBuf};
 
 use continuo_engine::midi::{
@@ -17,19 +21,8 @@ use proptest::prelude::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
-}
-
 fn golden_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(golden_path(name))
-        .unwrap_or_else(|e| panic!("cannot read golden file {name}: {e}"))
-}
-
-fn golden_json(name: &str) -> serde_json::Value {
-    serde_json::from_slice(&golden_bytes(name)).unwrap()
+    std::fs::read(golden(name)).unwrap_or_else(|e| panic!("cannot read golden file {name}: {e}"))
 }
 
 fn golden_rows(name: &str, key: &str) -> Vec<Note> {
@@ -145,7 +138,7 @@ fn writable(note: &Note) -> bool {
 }
 
 fn samples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/midi-samples")
+    common::engine_dir().join("../../shared/midi-samples")
 }
 
 fn sample_files() -> Vec<PathBuf> {
@@ -179,7 +172,7 @@ fn sample_files() -> Vec<PathBuf> {
 fn golden_input_gives_reference_compounds() {
     let expected = golden_rows("tokens.json", "compounds");
     assert_eq!(expected.len(), 22);
-    let notes = read_midi_file(&golden_path("input.mid")).unwrap();
+    let notes = read_midi_file(&golden("input.mid")).unwrap();
     assert_eq!(notes, expected);
 }
 
@@ -1242,7 +1235,7 @@ fn live_input_hygiene() {
 /// two clocks (`100 * s` vs `(1000 * s) / 10`) may round to neighbouring ticks.
 #[test]
 fn live_matches_file_on_golden_and_sample_files() {
-    let mut files = vec![golden_path("input.mid"), golden_path("input_roundtrip.mid")];
+    let mut files = vec![golden("input.mid"), golden("input_roundtrip.mid")];
     let golden_count = files.len();
     files.extend(sample_files());
     let (mut n_notes, mut n_onset_ties, mut n_duration_ties) = (0, 0, 0);

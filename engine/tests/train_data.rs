@@ -2,6 +2,10 @@
 //! the hash split, augmentation, gap splitting, windowing, and the real MIDI samples in
 //! `shared/midi-samples` (skipped with a note when that folder is absent).
 
+mod common;
+
+use common::{midi_samples_dir as samples_dir, tiny_config};
+
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -19,24 +23,6 @@ use rand::SeedableRng;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn tiny_config() -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/tiny_config.json");
-    Config::from_file(&path).expect("tiny golden config")
-}
-
-fn samples_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/midi-samples");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "NOTE: {} is absent; skipping the real-data test",
-            dir.display()
-        );
-        None
-    }
-}
 
 fn note(onset: i64, duration: i64, pitch: u8, instrument: i64, velocity: i64) -> Note {
     Note::from_pitch(onset, duration, pitch, instrument, velocity)

@@ -1,28 +1,19 @@
 //! Training maths: the packed loss against the reference loss, packing independence,
 //! and LoRA gradients against finite differences.
 
-use std::path::PathBuf;
+mod common;
+
+use common::golden_prompt as notes;
 
 use candle_core::Tensor;
 use continuo_engine::lora::Style;
 use continuo_engine::model::forward::Row;
 use continuo_engine::train::loss::{packed_loss, PackedBatch};
 use continuo_engine::train::params;
-use continuo_engine::{midi, vocab, Config, Moonbeam, Note, Precision};
-
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
-}
+use continuo_engine::{vocab, Moonbeam, Note, Precision};
 
 fn model() -> Moonbeam {
-    let cfg = Config::from_file(&golden("tiny_config.json")).unwrap();
-    Moonbeam::load(&cfg, &golden("tiny_model.safetensors"), Precision::F32).unwrap()
-}
-
-fn notes() -> Vec<Note> {
-    midi::read_midi_file(&golden("input.mid")).unwrap()
+    common::tiny_model(Precision::F32)
 }
 
 /// Packs samples one after another into `len` rows, padding with zero rows.
@@ -201,7 +192,7 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
                 .collect()
         })
         .collect();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/folk");
+    let dir = common::folk_dir();
     let options = DatasetOptions {
         context_rows: 96,
         val_fraction: 0.25,

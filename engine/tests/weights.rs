@@ -1,18 +1,10 @@
 //! Loading weights and configs from bad files gives errors that name the problem, never panics.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{golden, tiny_config as config};
 
 use continuo_engine::{Config, Moonbeam, Precision};
-
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/golden")
-        .join(name)
-}
-
-fn config() -> Config {
-    Config::from_file(&golden("tiny_config.json")).unwrap()
-}
 
 fn load_bytes(name: &str, bytes: &[u8]) -> String {
     let path = std::env::temp_dir().join(format!("continuo-weights-{}-{name}", std::process::id()));
@@ -84,7 +76,7 @@ fn configs_are_validated() {
         .contains("12 attention heads"));
     assert!(Config::from_json("{").is_err());
     // The shipped official configs parse to the spec's shapes.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/configs");
+    let root = common::configs_dir();
     assert_eq!(
         Config::from_file(&root.join("moonbeam_small.json")).unwrap(),
         Config::small()
