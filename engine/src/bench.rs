@@ -174,19 +174,7 @@ pub fn measure_bandwidth_gb_s() -> f64 {
     (n * 4) as f64 / best / 1e9
 }
 
-/// Peak resident set size of this process (`VmHWM`), 0 where unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
-}
+pub use crate::memory::peak_rss_bytes;
 
 /// What the style part of `continuo bench --style-rank R` measured.
 #[derive(Debug, Clone, serde::Serialize)]

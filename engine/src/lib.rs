@@ -1,20 +1,38 @@
 //! Continuo's engine: everything musical and numerical, nothing about plugins.
 //!
-//! - [`note`]: the compound note token.
-//! - [`midi`]: MIDI files and live note events to and from compound notes.
-//! - [`config`]: the official Moonbeam config schema.
-//! - [`model`]: the Moonbeam model (batched and single-token paths).
-//! - [`vocab`]: input rows and the flat output vocabulary.
-//! - [`generate`]: sampling and the prompt-to-continuation loop.
-//! - [`kernels`]: the hand-written decode kernels.
+//! The plugin and the `continuo` CLI (`main.rs`) are its two users. Data flows
+//! MIDI → [`Note`]s → model rows → the model → decoded [`Note`]s → MIDI.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`note`] | the compound note token and the 10 ms tick |
+//! | [`midi`] | MIDI files and live note events to and from notes (the tokenizer) |
+//! | [`vocab`] | model input rows and the flat output vocabulary |
+//! | [`config`] | the official Moonbeam config schema and the engine's plain config |
+//! | [`checkpoint`] | the name and shape of every tensor of a checkpoint, written once |
+//! | [`model`] | the Moonbeam model: loading, the batched path, the single-token path with its KV cache, the GRU note head |
+//! | [`kernels`] | the hand-written f32 kernels of the single-token path |
+//! | [`lora`] | LoRA adapters and [`Style`], the unmerged side path |
+//! | [`style`] | the native style file (adapter + card) and peft import/export |
+//! | [`generate`] | sampling, [`Session`] (a warm conversation) and the prompt-to-continuation loop |
+//! | [`train`] | the data pipeline, the packed loss, and LoRA and base training |
+//! | [`eval`] | held-out loss and continuation statistics against baselines |
+//! | [`memory`] | the process's peak memory, for benchmarks and training reports |
+//! | [`bench`](mod@bench) | the `continuo bench` measurement and the bandwidth bound |
+//! | [`pianoroll`] | piano-roll pictures of a prompt and its continuation |
+//! | [`error`] | one error type per operation |
+//!
+//! The types most callers need are re-exported here.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod kernels;
 pub mod lora;
+pub mod memory;
 pub mod midi;
 pub mod model;
 pub mod note;
@@ -24,5 +42,11 @@ pub mod train;
 pub mod vocab;
 
 pub use config::Config;
+pub use error::{AdapterError, ModelError, WeightsError};
+pub use generate::{continue_notes, GenerateOptions, Sampling, Session};
+pub use lora::{Adapter, Style};
+pub use model::forward::Row;
+pub use model::gru::Chooser;
 pub use model::{Moonbeam, Precision};
-pub use note::Note;
+pub use note::{Note, TICK_MS};
+pub use style::StyleCard;

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::checkpoint::{Module, Proj, Shape};
 use crate::config::Config;
 use crate::error::AdapterError;
 use crate::kernels::matvec;
 use crate::kernels::with_f32;
-use crate::model::{Module, Proj, Shape};
 
 /// One low-rank pair: `delta(x) = scale * B (A x)` with `A: (r, in)` and `B: (out, r)`.
 /// For the embedding target, `A: (r, vocab)` and `B: (dim, r)` and `delta(id) = scale * B A[:, id]`.

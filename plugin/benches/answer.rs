@@ -23,7 +23,7 @@ use continuo::protocol::{
     AnswerRequest, FromEngine, GenParams, NoteTime, PlayedNote, Stamp, ToEngine,
 };
 use continuo::status::SharedStatus;
-use continuo_engine::lora::Style;
+use continuo_engine::Style;
 
 const TRIALS: usize = 20;
 const TEMPO_BPM: f64 = 120.0;

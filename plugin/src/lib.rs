@@ -18,6 +18,10 @@
 //! and stops them (the loader when the editor opens or on `activate()`, the generator on
 //! `activate()`).
 
+// The module docs link to the private modules they are about; they are meant to be read with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod audio;
 pub mod editor;
 pub mod generator;
@@ -71,7 +75,8 @@ pub struct Continuo {
     style: Arc<StyleSlot>,
     /// The style menu and the requests to the loader thread, shared with the editor.
     library: Arc<Library>,
-    /// Loads styles and models in the background; started in `initialize()`.
+    /// Loads styles and models in the background; started when the editor opens or on
+    /// `activate()`, whichever comes first.
     loader: Option<LoaderThread>,
     /// The editor's end of the snapshot triple buffer. The mutex is only ever taken by the GUI
     /// thread (one editor at a time), never by the audio thread.
@@ -191,13 +196,13 @@ impl Plugin for Continuo {
     fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
         // The style menu needs the catalog, even before the plugin is activated.
         self.ensure_loader();
-        editor::create(
-            self.editor_state.clone(),
-            self.params.clone(),
-            self.status.clone(),
-            self.snapshot.clone(),
-            self.library.clone(),
-        )
+        editor::create(editor::EditorInputs {
+            state: self.editor_state.clone(),
+            params: self.params.clone(),
+            status: self.status.clone(),
+            snapshot: self.snapshot.clone(),
+            library: self.library.clone(),
+        })
     }
 
     /// Starts the generator thread. Called on the main thread.

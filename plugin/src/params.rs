@@ -4,7 +4,8 @@
 //! automation and presets by them). Stepped parameters (bool, int, enum) are given ranges and
 //! defaults whose normalized value is exact in `f32`, because nice-plug reports a stepped
 //! default to CLAP hosts as `normalized * step_count`, and hosts truncate it: a default of
-//! 2 in `1..=16` would come out as 1.99999 and be read as 1 (see shared/plugin-notes.md).
+//! 2 in `1..=16` would come out as 1.99999 and be read as 1 (the
+//! `stepped_defaults_are_exact_for_clap` test guards this).
 //! That is why the trigger note and controller run from -1 ("none") to 127: 128 steps make
 //! every default exact, where the 127 steps of `0..=127` make none but 0 and 127 exact.
 

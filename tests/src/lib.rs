@@ -220,13 +220,18 @@ pub struct Harness {
     pub audio_peak: f32,
 }
 
+/// The golden files (`engine/testdata/golden`), whose tiny model and adapter the host tests load.
+pub fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/testdata/golden")
+}
+
 /// Points the plugin's model variables at the tiny golden test model unless `CONTINUO_MODEL` is
 /// set. Every test sets the same values, so tests running in parallel agree.
 fn use_tiny_model_unless_set() {
     if std::env::var_os("CONTINUO_MODEL").is_some_and(|m| !m.is_empty()) {
         return;
     }
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/testdata/golden");
+    let golden = golden_dir();
     std::env::set_var("CONTINUO_MODEL", golden.join("tiny_model.safetensors"));
     std::env::set_var("CONTINUO_CONFIG", golden.join("tiny_config.json"));
 }
@@ -249,20 +254,17 @@ pub fn use_test_styles() -> PathBuf {
         let styles = root.join("styles");
         std::fs::create_dir_all(&styles).expect("temp folder");
         std::fs::create_dir_all(root.join("data")).expect("temp folder");
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/testdata/golden");
+        let golden = golden_dir();
         let cfg = continuo_engine::Config::from_file(&golden.join("tiny_config.json"))
             .expect("tiny config");
         for (i, name) in TEST_STYLES.iter().enumerate() {
             let mut adapter =
-                continuo_engine::lora::Adapter::from_peft_dir(&golden.join("lora_adapter"), &cfg)
+                continuo_engine::Adapter::from_peft_dir(&golden.join("lora_adapter"), &cfg)
                     .expect("golden adapter");
             adapter.alpha *= 1.0 + 2.0 * i as f64;
-            let card = continuo_engine::style::StyleCard {
+            let card = continuo_engine::StyleCard {
                 base_model: "tiny".into(),
-                ..continuo_engine::style::StyleCard::new(
-                    *name,
-                    "a test style for the tiny golden model",
-                )
+                ..continuo_engine::StyleCard::new(*name, "a test style for the tiny golden model")
             };
             let path = styles.join(format!("tiny-{i}.safetensors"));
             continuo_engine::style::save_style(&path, &adapter, &card).expect("test style");

@@ -13,7 +13,6 @@ pub mod decode;
 pub mod forward;
 pub mod gru;
 pub mod linear;
-pub mod modules;
 pub mod tables;
 pub mod weights;
 
@@ -21,10 +20,10 @@ use std::path::Path;
 
 use candle_core::Tensor;
 
+pub use crate::checkpoint::{Module, Proj, Shape, FME_NAMES};
 use crate::config::Config;
 use crate::error::WeightsError;
 pub use linear::Linear;
-pub use modules::{Module, Proj, Shape, FME_NAMES};
 pub use tables::{Precision, Tables};
 use weights::WeightStore;
 

@@ -87,6 +87,9 @@ pub trait Sink {
 
 /// Trains on `train_samples(epoch)` (notes of each sample, regenerated per epoch so that
 /// augmentation varies) and validates on `val`.
+///
+/// With [`Trainable::Lora`], `base` comes out bit-identical (checked through its fingerprint,
+/// an error if not): the styles it writes are only valid for that exact base.
 pub fn train(
     base: &Moonbeam,
     cfg: &TrainConfig,
@@ -95,6 +98,8 @@ pub fn train(
     sink: &mut dyn Sink,
 ) -> anyhow::Result<TrainSummary> {
     let started = Instant::now();
+    // A style is only valid for the exact base it was trained on: prove the base is untouched.
+    let base_before = matches!(cfg.trainable, Trainable::Lora { .. }).then(|| base.fingerprint());
     let (vars, model, style): (Vec<(String, Var)>, Moonbeam, Style) = match cfg.trainable {
         Trainable::Lora { rank, alpha } => {
             let (vars, style) = params::new_lora(base, rank, alpha, cfg.seed)?;
@@ -202,7 +207,7 @@ pub fn train(
         summary.notes_seen += notes;
         summary.epochs.push(m);
         summary.seconds += seconds;
-        summary.peak_rss_mib = crate::bench::peak_rss_bytes() as f64 / (1024.0 * 1024.0);
+        summary.peak_rss_mib = crate::memory::peak_rss_bytes() as f64 / (1024.0 * 1024.0);
         let improved = match (val_loss, summary.best_val_loss) {
             (Some(v), Some(best)) => v < best,
             (Some(_), None) => true,
@@ -216,6 +221,9 @@ pub fn train(
         write_checkpoint(&cfg.checkpoint, &opt, epoch + 1, &summary)?;
     }
     let _ = started;
+    if base_before.is_some_and(|before| before != base.fingerprint()) {
+        anyhow::bail!("internal error: the base weights changed during style training");
+    }
     Ok(summary)
 }
 

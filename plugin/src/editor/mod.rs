@@ -49,14 +49,30 @@ pub fn default_state() -> Arc<EguiEditorState> {
     EguiEditorState::from_size(nice_plug::editor::dpi::LogicalSize::new(WIDTH, HEIGHT), 1.0)
 }
 
+/// Everything the editor shares with the plugin, each behind an `Arc` the plugin keeps.
+#[derive(Clone)]
+pub struct EditorInputs {
+    /// The window's size and open state (persisted by nice-plug).
+    pub state: Arc<EguiEditorState>,
+    pub params: Arc<ContinuoParams>,
+    /// Counters and the generator's status, written by the other threads.
+    pub status: Arc<SharedStatus>,
+    /// The editor's end of the audio thread's snapshot triple buffer. Only the GUI thread takes
+    /// the mutex (one editor at a time), never the audio thread.
+    pub snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
+    /// The style menu and the requests to the loader thread.
+    pub library: Arc<Library>,
+}
+
 /// Creates the editor. Called on the main thread when the host opens the editor.
-pub fn create(
-    state: Arc<EguiEditorState>,
-    params: Arc<ContinuoParams>,
-    status: Arc<SharedStatus>,
-    snapshot: Arc<Mutex<triple_buffer::Output<EditorSnapshot>>>,
-    library: Arc<Library>,
-) -> Option<EguiEditor<ContinuoEditor>> {
+pub fn create(inputs: EditorInputs) -> Option<EguiEditor<ContinuoEditor>> {
+    let EditorInputs {
+        state,
+        params,
+        status,
+        snapshot,
+        library,
+    } = inputs;
     create_egui_editor(
         state,
         RepaintNotifier::new(),

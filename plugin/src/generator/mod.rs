@@ -19,11 +19,13 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 #[cfg(test)]
+#[cfg(test)]
 mod echo;
 mod moonbeam;
 mod session;
 pub mod shaper;
 
+#[cfg(test)]
 #[cfg(test)]
 pub use echo::EchoGenerator;
 pub use moonbeam::MoonbeamGenerator;

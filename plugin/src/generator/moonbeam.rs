@@ -74,13 +74,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use continuo_engine::generate::Sampling;
-use continuo_engine::lora::Style;
 use continuo_engine::midi::LiveTokenizer;
-use continuo_engine::model::forward::Row;
-use continuo_engine::model::gru::Chooser;
-use continuo_engine::note::TICK_MS;
-use continuo_engine::{Moonbeam, Note};
+use continuo_engine::{Chooser, Moonbeam, Note, Row, Sampling, Style, TICK_MS};
 
 use super::session::{Cached, Engine, Limits, Timeline};
 use super::shaper::Shaper;
@@ -1540,7 +1535,7 @@ mod tests {
         let mut rig = Rig::new();
         let model = rig.generator.models.current().unwrap();
         let dir = golden().join("lora_adapter");
-        let adapter = continuo_engine::lora::Adapter::from_peft_dir(&dir, &model.cfg).unwrap();
+        let adapter = continuo_engine::Adapter::from_peft_dir(&dir, &model.cfg).unwrap();
         let style = Style::single(Arc::new(adapter), 1.0);
         rig.params(GenParams {
             temperature: 0.0,
@@ -1595,7 +1590,7 @@ mod tests {
         let old = rig.generator.models.current().unwrap();
         let golden = golden();
         let adapter =
-            continuo_engine::lora::Adapter::from_peft_dir(&golden.join("lora_adapter"), &old.cfg)
+            continuo_engine::Adapter::from_peft_dir(&golden.join("lora_adapter"), &old.cfg)
                 .unwrap();
         rig.generator
             .styles

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use continuo_engine::error::ModelError;
-use continuo_engine::generate::{Sampling, Session};
-use continuo_engine::{Moonbeam, Note};
+use continuo_engine::{ModelError, Moonbeam, Note, Sampling, Session};
 
 /// Played notes kept in the context after a trim.
 pub const CONTEXT_KEEP: usize = 256;

@@ -23,8 +23,8 @@
 
 use std::collections::VecDeque;
 
-use continuo_engine::note::TICK_MS;
 use continuo_engine::Note;
+use continuo_engine::TICK_MS;
 
 use crate::protocol::{GenParams, Quantize, Scale, MAX_SWING_PERCENT};
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use continuo_engine::lora::Style;
+use continuo_engine::Style;
 use continuo_engine::{Config, Moonbeam, Precision};
 
 use super::factory;

@@ -45,9 +45,9 @@ pub use cache::{
     ENV_CONFIG, ENV_MODEL,
 };
 
-use continuo_engine::lora::{Adapter, Style};
-use continuo_engine::model::Moonbeam;
 use continuo_engine::style::{load_any, read_card};
+use continuo_engine::Moonbeam;
+use continuo_engine::{Adapter, Style};
 
 use crate::params::{ContinuoParams, ModelChoice, StyleChoice, MAX_STYLES};
 use crate::status::SharedStatus;

@@ -1,9 +1,10 @@
 //! The checkpoint's modules: the one place where each tensor's name and shape is written.
 //!
-//! Loading ([`super::Moonbeam::from_store`]), the list of expected tensors, saving
-//! ([`super::Moonbeam::named_tensors`]) and the LoRA targets ([`crate::lora::Target`]) all
+//! Loading ([`crate::Moonbeam::from_store`]), the list of expected tensors, saving
+//! ([`crate::Moonbeam::named_tensors`]) and the LoRA targets ([`crate::lora::Target`]) all
 //! go through [`Module`], so a name can only be wrong everywhere at once, and the golden
-//! checkpoint tests catch that.
+//! checkpoint tests catch that. It depends on the config only, so both [`crate::model`] and
+//! [`crate::lora`] build on it.
 
 use crate::config::Config;
 
