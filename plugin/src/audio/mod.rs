@@ -342,14 +342,14 @@ impl Core {
         let mut rendered = 0usize;
         while let Some(event) = io.next_event() {
             let timing = event.timing().min(len - 1);
-            while due_index < due.len() && due[due_index].timing < timing {
-                let due_event = due[due_index];
-                self.synth
-                    .render(audio, rendered, due_event.timing as usize);
-                rendered = rendered.max(due_event.timing as usize);
-                self.send_due(io, due_event, settings);
-                due_index += 1;
+            let before = due[due_index..]
+                .iter()
+                .take_while(|d| d.timing < timing)
+                .count();
+            for &due_event in &due[due_index..due_index + before] {
+                rendered = self.render_and_send(io, audio, rendered, due_event, settings);
             }
+            due_index += before;
             self.synth.render(audio, rendered, timing as usize);
             rendered = rendered.max(timing as usize);
             if self.handle_input(io, event, timing, settings) {
@@ -370,16 +370,27 @@ impl Core {
                 due_index = due.len();
             }
         }
-        while due_index < due.len() {
-            let due_event = due[due_index];
-            self.synth
-                .render(audio, rendered, due_event.timing as usize);
-            rendered = rendered.max(due_event.timing as usize);
-            self.send_due(io, due_event, settings);
-            due_index += 1;
+        for &due_event in &due[due_index..] {
+            rendered = self.render_and_send(io, audio, rendered, due_event, settings);
         }
         self.due = due;
         self.synth.render(audio, rendered, len as usize);
+    }
+
+    /// Renders the voice from `rendered` up to a due generated event, sends the event and
+    /// returns how far the voice is rendered now.
+    fn render_and_send(
+        &mut self,
+        io: &mut impl BlockIo,
+        audio: &mut [&mut [f32]],
+        rendered: usize,
+        due_event: DueEvent,
+        settings: &Settings,
+    ) -> usize {
+        self.synth
+            .render(audio, rendered, due_event.timing as usize);
+        self.send_due(io, due_event, settings);
+        rendered.max(due_event.timing as usize)
     }
 
     /// Publishes the editor snapshot for the block just processed (before the clock moves on).

@@ -1,7 +1,6 @@
 //! The piano roll's side of the core: what the editor snapshot shows.
 
-use nice_plug::midi::{Channel, Key, VoiceID};
-
+use super::tests::{off, on};
 use super::*;
 use crate::params::Mode;
 use crate::protocol::{GeneratedNote, NoteTime};
@@ -48,26 +47,6 @@ impl ArrayIo {
         self.len = events.len();
         self.next = 0;
         self.sent.clear();
-    }
-}
-
-fn on(timing: u32, key: u8) -> NoteEvent<()> {
-    NoteEvent::NoteOn {
-        timing,
-        voice_id: VoiceID::Wildcard,
-        channel: Channel::Number(0),
-        key: Key::Number(key),
-        velocity: 0.5,
-    }
-}
-
-fn off(timing: u32, key: u8) -> NoteEvent<()> {
-    NoteEvent::NoteOff {
-        timing,
-        voice_id: VoiceID::Wildcard,
-        channel: Channel::Number(0),
-        key: Key::Number(key),
-        velocity: 0.0,
     }
 }
 

@@ -206,7 +206,8 @@ impl Rig {
     }
 }
 
-fn on(timing: u32, key: u8) -> NoteEvent<()> {
+/// A note-on from the host (voice id 7, channel 1), for this file and `roll_tests`.
+pub(super) fn on(timing: u32, key: u8) -> NoteEvent<()> {
     NoteEvent::NoteOn {
         timing,
         voice_id: VoiceID::ID(7),
@@ -216,7 +217,8 @@ fn on(timing: u32, key: u8) -> NoteEvent<()> {
     }
 }
 
-fn off(timing: u32, key: u8) -> NoteEvent<()> {
+/// The matching note-off.
+pub(super) fn off(timing: u32, key: u8) -> NoteEvent<()> {
     NoteEvent::NoteOff {
         timing,
         voice_id: VoiceID::ID(7),
