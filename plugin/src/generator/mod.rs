@@ -201,6 +201,16 @@ mod tests {
         std::iter::from_fn(|| consumer.pop().ok()).collect()
     }
 
+    /// The notes among the generator's messages.
+    fn notes_of(out: &[FromEngine]) -> Vec<GeneratedNote> {
+        out.iter()
+            .filter_map(|m| match m {
+                FromEngine::Note(n) => Some(*n),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn trigger(answer_id: u32, beats: Option<f64>, length_ms: f64) -> ToEngine {
         ToEngine::Trigger(AnswerRequest {
             answer_id,
@@ -227,16 +237,7 @@ mod tests {
                 trigger(7, None, 600.0),
             ],
         );
-        let notes: Vec<GeneratedNote> = out
-            .iter()
-            .filter_map(|m| {
-                if let FromEngine::Note(n) = m {
-                    Some(*n)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let notes = notes_of(&out);
         assert_eq!(notes.len(), 2);
         assert_eq!(notes[0].start, NoteTime::Millis(10_000.0));
         assert_eq!(notes[0].end, NoteTime::Millis(10_200.0));
@@ -260,16 +261,7 @@ mod tests {
                 trigger(1, Some(8.0), 250.0),
             ],
         );
-        let notes: Vec<GeneratedNote> = out
-            .iter()
-            .filter_map(|m| {
-                if let FromEngine::Note(n) = m {
-                    Some(*n)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let notes = notes_of(&out);
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].start, NoteTime::Beats(8.0));
         assert_eq!(notes[0].end, NoteTime::Beats(8.5));
