@@ -49,6 +49,31 @@ struct Rig {
 }
 
 impl Rig {
+    /// A rig at 48 kHz, thru off, whose echo answer (key 72) to one played note (60) is
+    /// sounding, after blocks of 512 samples.
+    fn answering() -> Self {
+        let mut rig = Rig::new(48_000.0);
+        rig.settings.thru = false;
+        rig.settings.silence_beats = 0.25;
+        rig.settings.answer_bars = 4;
+        rig.block(512, &[on(0, 60)]);
+        rig.block(512, &[off(0, 60)]);
+        rig.block_until(512, "on 0:72");
+        rig
+    }
+
+    /// Runs empty blocks of `len` samples until one sends a line ending in `suffix`, and
+    /// returns that block's lines (fails after 10,000 blocks).
+    fn block_until(&mut self, len: u32, suffix: &str) -> Vec<String> {
+        for _ in 0..10_000 {
+            let out = self.block(len, &[]);
+            if out.iter().any(|l| l.ends_with(suffix)) {
+                return out;
+            }
+        }
+        panic!("no block sent a line ending in {suffix:?}");
+    }
+
     fn new(sample_rate: f64) -> Self {
         let status = Arc::new(SharedStatus::default());
         let (snapshot_in, _snapshot_out) = triple_buffer::triple_buffer(&EditorSnapshot::default());
@@ -899,10 +924,7 @@ fn transport_jump_releases_generated_notes() {
     rig.block(480, &[on(0, 60)]);
     rig.block(480, &[off(0, 60)]);
     rig.settings.trigger = true;
-    let mut out = Vec::new();
-    while !out.iter().any(|l: &String| l.ends_with("on 0:72")) {
-        out = rig.block(480, &[]);
-    }
+    rig.block_until(480, "on 0:72");
     // Loop back to the start.
     rig.transport.pos_beats = Some(0.0);
     assert_eq!(rig.block(480, &[]), ["0 off 0:72"]);
@@ -911,16 +933,7 @@ fn transport_jump_releases_generated_notes() {
 
 #[test]
 fn bypass_releases_and_passes_through() {
-    let mut rig = Rig::new(48_000.0);
-    rig.settings.thru = false;
-    rig.settings.silence_beats = 0.25;
-    rig.settings.answer_bars = 4;
-    rig.block(512, &[on(0, 60)]);
-    rig.block(512, &[off(0, 60)]);
-    let mut out = Vec::new();
-    while !out.iter().any(|l: &String| l.ends_with("on 0:72")) {
-        out = rig.block(512, &[]);
-    }
+    let mut rig = Rig::answering();
     rig.settings.bypass = true;
     assert_eq!(rig.block(512, &[on(10, 50)]), ["0 off 0:72", "10 on 0:50"]);
     rig.settings.bypass = false;
@@ -930,16 +943,7 @@ fn bypass_releases_and_passes_through() {
 
 #[test]
 fn mode_change_releases_generated_notes() {
-    let mut rig = Rig::new(48_000.0);
-    rig.settings.thru = false;
-    rig.settings.silence_beats = 0.25;
-    rig.settings.answer_bars = 4;
-    rig.block(512, &[on(0, 60)]);
-    rig.block(512, &[off(0, 60)]);
-    let mut out = Vec::new();
-    while !out.iter().any(|l: &String| l.ends_with("on 0:72")) {
-        out = rig.block(512, &[]);
-    }
+    let mut rig = Rig::answering();
     rig.settings.mode = Mode::Manual;
     assert_eq!(rig.block(512, &[]), ["0 off 0:72"]);
     assert!(rig.run(200, 512).is_empty());
