@@ -40,17 +40,25 @@ pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
         assert_eq!(b.len(), rows, "matvec: bias length");
     }
     let dot = dot_fn();
+    for_each_row(out, cols, |r| {
+        let v = dot(&w[r * cols..(r + 1) * cols], x);
+        match bias {
+            Some(b) => v + b[r],
+            None => v,
+        }
+    });
+}
+
+/// `out[r] = row(r)` for every row, where each row costs `cols` multiply-adds: on the calling
+/// thread for small matrices, else split across the rayon pool in tasks of [`ROWS_PER_TASK`]
+/// rows. Every matvec kernel (f32 and quantized) goes through it.
+pub(crate) fn for_each_row(out: &mut [f32], cols: usize, row: impl Fn(usize) -> f32 + Sync) {
     let run = |row0: usize, chunk: &mut [f32]| {
         for (i, o) in chunk.iter_mut().enumerate() {
-            let r = row0 + i;
-            let mut v = dot(&w[r * cols..(r + 1) * cols], x);
-            if let Some(b) = bias {
-                v += b[r];
-            }
-            *o = v;
+            *o = row(row0 + i);
         }
     };
-    if rows * cols < par_min() || rayon::current_num_threads() < 2 {
+    if out.len() * cols < par_min() || rayon::current_num_threads() < 2 {
         run(0, out);
     } else {
         out.par_chunks_mut(ROWS_PER_TASK)

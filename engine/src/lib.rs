@@ -12,6 +12,7 @@
 //! | [`checkpoint`] | the name and shape of every tensor of a checkpoint, written once |
 //! | [`model`] | the Moonbeam model: loading, the batched path, the single-token path with its KV cache, the GRU note head |
 //! | [`kernels`] | the hand-written f32 kernels of the single-token path |
+//! | [`quant`] | 8- and 4-bit weight matrices (per-group scales) and their kernels |
 //! | [`lora`] | LoRA adapters and [`Style`], the unmerged side path |
 //! | [`style`] | the native style file (adapter + card) and peft import/export |
 //! | [`generate`] | sampling, [`Session`] (a warm conversation) and the prompt-to-continuation loop |
@@ -37,6 +38,7 @@ pub mod midi;
 pub mod model;
 pub mod note;
 pub mod pianoroll;
+pub mod quant;
 pub mod style;
 pub mod train;
 pub mod vocab;

@@ -88,8 +88,8 @@ pub trait Sink {
 /// Trains on `train_samples(epoch)` (notes of each sample, regenerated per epoch so that
 /// augmentation varies) and validates on `val`.
 ///
-/// With [`Trainable::Lora`], `base` comes out bit-identical (checked through its fingerprint,
-/// an error if not): the styles it writes are only valid for that exact base.
+/// With [`Trainable::Lora`], `base` comes out bit-identical (checked with a hash of every bit
+/// of every weight, an error if not): the styles it writes are only valid for that exact base.
 pub fn train(
     base: &Moonbeam,
     cfg: &TrainConfig,
@@ -99,7 +99,9 @@ pub fn train(
 ) -> anyhow::Result<TrainSummary> {
     let started = Instant::now();
     // A style is only valid for the exact base it was trained on: prove the base is untouched.
-    let base_before = matches!(cfg.trainable, Trainable::Lora { .. }).then(|| base.fingerprint());
+    let base_before = matches!(cfg.trainable, Trainable::Lora { .. })
+        .then(|| bits_hash(base))
+        .transpose()?;
     let (vars, model, style): (Vec<(String, Var)>, Moonbeam, Style) = match cfg.trainable {
         Trainable::Lora { rank, alpha } => {
             let (vars, style) = params::new_lora(base, rank, alpha, cfg.seed)?;
@@ -221,8 +223,10 @@ pub fn train(
         write_checkpoint(&cfg.checkpoint, &opt, epoch + 1, &summary)?;
     }
     let _ = started;
-    if base_before.is_some_and(|before| before != base.fingerprint()) {
-        anyhow::bail!("internal error: the base weights changed during style training");
+    if let Some(before) = base_before {
+        if before != bits_hash(base)? {
+            anyhow::bail!("internal error: the base weights changed during style training");
+        }
     }
     Ok(summary)
 }
@@ -300,4 +304,19 @@ fn read_checkpoint(
     let meta = meta.metadata().clone().unwrap_or_default();
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
     Ok((tensors, meta))
+}
+
+/// A hash of every bit of every weight of `model` (FNV-1a over 32-bit words): unlike
+/// [`Moonbeam::fingerprint`], which samples, it changes when any single weight does.
+fn bits_hash(model: &Moonbeam) -> candle_core::Result<u64> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (_, t) in model.named_tensors() {
+        crate::kernels::with_f32(&t, |data| {
+            for v in data {
+                h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(h)
 }

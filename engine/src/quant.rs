@@ -1,0 +1,602 @@
+//! 8- and 4-bit weight matrices with one f32 scale per group of [`GROUP`] weights, and their
+//! matrix-vector kernels.
+//!
+//! The decode path is memory-bound: every weight is read once per note, so the time per note
+//! is about the bytes read divided by the memory bandwidth. f32 weights cost 4 bytes each;
+//! [`QFormat::Q8`] costs 1.125 and [`QFormat::Q4`] 0.625.
+//!
+//! ## Layout
+//!
+//! A `(rows, cols)` matrix is quantized row by row, in groups of [`GROUP`] consecutive weights
+//! of a row (`cols` must be a multiple of [`GROUP`]; it divides every official shape: 384,
+//! 1536, 1920, 5376, 6720 and the vocabularies' head sizes). Each group has a scale
+//! `s = max |w| / q_max` and codes `q = round(w / s)`, so `w ≈ s q`:
+//! - **q8**: `q_max = 127`, one signed byte per weight, in order;
+//! - **q4**: `q_max = 7`, codes `q + 8` in `1..=15`, two to a byte: byte `j` of a group holds
+//!   weight `j` in its low nibble and weight `j + 16` in its high nibble (so SIMD code unpacks
+//!   one 16-byte load into the two halves of the group).
+//!
+//! `codes` holds the rows one after another (`cols` bytes per row for q8, `cols / 2` for q4),
+//! `scales` holds `rows * cols / GROUP` values, row-major.
+//!
+//! ## Kernels
+//!
+//! [`QMatrix::matvec_rows`] multiplies by an f32 vector, dequantizing on the fly in f32 (the
+//! vector is not quantized, so the only error is the weights'). The portable kernel is plain
+//! Rust; an AVX2+FMA kernel is chosen at run time where the CPU has it. Both split the rows
+//! across the rayon pool above [`crate::kernels`]' size threshold, as the f32 kernels do.
+
+use std::fmt;
+
+use crate::kernels::for_each_row;
+
+/// Weights per scale.
+pub const GROUP: usize = 32;
+
+/// A quantized weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QFormat {
+    Q8,
+    Q4,
+}
+
+impl QFormat {
+    /// The name used in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            QFormat::Q8 => "q8",
+            QFormat::Q4 => "q4",
+        }
+    }
+
+    /// `q8` or `q4`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "q8" => Some(QFormat::Q8),
+            "q4" => Some(QFormat::Q4),
+            _ => None,
+        }
+    }
+
+    /// The largest code magnitude.
+    pub fn q_max(self) -> f32 {
+        match self {
+            QFormat::Q8 => 127.0,
+            QFormat::Q4 => 7.0,
+        }
+    }
+
+    /// Bytes of codes per group.
+    pub fn group_bytes(self) -> usize {
+        match self {
+            QFormat::Q8 => GROUP,
+            QFormat::Q4 => GROUP / 2,
+        }
+    }
+
+    /// Bytes read per weight, scales included.
+    pub fn bytes_per_weight(self) -> f64 {
+        (self.group_bytes() + 4) as f64 / GROUP as f64
+    }
+}
+
+impl fmt::Display for QFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a matrix cannot be quantized or rebuilt from its parts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QuantError {
+    #[error("{cols} columns are not a multiple of the group size {GROUP}")]
+    Columns { cols: usize },
+    #[error("a {rows} x {cols} matrix needs {expected} {what}, got {got}")]
+    Length {
+        rows: usize,
+        cols: usize,
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("a weight is {0}: only finite weights can be quantized")]
+    NotFinite(f32),
+    #[error("a scale is {0}: scales must be finite and non-negative")]
+    BadScale(f32),
+    #[error("a q4 code is 0: codes run from 1 to 15")]
+    BadCode,
+}
+
+/// A quantized `(rows, cols)` weight matrix (see the module doc for the layout).
+#[derive(Clone, PartialEq)]
+pub struct QMatrix {
+    format: QFormat,
+    rows: usize,
+    cols: usize,
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QMatrix({}, {} x {})", self.format, self.rows, self.cols)
+    }
+}
+
+impl QMatrix {
+    /// Quantizes a row-major `(rows, cols)` f32 matrix.
+    pub fn quantize(
+        format: QFormat,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, QuantError> {
+        check_shape(rows, cols, w.len(), "weights", rows * cols)?;
+        if let Some(&bad) = w.iter().find(|v| !v.is_finite()) {
+            return Err(QuantError::NotFinite(bad));
+        }
+        let groups = rows * cols / GROUP;
+        let mut codes = Vec::with_capacity(groups * format.group_bytes());
+        let mut scales = Vec::with_capacity(groups);
+        for group in w.chunks_exact(GROUP) {
+            let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = amax / format.q_max();
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let code = |v: f32| (v * inv).round().clamp(-format.q_max(), format.q_max()) as i32;
+            match format {
+                QFormat::Q8 => codes.extend(group.iter().map(|&v| code(v) as i8 as u8)),
+                QFormat::Q4 => codes.extend((0..GROUP / 2).map(|j| {
+                    let lo = (code(group[j]) + 8) as u8;
+                    let hi = (code(group[j + GROUP / 2]) + 8) as u8;
+                    lo | (hi << 4)
+                })),
+            }
+            scales.push(scale);
+        }
+        Ok(QMatrix {
+            format,
+            rows,
+            cols,
+            codes,
+            scales,
+        })
+    }
+
+    /// A matrix from its stored codes and scales, checked.
+    pub fn from_parts(
+        format: QFormat,
+        rows: usize,
+        cols: usize,
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+    ) -> Result<Self, QuantError> {
+        let groups = rows * cols / GROUP;
+        check_shape(
+            rows,
+            cols,
+            codes.len(),
+            "code bytes",
+            groups * format.group_bytes(),
+        )?;
+        check_shape(rows, cols, scales.len(), "scales", groups)?;
+        if let Some(&bad) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
+            return Err(QuantError::BadScale(bad));
+        }
+        if format == QFormat::Q4 && codes.iter().any(|b| b & 0x0f == 0 || b >> 4 == 0) {
+            return Err(QuantError::BadCode);
+        }
+        Ok(QMatrix {
+            format,
+            rows,
+            cols,
+            codes,
+            scales,
+        })
+    }
+
+    pub fn format(&self) -> QFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored codes (see the module doc).
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+
+    /// One scale per group, row-major.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Bytes a matvec reads: codes and scales.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len()
+    }
+
+    /// The f32 matrix the codes stand for, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (g, group) in out.chunks_exact_mut(GROUP).enumerate() {
+            let codes = &self.codes[g * self.format.group_bytes()..][..self.format.group_bytes()];
+            let scale = self.scales[g];
+            match self.format {
+                QFormat::Q8 => {
+                    for (o, &c) in group.iter_mut().zip(codes) {
+                        *o = scale * f32::from(c as i8);
+                    }
+                }
+                QFormat::Q4 => {
+                    for (j, &c) in codes.iter().enumerate() {
+                        group[j] = scale * f32::from((c & 0x0f) as i8 - 8);
+                        group[j + GROUP / 2] = scale * f32::from((c >> 4) as i8 - 8);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `out[i] = dot(row rows.start + i, x)` for the rows in `rows`, with the fastest kernel
+    /// this CPU has.
+    pub fn matvec_rows(&self, x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
+        self.matvec_rows_with(Kernel::best(), x, rows, out);
+    }
+
+    /// [`QMatrix::matvec_rows`] with a chosen kernel (for tests and benchmarks). A kernel the
+    /// CPU lacks falls back to the portable one.
+    pub fn matvec_rows_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        assert_eq!(x.len(), self.cols, "matvec: input length");
+        assert!(rows.end <= self.rows, "matvec: rows out of range");
+        assert_eq!(out.len(), rows.len(), "matvec: output length");
+        let dot: DotFn = match kernel.available() {
+            Kernel::Portable => dot_portable,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => dot_avx2_entry,
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => dot_portable,
+        };
+        let groups_per_row = self.cols / GROUP;
+        let row_bytes = groups_per_row * self.format.group_bytes();
+        let first = rows.start;
+        for_each_row(out, self.cols, |i| {
+            let r = first + i;
+            dot(
+                self.format,
+                &self.codes[r * row_bytes..(r + 1) * row_bytes],
+                &self.scales[r * groups_per_row..(r + 1) * groups_per_row],
+                x,
+            )
+        });
+    }
+}
+
+fn check_shape(
+    rows: usize,
+    cols: usize,
+    got: usize,
+    what: &'static str,
+    expected: usize,
+) -> Result<(), QuantError> {
+    if !cols.is_multiple_of(GROUP) {
+        return Err(QuantError::Columns { cols });
+    }
+    if got != expected {
+        return Err(QuantError::Length {
+            rows,
+            cols,
+            what,
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// A matvec kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, on every CPU.
+    Portable,
+    /// AVX2 + FMA (x86-64).
+    Avx2,
+}
+
+impl Kernel {
+    /// Every kernel, portable first.
+    pub const ALL: [Kernel; 2] = [Kernel::Portable, Kernel::Avx2];
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => false,
+        }
+    }
+
+    /// The fastest kernel this CPU has.
+    pub fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            Kernel::ALL
+                .into_iter()
+                .rev()
+                .find(|k| k.is_supported())
+                .unwrap_or(Kernel::Portable)
+        })
+    }
+
+    /// This kernel if the CPU has it, else the portable one.
+    fn available(self) -> Kernel {
+        if self.is_supported() {
+            self
+        } else {
+            Kernel::Portable
+        }
+    }
+}
+
+/// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
+type DotFn = fn(QFormat, &[u8], &[f32], &[f32]) -> f32;
+
+fn dot_portable(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+    let gb = format.group_bytes();
+    let mut total = 0.0f32;
+    for (g, (&scale, xg)) in scales.iter().zip(x.chunks_exact(GROUP)).enumerate() {
+        let c = &codes[g * gb..(g + 1) * gb];
+        // Eight independent partial sums, so the compiler can vectorise the group.
+        let mut acc = [0.0f32; 8];
+        match format {
+            QFormat::Q8 => {
+                for (j, (&code, &xv)) in c.iter().zip(xg).enumerate() {
+                    acc[j % 8] += f32::from(code as i8) * xv;
+                }
+            }
+            QFormat::Q4 => {
+                for (j, &byte) in c.iter().enumerate() {
+                    acc[j % 8] += f32::from((byte & 0x0f) as i8 - 8) * xg[j];
+                    acc[j % 8] += f32::from((byte >> 4) as i8 - 8) * xg[j + GROUP / 2];
+                }
+            }
+        }
+        let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        total += scale * sum;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot_avx2_entry(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+    // SAFETY: this entry is only chosen when `Kernel::Avx2.is_supported()`.
+    unsafe { dot_avx2(format, codes, scales, x) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let groups = scales.len();
+    assert!(codes.len() >= groups * format.group_bytes() && x.len() >= groups * GROUP);
+    let (pc, px) = (codes.as_ptr(), x.as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    // Four products of eight i8 codes (as f32) with eight inputs, summed into one vector.
+    let fma4 = |bytes: __m256i, xg: *const f32, sum: __m256| -> __m256 {
+        // SAFETY: `xg` points at 32 readable f32 (checked by the assert above).
+        unsafe {
+            let lo = _mm256_castsi256_si128(bytes);
+            let hi = _mm256_extracti128_si256(bytes, 1);
+            let c0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+            let c1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+            let c2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+            let c3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+            let s01 = _mm256_fmadd_ps(
+                c1,
+                _mm256_loadu_ps(xg.add(8)),
+                _mm256_mul_ps(c0, _mm256_loadu_ps(xg)),
+            );
+            let s23 = _mm256_fmadd_ps(
+                c3,
+                _mm256_loadu_ps(xg.add(24)),
+                _mm256_mul_ps(c2, _mm256_loadu_ps(xg.add(16))),
+            );
+            _mm256_add_ps(sum, _mm256_add_ps(s01, s23))
+        }
+    };
+    for g in 0..groups {
+        // SAFETY: group g's codes and inputs are in bounds (assert above).
+        unsafe {
+            let bytes = match format {
+                QFormat::Q8 => _mm256_loadu_si256(pc.add(g * GROUP) as *const __m256i),
+                QFormat::Q4 => {
+                    let packed = _mm_loadu_si128(pc.add(g * GROUP / 2) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0f);
+                    let eight = _mm_set1_epi8(8);
+                    let lo = _mm_sub_epi8(_mm_and_si128(packed, mask), eight);
+                    let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), eight);
+                    _mm256_set_m128i(hi, lo)
+                }
+            };
+            let group = fma4(bytes, px.add(g * GROUP), _mm256_setzero_ps());
+            acc = _mm256_fmadd_ps(group, _mm256_set1_ps(*scales.get_unchecked(g)), acc);
+        }
+    }
+    // Horizontal sum of the eight lanes.
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic matrix with a spread of magnitudes per group, zeros and one all-zero group.
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let mut w: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let magnitude = [0.01, 0.3, 2.0, 40.0][(i / GROUP) % 4];
+                if i % 37 == 0 {
+                    0.0
+                } else {
+                    u * magnitude
+                }
+            })
+            .collect();
+        w[..GROUP].fill(0.0);
+        w
+    }
+
+    fn reference(w: &[f32], x: &[f32], rows: std::ops::Range<usize>) -> Vec<f64> {
+        let cols = x.len();
+        rows.map(|r| {
+            (0..cols)
+                .map(|c| f64::from(w[r * cols + c]) * f64::from(x[c]))
+                .sum()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn dequantized_weights_are_within_half_a_step() {
+        let (rows, cols) = (6, 4 * GROUP);
+        let w = matrix(rows, cols, 1);
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let q = QMatrix::quantize(format, &w, rows, cols).unwrap();
+            let d = q.dequantize();
+            for (g, (wg, dg)) in w.chunks(GROUP).zip(d.chunks(GROUP)).enumerate() {
+                let step = q.scales()[g];
+                let amax = wg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!((step - amax / format.q_max()).abs() <= 1e-6 * amax);
+                for (a, b) in wg.iter().zip(dg) {
+                    assert!(
+                        (a - b).abs() <= 0.5001 * step,
+                        "{format}: {a} vs {b}, step {step}"
+                    );
+                }
+            }
+            // The all-zero group stays exactly zero.
+            assert!(d[..GROUP].iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_matches_dequantize_then_f32() {
+        let (rows, cols) = (40, 1920);
+        let w = matrix(rows, cols, 2);
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let q = QMatrix::quantize(format, &w, rows, cols).unwrap();
+            let d = q.dequantize();
+            let want = reference(&d, &x, 3..rows);
+            let mut got = vec![0.0; rows - 3];
+            q.matvec_rows_with(Kernel::Portable, &x, 3..rows, &mut got);
+            for (r, (g, want)) in got.iter().zip(&want).enumerate() {
+                let scale: f64 = (0..cols)
+                    .map(|c| f64::from(d[(r + 3) * cols + c] * x[c]).abs())
+                    .sum();
+                assert!(
+                    (f64::from(*g) - want).abs() <= 1e-5 * scale.max(1e-6),
+                    "{format} row {r}: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_this_cpu_has_matches_the_portable_one() {
+        let (rows, cols) = (300, 6720);
+        let w = matrix(rows, cols, 3);
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 104729) % 211) as f32 / 100.0 - 1.05)
+            .collect();
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let q = QMatrix::quantize(format, &w, rows, cols).unwrap();
+            let mut portable = vec![0.0; rows];
+            q.matvec_rows_with(Kernel::Portable, &x, 0..rows, &mut portable);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut got = vec![0.0; rows];
+                q.matvec_rows_with(kernel, &x, 0..rows, &mut got);
+                for r in 0..rows {
+                    let scale: f32 = q.dequantize()[r * cols..(r + 1) * cols]
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| (a * b).abs())
+                        .sum();
+                    assert!(
+                        (got[r] - portable[r]).abs() <= 1e-5 * scale.max(1e-6),
+                        "{format} {kernel:?} row {r}: {} vs {}",
+                        got[r],
+                        portable[r]
+                    );
+                }
+            }
+            eprintln!(
+                "{format}: checked {:?}",
+                Kernel::ALL.map(|k| (k, k.is_supported()))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_parts_are_errors() {
+        assert_eq!(
+            QMatrix::quantize(QFormat::Q8, &[0.0; 40], 2, 20),
+            Err(QuantError::Columns { cols: 20 })
+        );
+        assert!(matches!(
+            QMatrix::quantize(QFormat::Q4, &[0.0; 32], 2, 32),
+            Err(QuantError::Length { .. })
+        ));
+        let mut nan = vec![0.0; 32];
+        nan[5] = f32::NAN;
+        assert!(matches!(
+            QMatrix::quantize(QFormat::Q8, &nan, 1, 32),
+            Err(QuantError::NotFinite(_))
+        ));
+        let q = QMatrix::quantize(QFormat::Q4, &matrix(2, 64, 4), 2, 64).unwrap();
+        let (codes, scales) = (q.codes().to_vec(), q.scales().to_vec());
+        assert_eq!(
+            QMatrix::from_parts(QFormat::Q4, 2, 64, codes.clone(), scales.clone()).unwrap(),
+            q
+        );
+        let mut bad_scales = scales.clone();
+        bad_scales[1] = -1.0;
+        assert!(QMatrix::from_parts(QFormat::Q4, 2, 64, codes.clone(), bad_scales).is_err());
+        let mut bad_codes = codes.clone();
+        bad_codes[0] = 0;
+        assert_eq!(
+            QMatrix::from_parts(QFormat::Q4, 2, 64, bad_codes, scales.clone()),
+            Err(QuantError::BadCode)
+        );
+        assert!(QMatrix::from_parts(QFormat::Q8, 2, 64, codes, scales).is_err());
+    }
+}
