@@ -137,21 +137,48 @@ fn percentile_ms(xs: &[Duration], q: f64) -> f64 {
     v[idx]
 }
 
-/// Bytes read per generated note at context length `context`: every transformer weight once,
-/// the KV cache, and the head's GRU, `fc_out` and the allowed `lm_head` rows six times (greedy).
+/// Bytes read per generated note at context length `context`: every transformer weight once
+/// (in its stored format: f32 or quantized codes and scales), the f32 KV cache, and the head's
+/// GRU, `fc_out` and the allowed `lm_head` rows six times (greedy).
 pub fn bytes_per_note(model: &Moonbeam, context: usize) -> f64 {
     let cfg = &model.cfg;
-    let h = cfg.hidden_size as f64;
+    let layers: f64 = model
+        .layers
+        .iter()
+        .map(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+            .iter()
+            .map(|p| p.weight_bytes())
+            .sum::<f64>()
+        })
+        .sum();
+    let embed: f64 = model
+        .fme
+        .iter()
+        .map(|f| f.linear.weight_bytes())
+        .sum::<f64>()
+        + model.mlp_in.weight_bytes()
+        + model.mlp_out.weight_bytes();
     let kv = (cfg.n_kv_heads * cfg.head_dim()) as f64;
-    let layer = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * cfg.intermediate_size as f64;
-    let d = cfg.attr_dim() as f64;
-    let embed = 5.0 * d * d + h * h; // FME linears + supplementary MLP
-    let cache = 2.0 * kv * context as f64 * cfg.n_layers as f64;
-    let g = cfg.gru_hidden as f64;
-    let gru_step = cfg.gru_layers as f64 * 6.0 * g * g + g * g;
+    let cache = 4.0 * 2.0 * kv * context as f64 * cfg.n_layers as f64;
+    let gru_step: f64 = model
+        .gru
+        .iter()
+        .map(|g| g.ih.weight_bytes() + g.hh.weight_bytes())
+        .sum::<f64>()
+        + model.fc_out.weight_bytes();
     let allowed_rows: f64 = cfg.vocab.iter().map(|&v| v as f64).sum::<f64>() / 6.0;
-    let head = 6.0 * gru_step + 6.0 * allowed_rows * g + h * g;
-    4.0 * (cfg.n_layers as f64 * layer + embed + cache + head)
+    let lm_head = model.lm_head.weight_bytes() * allowed_rows / cfg.decode_vocab_size as f64;
+    let head = 6.0 * (gru_step + lm_head) + model.summary_projection.weight_bytes();
+    layers + embed + cache + head
 }
 
 /// Streaming read bandwidth of this machine with the rayon pool: the best of a few

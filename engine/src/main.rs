@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling};
 use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::model::forward::Mask;
+use continuo_engine::quant::QFormat;
 use continuo_engine::style::{self, StyleCard};
 use continuo_engine::{bench, midi, train, vocab, Config, Moonbeam, Note, Precision};
 
@@ -40,6 +41,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Measure load, prefill and per-note decode time, peak memory and the bandwidth bound.
     Bench(BenchArgs),
+    /// Write a model with 8- or 4-bit weights (one safetensors file; see the README's layout).
+    Quantize(QuantizeArgs),
     /// Train a LoRA style on a folder of MIDI files, on top of a frozen base.
     TrainStyle(TrainStyleArgs),
     /// Train every parameter of a (small) base model on a folder of MIDI files.
@@ -265,6 +268,29 @@ struct ModelArgs {
     /// Emulate the reference's bf16 element-wise rounding (spec §9); use with the released bf16 checkpoints.
     #[arg(long)]
     bf16_faithful: bool,
+    /// Quantize the weights when loading them: `q8` or `q4` (see `continuo quantize`).
+    #[arg(long, value_parser = parse_qformat)]
+    quantize: Option<QFormat>,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Model config: `small`, `medium`, or an official-schema JSON file.
+    #[arg(long)]
+    config: String,
+    /// The f32 weights: `.safetensors` or the official `.pt` release checkpoint.
+    #[arg(long)]
+    weights: PathBuf,
+    /// `q8` (1.125 bytes per weight) or `q4` (0.625).
+    #[arg(long, value_parser = parse_qformat)]
+    format: QFormat,
+    /// The quantized model (`.safetensors`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_qformat(s: &str) -> std::result::Result<QFormat, String> {
+    QFormat::parse(s).ok_or_else(|| format!("`{s}` is not a format: use q8 or q4"))
 }
 
 /// How tokens are chosen: the same flags for `continue`, `eval` and `demo`.
@@ -366,6 +392,13 @@ struct BenchArgs {
     /// Only measure LoRA training (rank 8): three steps on one packed sequence of this many rows.
     #[arg(long)]
     train_context: Option<usize>,
+    /// Quantize the weights after loading them: `q8` or `q4`.
+    #[arg(long, value_parser = parse_qformat)]
+    quantize: Option<QFormat>,
+    /// Write the benchmarked model (e.g. random weights at the Medium shapes, quantized or
+    /// not) to this `.safetensors` file, for the plugin's benches.
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 fn main() {
@@ -375,6 +408,7 @@ fn main() {
         Command::Continue(args) => run_continue(args),
         Command::Forward(args) => forward(args),
         Command::Bench(args) => run_bench(args),
+        Command::Quantize(args) => run_quantize(args),
         Command::Style(cmd) => run_style(cmd),
         Command::TrainStyle(args) => train_style(args),
         Command::TrainBase(args) => train_base(args),
@@ -407,8 +441,11 @@ fn precision(args: &ModelArgs) -> Precision {
 
 fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
     let cfg = load_config(&args.config)?;
-    let model = Moonbeam::load(&cfg, &args.weights, precision(args))
+    let mut model = Moonbeam::load(&cfg, &args.weights, precision(args))
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
+    if let Some(format) = args.quantize {
+        model.quantize(format)?;
+    }
     let style = match &args.lora {
         Some(path) => {
             let fingerprint = model.fingerprint();
@@ -567,14 +604,61 @@ fn forward(args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_quantize(args: QuantizeArgs) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    if same_file(&args.weights, &args.out) {
+        bail!(
+            "--out {} is the input weights: write the quantized model to another file",
+            args.out.display()
+        );
+    }
+    let t = Instant::now();
+    let mut model = Moonbeam::load(&cfg, &args.weights, Precision::F32)
+        .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
+    let layers = model.quantize(args.format)?;
+    let card = serde_json::json!({
+        "quantized_from": args.weights.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "config": args.config,
+    });
+    continuo_engine::model::weights::save_weights(&model, &args.out, &card)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "quantized {layers} layers to {} in {:.1} s; wrote {} ({:.1} MB), base fingerprint {}",
+        args.format,
+        t.elapsed().as_secs_f64(),
+        args.out.display(),
+        bytes as f64 / 1e6,
+        model.fingerprint()
+    );
+    Ok(())
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 fn run_bench(args: BenchArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
     let t = Instant::now();
-    let model = match (&args.weights, args.random_weights) {
+    let mut model = match (&args.weights, args.random_weights) {
         (Some(path), false) => Moonbeam::load(&cfg, path, Precision::F32)?,
         _ => Moonbeam::random(&cfg, 7, Precision::F32)?,
     };
+    if let Some(format) = args.quantize {
+        model.quantize(format)?;
+    }
     let load = t.elapsed();
+    if let Some(path) = &args.save {
+        let card = serde_json::json!({ "config": args.config, "random_weights": args.weights.is_none() || args.random_weights });
+        continuo_engine::model::weights::save_weights(&model, path, &card)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(context) = args.train_context {
         let r = bench::run_train(&model, 8, context, 3)?;
         println!(
@@ -632,9 +716,13 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "config            {} ({} parameters, f32)",
+        "config            {} ({} parameters, {})",
         args.config,
-        cfg.n_params()
+        cfg.n_params(),
+        model
+            .quantization
+            .as_ref()
+            .map_or("f32", |q| q.format.name())
     );
     println!("threads           {}", r.threads);
     println!("load              {:.2} s", r.load_s);
@@ -690,7 +778,7 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
                     let base = Moonbeam::load(&cfg, w, Precision::F32)
                         .with_context(|| format!("cannot load base {}", w.display()))?;
                     if let Some(copy) = &adapter.lm_head_base {
-                        let diff = (copy - &base.lm_head.weight)?
+                        let diff = (copy - &base.lm_head.f32_weight())?
                             .abs()?
                             .flatten_all()?
                             .max(0)?

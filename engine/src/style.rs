@@ -334,7 +334,12 @@ impl Moonbeam {
     /// A content fingerprint of the base weights: FNV-1a over every tensor's name, shape and
     /// a strided sample of up to 4096 of its values. It tells bases apart (another
     /// checkpoint, another training run) at a cost of microseconds, not a full hash of gigabytes.
+    ///
+    /// A quantized model answers with the fingerprint of the f32 weights it was made from.
     pub fn fingerprint(&self) -> String {
+        if let Some(q) = &self.quantization {
+            return q.base_fingerprint.clone();
+        }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
             for &b in bytes {

@@ -247,3 +247,94 @@ fn every_sampling_command_refuses_bad_sampling_flags() {
     }
     assert!(!out_dir.exists(), "a refused demo wrote nothing");
 }
+
+#[test]
+fn quantize_writes_a_model_that_continue_loads_and_the_golden_style_accepts() {
+    let (config, weights) = (golden("tiny_config.json"), golden("tiny_model.safetensors"));
+    let q4 = tmp("tiny_q4.safetensors");
+    let out = continuo(&[
+        "quantize",
+        "--config",
+        path(&config),
+        "--weights",
+        path(&weights),
+        "--format",
+        "q4",
+        "--out",
+        path(&q4),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("wrote") && stderr.contains("q4"),
+        "{stderr}"
+    );
+    let mid = tmp("q4_continue.mid");
+    let out = continuo(&[
+        "continue",
+        "--config",
+        path(&config),
+        "--weights",
+        path(&q4),
+        "--lora",
+        path(&golden("lora_adapter")),
+        "--midi",
+        path(&golden("input.mid")),
+        "--notes",
+        "8",
+        "--out",
+        path(&mid),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mid.exists());
+    // Quantizing at load time works the same way.
+    let out = continuo(&[
+        "continue",
+        "--config",
+        path(&config),
+        "--weights",
+        path(&weights),
+        "--quantize",
+        "q8",
+        "--midi",
+        path(&golden("input.mid")),
+        "--notes",
+        "4",
+        "--out",
+        path(&tmp("q8_continue.mid")),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad requests are refused before any work, and the input is never overwritten.
+    let before = std::fs::read(&weights).unwrap();
+    for (args, needle) in [
+        (
+            vec!["--format", "q3", "--out", path(&tmp("x.safetensors"))],
+            "q3",
+        ),
+        (
+            vec!["--format", "q8", "--out", path(&weights)],
+            "input weights",
+        ),
+    ] {
+        let mut all = vec![
+            "quantize",
+            "--config",
+            path(&config),
+            "--weights",
+            path(&weights),
+        ];
+        all.extend(args);
+        let out = continuo(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
+    }
+    assert!(std::fs::read(&weights).unwrap() == before);
+}

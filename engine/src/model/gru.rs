@@ -5,8 +5,8 @@ use std::ops::Range;
 use candle_core::{Result, Tensor, D};
 
 use super::{GruLayer, Moonbeam};
+use crate::kernels::sigmoid;
 use crate::kernels::with_f32;
-use crate::kernels::{matvec, sigmoid};
 use crate::lora::{Style, Target};
 
 /// Picks one token among an attribute's allowed ids.
@@ -83,10 +83,7 @@ impl Moonbeam {
                 .matvec_styled(&scratch.x, &mut scratch.y, style, Target::FcOut)?;
             let allowed = offsets[attr]..offsets[attr] + self.cfg.vocab[attr];
             let choice = if chooser.full_vocab() {
-                with_f32(&self.lm_head.weight, |w| {
-                    matvec(w, &scratch.y, None, &mut scratch.logits);
-                    Ok(())
-                })?;
+                self.lm_head.matvec(&scratch.y, &mut scratch.logits)?;
                 style.add_matvec(
                     Target::LmHead,
                     &scratch.y,

@@ -23,6 +23,7 @@ use candle_core::Tensor;
 pub use crate::checkpoint::{Module, Proj, Shape, FME_NAMES};
 use crate::config::Config;
 use crate::error::WeightsError;
+use crate::quant::QFormat;
 pub use linear::Linear;
 pub use tables::{Precision, Tables};
 use weights::WeightStore;
@@ -77,6 +78,35 @@ pub struct Moonbeam {
     /// `decoder_embedding.weight`, `(decode vocab, Dg)`.
     pub decoder_embedding: Tensor,
     pub lm_head: Linear,
+    /// How the linear layers are quantized, `None` for f32 weights.
+    pub quantization: Option<Quantization>,
+}
+
+/// The safetensors metadata key of a quantized checkpoint: a JSON [`Quantization`].
+pub const QUANT_METADATA_KEY: &str = "continuo.quant";
+
+/// How a model's linear layers are quantized.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quantization {
+    pub format: QFormat,
+    /// Weights per scale ([`crate::quant::GROUP`]).
+    pub group: usize,
+    /// [`Moonbeam::fingerprint`] of the f32 weights quantized: the quantized model answers to
+    /// it, so styles made for the original base load on it and are refused on any other.
+    pub base_fingerprint: String,
+}
+
+/// A linear layer's parts: its weight, then its bias if any.
+fn linear_parts(l: &Linear) -> Vec<Part<'_>> {
+    std::iter::once(Part::Weight(l))
+        .chain(l.bias.iter().map(Part::Tensor))
+        .collect()
+}
+
+/// One stored part of a module, in checkpoint order.
+enum Part<'a> {
+    Tensor(&'a Tensor),
+    Weight(&'a Linear),
 }
 
 impl Fme {
@@ -123,13 +153,22 @@ impl Layer {
 impl GruLayer {
     /// GRU layer `l` of the note head.
     fn load(ws: &WeightStore, cfg: &Config, l: usize) -> Result<Self, WeightsError> {
-        let [w_ih, w_hh, b_ih, b_hh]: [Tensor; 4] = ws
-            .module(Module::Gru(l), cfg)?
+        let [w_ih, w_hh, b_ih, b_hh]: [(String, Vec<usize>); 4] = Module::Gru(l)
+            .tensors(cfg)
             .try_into()
             .map_err(|_| internal("a GRU layer has four tensors"))?;
+        let g = cfg.gru_hidden;
+        let linear = |(w, shape): (String, Vec<usize>), (b, b_shape): (String, Vec<usize>)| {
+            Ok::<_, WeightsError>(Linear::with_weight(
+                ws.weight(&w, &shape)?,
+                Some(ws.get(&b, &b_shape)?),
+                3 * g,
+                g,
+            ))
+        };
         Ok(GruLayer {
-            ih: Linear::new(w_ih, Some(b_ih))?,
-            hh: Linear::new(w_hh, Some(b_hh))?,
+            ih: linear(w_ih, b_ih)?,
+            hh: linear(w_hh, b_hh)?,
         })
     }
 }
@@ -183,7 +222,7 @@ impl Moonbeam {
             .collect::<Result<Vec<_>, WeightsError>>()?
             .try_into()
             .map_err(|_| internal("FME count"))?;
-        Ok(Moonbeam {
+        Moonbeam {
             cfg: cfg.clone(),
             tables: Tables::new(cfg, precision),
             fme,
@@ -202,34 +241,183 @@ impl Moonbeam {
             decoder_embedding: ws.tensor(Module::DecoderEmbedding, cfg)?,
             summary_projection: Linear::load(ws, Module::SummaryProjection, cfg)?,
             lm_head: Linear::load(ws, Module::LmHead, cfg)?,
-        })
+            quantization: None,
+        }
+        .with_quantization(ws)
     }
 
-    /// The tensors of `module`, in [`Module::tensors`] order.
-    pub fn module_tensors(&self, module: Module) -> Vec<Tensor> {
-        let one = |t: &Tensor| vec![t.clone()];
+    /// Takes the quantization from the file's metadata, and checks it agrees with the tensors.
+    fn with_quantization(mut self, ws: &WeightStore) -> Result<Self, WeightsError> {
+        let bad = |reason: String| WeightsError::Format {
+            path: Default::default(),
+            reason,
+        };
+        self.quantization = ws
+            .metadata(QUANT_METADATA_KEY)
+            .map(serde_json::from_str::<Quantization>)
+            .transpose()
+            .map_err(|e| {
+                bad(format!(
+                    "its `{QUANT_METADATA_KEY}` metadata is invalid: {e}"
+                ))
+            })?;
+        let formats: Vec<QFormat> = self
+            .linears()
+            .filter_map(|l| l.quantized().map(|q| q.format()))
+            .collect();
+        match &self.quantization {
+            None if !formats.is_empty() => Err(bad(format!(
+                "it holds quantized weights but no `{QUANT_METADATA_KEY}` metadata"
+            ))),
+            Some(q) if q.group != crate::quant::GROUP => Err(bad(format!(
+                "its weights are quantized in groups of {}; this build reads groups of {}",
+                q.group,
+                crate::quant::GROUP
+            ))),
+            Some(q) if formats.iter().any(|f| *f != q.format) || formats.is_empty() => {
+                Err(bad(format!(
+                    "its metadata says {} but its weights do not all agree",
+                    q.format
+                )))
+            }
+            _ => Ok(self),
+        }
+    }
+
+    /// Every linear layer, FME maps included.
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        let layers = self.layers.iter().flat_map(|l| {
+            [
+                Proj::Q,
+                Proj::K,
+                Proj::V,
+                Proj::O,
+                Proj::Gate,
+                Proj::Up,
+                Proj::Down,
+            ]
+            .map(|p| l.proj(p))
+        });
+        let gru = self.gru.iter().flat_map(|g| [&g.ih, &g.hh]);
+        self.fme
+            .iter()
+            .map(|f| &f.linear)
+            .chain([&self.mlp_in, &self.mlp_out])
+            .chain(layers)
+            .chain(gru)
+            .chain([&self.fc_out, &self.summary_projection, &self.lm_head])
+    }
+
+    /// Quantizes every linear layer of the transformer and the note head in place (the FME
+    /// maps, embeddings and norms stay f32; so does any layer whose input size is not a multiple
+    /// of [`crate::quant::GROUP`]). Returns how many layers were quantized.
+    pub fn quantize(&mut self, format: QFormat) -> Result<usize, WeightsError> {
+        if let Some(q) = &self.quantization {
+            return Err(WeightsError::Format {
+                path: Default::default(),
+                reason: format!("the model is already quantized ({})", q.format),
+            });
+        }
+        let base_fingerprint = self.fingerprint();
+        let layers = self.layers.iter_mut().flat_map(|l| {
+            [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ]
+        });
+        let gru = self.gru.iter_mut().flat_map(|g| [&mut g.ih, &mut g.hh]);
+        let mut quantized = 0;
+        for linear in [&mut self.mlp_in, &mut self.mlp_out]
+            .into_iter()
+            .chain(layers)
+            .chain(gru)
+            .chain([
+                &mut self.fc_out,
+                &mut self.summary_projection,
+                &mut self.lm_head,
+            ])
+        {
+            quantized += usize::from(linear.quantize(format)?);
+        }
+        self.quantization = Some(Quantization {
+            format,
+            group: crate::quant::GROUP,
+            base_fingerprint,
+        });
+        Ok(quantized)
+    }
+
+    /// The stored parts of `module`, in [`Module::tensors`] order.
+    fn module_parts(&self, module: Module) -> Vec<Part<'_>> {
+        let one = |t| vec![Part::Tensor(t)];
         match module {
             Module::FmeBias(k) => one(&self.fme[k].translation_bias),
-            Module::FmeLinear(k) => self.fme[k].linear.tensors(),
+            Module::FmeLinear(k) => linear_parts(&self.fme[k].linear),
             Module::Instrument => one(&self.instrument),
             Module::Supplementary => one(&self.supplementary),
-            Module::MlpIn => self.mlp_in.tensors(),
-            Module::MlpOut => self.mlp_out.tensors(),
-            Module::Proj(i, proj) => self.layers[i].proj(proj).tensors(),
+            Module::MlpIn => linear_parts(&self.mlp_in),
+            Module::MlpOut => linear_parts(&self.mlp_out),
+            Module::Proj(i, proj) => linear_parts(self.layers[i].proj(proj)),
             Module::InputNorm(i) => one(&self.layers[i].input_norm),
             Module::PostAttentionNorm(i) => one(&self.layers[i].post_attention_norm),
             Module::Norm => one(&self.norm),
             Module::Gru(l) => {
                 let (ih, hh) = (&self.gru[l].ih, &self.gru[l].hh);
-                let mut t = vec![ih.weight.clone(), hh.weight.clone()];
-                t.extend(ih.bias.iter().chain(&hh.bias).cloned());
-                t
+                let mut parts = vec![Part::Weight(ih), Part::Weight(hh)];
+                parts.extend(ih.bias.iter().chain(&hh.bias).map(Part::Tensor));
+                parts
             }
-            Module::FcOut => self.fc_out.tensors(),
+            Module::FcOut => linear_parts(&self.fc_out),
             Module::DecoderEmbedding => one(&self.decoder_embedding),
-            Module::SummaryProjection => self.summary_projection.tensors(),
-            Module::LmHead => self.lm_head.tensors(),
+            Module::SummaryProjection => linear_parts(&self.summary_projection),
+            Module::LmHead => linear_parts(&self.lm_head),
         }
+    }
+
+    /// The tensors of `module`, in [`Module::tensors`] order, quantized weights dequantized.
+    pub fn module_tensors(&self, module: Module) -> Vec<Tensor> {
+        self.module_parts(module)
+            .into_iter()
+            .map(|part| match part {
+                Part::Tensor(t) => t.clone(),
+                Part::Weight(l) => l.f32_weight(),
+            })
+            .collect()
+    }
+
+    /// The tensors to write to a checkpoint: [`Moonbeam::named_tensors`] for f32 weights;
+    /// a quantized weight `W` is written as `W.q8` or `W.q4` (U8 codes, one row of codes per
+    /// weight row) and `W.scales` (f32, `(rows, cols / GROUP)`), see [`crate::quant`].
+    pub fn stored_tensors(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for m in Module::all(&self.cfg) {
+            for ((name, _), part) in m.tensors(&self.cfg).into_iter().zip(self.module_parts(m)) {
+                match part {
+                    Part::Tensor(t) => out.push((name, t.clone())),
+                    Part::Weight(l) => match l.quantized() {
+                        None => out.push((name, l.f32_weight())),
+                        Some(q) => {
+                            let cpu = &candle_core::Device::Cpu;
+                            let row_bytes = q.codes().len() / q.rows();
+                            let codes = Tensor::from_slice(q.codes(), (q.rows(), row_bytes), cpu)?;
+                            let scales = Tensor::from_slice(
+                                q.scales(),
+                                (q.rows(), q.cols() / crate::quant::GROUP),
+                                cpu,
+                            )?;
+                            out.push((format!("{name}.scales"), scales));
+                            out.push((format!("{name}.{}", q.format()), codes));
+                        }
+                    },
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Switches between plain f32 and bf16-faithful element-wise numerics.

@@ -11,10 +11,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::WeightsError;
+use crate::model::linear::Weight;
+use crate::quant::{QFormat, QMatrix};
 
 /// All tensors of a checkpoint, by their official name (without `module.`).
 pub struct WeightStore {
     tensors: HashMap<String, Tensor>,
+    /// The safetensors header's metadata (empty for `.pt` files).
+    metadata: HashMap<String, String>,
 }
 
 impl WeightStore {
@@ -40,6 +44,7 @@ impl WeightStore {
             path: path.to_owned(),
             reason,
         };
+        let mut metadata = HashMap::new();
         let tensors: Vec<(String, Tensor)> = if head.starts_with(b"PK\x03\x04") || head[0] == 0x80 {
             // A torch.save pickle (zip container, or the legacy format).
             let with_key = candle_core::pickle::read_all_with_key(path, Some("model_state_dict"));
@@ -60,6 +65,7 @@ impl WeightStore {
             // this function returns; nothing else in this process writes to it.
             let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
                 .map_err(|e| format_err(format!("invalid safetensors: {e}")))?;
+            metadata = read_metadata(path).map_err(format_err)?;
             let mut out = Vec::new();
             for (name, _) in mmap.tensors() {
                 let t = mmap
@@ -83,11 +89,55 @@ impl WeightStore {
                 )
             })
             .collect();
-        Ok(WeightStore { tensors })
+        Ok(WeightStore { tensors, metadata })
     }
 
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        WeightStore { tensors }
+        WeightStore {
+            tensors,
+            metadata: HashMap::new(),
+        }
+    }
+
+    /// A value of the file's safetensors metadata.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// A linear layer's weight `name` of `shape` `(out, in)`: f32, or quantized where the file
+    /// holds `{name}.q8` or `{name}.q4` codes and `{name}.scales` (see [`crate::quant`]).
+    pub fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight, WeightsError> {
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let Some(codes) = self.tensors.get(&format!("{name}.{format}")) else {
+                continue;
+            };
+            let bad = |reason: String| WeightsError::Format {
+                path: Default::default(),
+                reason: format!("quantized weight `{name}`: {reason}"),
+            };
+            let &[rows, cols] = shape else {
+                return Err(bad(format!("a matrix was expected, not shape {shape:?}")));
+            };
+            if codes.dtype() != DType::U8 {
+                return Err(bad(format!("codes are {:?}, not U8", codes.dtype())));
+            }
+            let scales = self.get(
+                &format!("{name}.scales"),
+                &[rows, cols / crate::quant::GROUP],
+            )?;
+            let codes = codes
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<u8>())
+                .map_err(|e| bad(e.to_string()))?;
+            let scales = scales
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| bad(e.to_string()))?;
+            let q = QMatrix::from_parts(format, rows, cols, codes, scales)
+                .map_err(|e| bad(e.to_string()))?;
+            return Ok(Weight::Quant(std::sync::Arc::new(q)));
+        }
+        Ok(Weight::F32(self.get(name, shape)?))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -133,19 +183,27 @@ impl WeightStore {
 }
 
 /// Writes a model's weights as safetensors with the official names, plus a JSON card in the
-/// metadata (`continuo.model`). Written to a temporary file and renamed, so a crash never
+/// metadata (`continuo.model`) and, for a quantized model, its [`crate::model::Quantization`]
+/// (`continuo.quant`; the layout is [`crate::model::Moonbeam::stored_tensors`]). Written to a temporary file and renamed, so a crash never
 /// leaves a half-written checkpoint.
 pub fn save_weights(
     model: &crate::model::Moonbeam,
     path: &Path,
     card: &serde_json::Value,
 ) -> Result<(), WeightsError> {
-    let tensors = model.named_tensors();
-    let metadata: HashMap<String, String> = [
+    let tensors = model.stored_tensors()?;
+    let mut metadata: HashMap<String, String> = [
         ("continuo.model".to_string(), card.to_string()),
         ("format".to_string(), "pt".to_string()),
     ]
     .into();
+    if let Some(q) = &model.quantization {
+        let json = serde_json::to_string(q).map_err(|e| WeightsError::Format {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        metadata.insert(crate::model::QUANT_METADATA_KEY.to_string(), json);
+    }
     let tmp = path.with_extension("safetensors.partial");
     safetensors::serialize_to_file(
         tensors.iter().map(|(n, t)| (n.as_str(), t)),
@@ -161,4 +219,28 @@ pub fn save_weights(
         source,
     })?;
     Ok(())
+}
+
+/// The `__metadata__` of a safetensors file's header.
+fn read_metadata(path: &Path) -> Result<HashMap<String, String>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let len = u64::from_le_bytes(len);
+    let mut header = Vec::new();
+    f.take(len)
+        .read_to_end(&mut header)
+        .map_err(|e| e.to_string())?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format!("invalid safetensors header: {e}"))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
