@@ -23,7 +23,8 @@
 //! | [`pianoroll`] | piano-roll pictures of a prompt and its continuation |
 //! | [`error`] | one error type per operation |
 //!
-//! The types most callers need are re-exported here.
+//! The types most callers need are re-exported here. Comments cite the reference implementation
+//! as `spec §N`: the sections of `docs/reference-model.md`.
 
 pub mod bench;
 pub mod checkpoint;
