@@ -263,24 +263,40 @@ impl QMatrix {
         assert_eq!(x.len(), self.cols, "matvec: input length");
         assert!(rows.end <= self.rows, "matvec: rows out of range");
         assert_eq!(out.len(), rows.len(), "matvec: output length");
-        let dot: DotFn = match kernel.available() {
-            Kernel::Portable => dot_portable,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => dot_avx2_entry,
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 => dot_portable,
-        };
         let groups_per_row = self.cols / GROUP;
         let row_bytes = groups_per_row * self.format.group_bytes();
         let first = rows.start;
-        for_each_row(out, self.cols, |i| {
-            let r = first + i;
-            dot(
-                self.format,
+        let row_of = |r: usize| {
+            (
                 &self.codes[r * row_bytes..(r + 1) * row_bytes],
                 &self.scales[r * groups_per_row..(r + 1) * groups_per_row],
-                x,
             )
+        };
+        let kernel = kernel.available();
+        if kernel.is_int8() {
+            let dot: Int8DotFn = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2Int8 => dot_int8_avx2_entry,
+                _ => dot_int8_portable,
+            };
+            INPUT.with_borrow_mut(|input| {
+                input.quantize(x);
+                let (xq, xs) = (&input.codes[..], &input.scales[..]);
+                for_each_row(out, self.cols, |i| {
+                    let (codes, scales) = row_of(first + i);
+                    dot(self.format, codes, scales, xq, xs)
+                });
+            });
+            return;
+        }
+        let dot: DotFn = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => dot_avx2_entry,
+            _ => dot_portable,
+        };
+        for_each_row(out, self.cols, |i| {
+            let (codes, scales) = row_of(first + i);
+            dot(self.format, codes, scales, x)
         });
     }
 }
@@ -310,50 +326,212 @@ fn check_shape(
 /// A matvec kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// Plain Rust, on every CPU.
+    /// Plain Rust, on every CPU: the weights dequantized to f32 on the fly, the input in f32.
+    /// The reference for the others.
     Portable,
-    /// AVX2 + FMA (x86-64).
+    /// The same arithmetic in AVX2 + FMA (x86-64).
     Avx2,
+    /// Plain Rust integer kernel: the input quantized to int8 per group of [`GROUP`] (one
+    /// f32 scale each), exact integer dot products per group, then scaled. The reference for
+    /// the integer SIMD kernels.
+    PortableInt8,
+    /// [`Kernel::PortableInt8`] in AVX2 (`maddubs`): half the instructions per weight of
+    /// [`Kernel::Avx2`].
+    Avx2Int8,
 }
 
 impl Kernel {
-    /// Every kernel, portable first.
-    pub const ALL: [Kernel; 2] = [Kernel::Portable, Kernel::Avx2];
+    /// Every kernel.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Portable,
+        Kernel::Avx2,
+        Kernel::PortableInt8,
+        Kernel::Avx2Int8,
+    ];
 
     /// Whether this CPU can run the kernel.
     pub fn is_supported(self) -> bool {
         match self {
-            Kernel::Portable => true,
+            Kernel::Portable | Kernel::PortableInt8 => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
+            Kernel::Avx2 | Kernel::Avx2Int8 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 => false,
+            Kernel::Avx2 | Kernel::Avx2Int8 => false,
         }
     }
 
-    /// The fastest kernel this CPU has.
-    pub fn best() -> Kernel {
-        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            Kernel::ALL
-                .into_iter()
-                .rev()
-                .find(|k| k.is_supported())
-                .unwrap_or(Kernel::Portable)
-        })
+    /// Whether the kernel quantizes its input to int8.
+    pub fn is_int8(self) -> bool {
+        matches!(self, Kernel::PortableInt8 | Kernel::Avx2Int8)
     }
 
-    /// This kernel if the CPU has it, else the portable one.
-    fn available(self) -> Kernel {
-        if self.is_supported() {
-            self
+    /// The portable kernel computing the same function.
+    pub fn reference(self) -> Kernel {
+        if self.is_int8() {
+            Kernel::PortableInt8
         } else {
             Kernel::Portable
         }
     }
+
+    /// The kernel the decode path uses: the integer AVX2 kernel where the CPU has it, else the
+    /// portable f32 one. `CONTINUO_QKERNEL` (`portable`, `avx2`, `portable-int8`, `avx2-int8`)
+    /// overrides the choice, for measurements.
+    pub fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let forced = std::env::var("CONTINUO_QKERNEL")
+                .ok()
+                .and_then(|v| match v.as_str() {
+                    "portable" => Some(Kernel::Portable),
+                    "avx2" => Some(Kernel::Avx2),
+                    "portable-int8" => Some(Kernel::PortableInt8),
+                    "avx2-int8" => Some(Kernel::Avx2Int8),
+                    _ => None,
+                });
+            forced
+                .or_else(|| Some(Kernel::Avx2Int8).filter(|k| k.is_supported()))
+                .unwrap_or(Kernel::Portable)
+                .available()
+        })
+    }
+
+    /// This kernel if the CPU has it, else its portable reference.
+    fn available(self) -> Kernel {
+        if self.is_supported() {
+            self
+        } else {
+            self.reference()
+        }
+    }
+}
+
+/// An input vector quantized to int8 per group of [`GROUP`]: `x ≈ scale × code`, with
+/// `scale = max |x| / 127` over the group. Kept per thread and reused, so the decode path
+/// does not allocate per step.
+#[derive(Default)]
+struct QInput {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl QInput {
+    fn quantize(&mut self, x: &[f32]) {
+        self.codes.clear();
+        self.scales.clear();
+        for group in x.chunks_exact(GROUP) {
+            let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            self.codes.extend(
+                group
+                    .iter()
+                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+            );
+            self.scales.push(scale);
+        }
+    }
+}
+
+thread_local! {
+    static INPUT: std::cell::RefCell<QInput> = std::cell::RefCell::default();
+}
+
+/// One row's integer dot product: the row's codes and scales, the quantized input's codes and
+/// scales.
+type Int8DotFn = fn(QFormat, &[u8], &[f32], &[i8], &[f32]) -> f32;
+
+fn dot_int8_portable(format: QFormat, codes: &[u8], scales: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
+    let gb = format.group_bytes();
+    let mut total = 0.0f32;
+    for (g, ((&ws, &s), xg)) in scales
+        .iter()
+        .zip(xs)
+        .zip(xq.chunks_exact(GROUP))
+        .enumerate()
+    {
+        let c = &codes[g * gb..(g + 1) * gb];
+        let sum: i32 = match format {
+            QFormat::Q8 => c
+                .iter()
+                .zip(xg)
+                .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
+                .sum(),
+            QFormat::Q4 => c
+                .iter()
+                .enumerate()
+                .map(|(j, &b)| {
+                    i32::from((b & 0x0f) as i8 - 8) * i32::from(xg[j])
+                        + i32::from((b >> 4) as i8 - 8) * i32::from(xg[j + GROUP / 2])
+                })
+                .sum(),
+        };
+        total += ws * s * sum as f32;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot_int8_avx2_entry(
+    format: QFormat,
+    codes: &[u8],
+    scales: &[f32],
+    xq: &[i8],
+    xs: &[f32],
+) -> f32 {
+    // SAFETY: this entry is only chosen when `Kernel::Avx2Int8.is_supported()`.
+    unsafe { dot_int8_avx2(format, codes, scales, xq, xs) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_int8_avx2(
+    format: QFormat,
+    codes: &[u8],
+    scales: &[f32],
+    xq: &[i8],
+    xs: &[f32],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let groups = scales.len();
+    assert!(
+        codes.len() >= groups * format.group_bytes()
+            && xq.len() >= groups * GROUP
+            && xs.len() >= groups
+    );
+    let (pc, px) = (codes.as_ptr(), xq.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for g in 0..groups {
+        // SAFETY: group g's codes, input codes and scales are in bounds (assert above).
+        unsafe {
+            let w = match format {
+                QFormat::Q8 => _mm256_loadu_si256(pc.add(g * GROUP) as *const __m256i),
+                QFormat::Q4 => {
+                    let packed = _mm_loadu_si128(pc.add(g * GROUP / 2) as *const __m128i);
+                    let mask = _mm_set1_epi8(0x0f);
+                    let eight = _mm_set1_epi8(8);
+                    let lo = _mm_sub_epi8(_mm_and_si128(packed, mask), eight);
+                    let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), eight);
+                    _mm256_set_m128i(hi, lo)
+                }
+            };
+            let x = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
+            // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
+            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+            let scale = _mm256_set1_ps(*scales.get_unchecked(g) * *xs.get_unchecked(g));
+            acc = _mm256_fmadd_ps(sums, scale, acc);
+        }
+    }
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
 }
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
@@ -532,7 +710,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_this_cpu_has_matches_the_portable_one() {
+    fn every_kernel_this_cpu_has_matches_its_portable_reference() {
         let (rows, cols) = (300, 6720);
         let w = matrix(rows, cols, 3);
         let x: Vec<f32> = (0..cols)
@@ -540,29 +718,60 @@ mod tests {
             .collect();
         for format in [QFormat::Q8, QFormat::Q4] {
             let q = QMatrix::quantize(format, &w, rows, cols).unwrap();
-            let mut portable = vec![0.0; rows];
-            q.matvec_rows_with(Kernel::Portable, &x, 0..rows, &mut portable);
+            let d = q.dequantize();
             for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut reference = vec![0.0; rows];
+                q.matvec_rows_with(kernel.reference(), &x, 0..rows, &mut reference);
                 let mut got = vec![0.0; rows];
                 q.matvec_rows_with(kernel, &x, 0..rows, &mut got);
                 for r in 0..rows {
-                    let scale: f32 = q.dequantize()[r * cols..(r + 1) * cols]
+                    let scale: f32 = d[r * cols..(r + 1) * cols]
                         .iter()
                         .zip(&x)
                         .map(|(a, b)| (a * b).abs())
                         .sum();
                     assert!(
-                        (got[r] - portable[r]).abs() <= 1e-5 * scale.max(1e-6),
+                        (got[r] - reference[r]).abs() <= 1e-5 * scale.max(1e-6),
                         "{format} {kernel:?} row {r}: {} vs {}",
                         got[r],
-                        portable[r]
+                        reference[r]
                     );
                 }
             }
-            eprintln!(
-                "{format}: checked {:?}",
-                Kernel::ALL.map(|k| (k, k.is_supported()))
-            );
+        }
+    }
+
+    #[test]
+    fn the_int8_kernel_is_within_the_input_rounding_bound_of_f32() {
+        // Quantizing the input moves each x by at most half its group's step s_x, so a row's
+        // result moves by at most sum over groups of s_x / 2 * sum |w|.
+        let (rows, cols) = (50, 1920);
+        let w = matrix(rows, cols, 5);
+        let x: Vec<f32> = (0..cols)
+            .map(|i| (((i * 7919) % 103) as f32 / 51.0 - 1.0) * [0.1, 3.0][(i / GROUP) % 2])
+            .collect();
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let q = QMatrix::quantize(format, &w, rows, cols).unwrap();
+            let d = q.dequantize();
+            let want = reference(&d, &x, 0..rows);
+            let mut got = vec![0.0; rows];
+            q.matvec_rows_with(Kernel::PortableInt8, &x, 0..rows, &mut got);
+            for r in 0..rows {
+                let row = &d[r * cols..(r + 1) * cols];
+                let bound: f64 = row
+                    .chunks(GROUP)
+                    .zip(x.chunks(GROUP))
+                    .map(|(wg, xg)| {
+                        let step = xg.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                        f64::from(step) / 2.0 * wg.iter().map(|v| f64::from(v.abs())).sum::<f64>()
+                    })
+                    .sum();
+                let err = (f64::from(got[r]) - want[r]).abs();
+                assert!(
+                    err <= bound * 1.001 + 1e-4,
+                    "{format} row {r}: error {err} > {bound}"
+                );
+            }
         }
     }
 
