@@ -1,14 +1,16 @@
-//! Quantized models: the file round trip, the base fingerprint styles are checked against, the
-//! decode path against the batched one, and the accuracy cost on the bundled (trained) model.
+//! Quantized models: the file round trip, the base fingerprint styles are checked against, and the
+//! accuracy cost on the bundled (trained) model through the batched and the decode path.
 
 mod common;
 
-use common::{golden, golden_prompt, tiny_model};
+use common::{golden, tiny_model};
 use continuo_engine::quant::QFormat;
 use continuo_engine::style::{self, StyleCard};
 use continuo_engine::train::data::{pack, windows};
 use continuo_engine::train::run::evaluate;
-use continuo_engine::{midi, Adapter, Config, Moonbeam, Precision, Sampling, Session, Style};
+use continuo_engine::{
+    midi, vocab, Adapter, Chooser, Config, Moonbeam, Note, Precision, Sampling, Session, Style,
+};
 
 fn bits(model: &Moonbeam) -> Vec<(String, Vec<u8>)> {
     model
@@ -119,30 +121,6 @@ fn files_whose_quantization_disagrees_are_refused() {
     assert!(err.contains("q_proj.weight.scales"), "{err}");
 }
 
-#[test]
-fn the_quantized_decode_path_matches_the_quantized_batched_path() {
-    // The batched path multiplies by the dequantized weights, the decode path runs the
-    // quantized kernels: both compute the same function, in another summation order.
-    for format in [QFormat::Q8, QFormat::Q4] {
-        let mut model = tiny_model(Precision::F32);
-        model.quantize(format).unwrap();
-        let prompt = &golden_prompt();
-        let mut batched = Session::new(&model, prompt.len() + 1);
-        batched.prefill(prompt).unwrap();
-        let last = batched.last_hidden().to_vec();
-        let mut session = Session::new(&model, prompt.len() + 1);
-        session.prefill(&[]).unwrap();
-        for n in prompt {
-            session.push(n.to_row()).unwrap();
-        }
-        let stepped = session.last_hidden().to_vec();
-        let scale = last.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        for (a, b) in last.iter().zip(&stepped) {
-            assert!((a - b).abs() <= 1e-3 * scale, "{format}: {a} vs {b}");
-        }
-    }
-}
-
 /// The bundled model and the two bundled example pieces.
 fn bundled() -> (Moonbeam, Vec<Vec<continuo_engine::Note>>) {
     let root = common::engine_dir().join("..");
@@ -179,6 +157,82 @@ fn quantization_costs_the_bundled_model_little_loss() {
             change.abs() <= budget,
             "{format}: {loss} against {f32_loss}"
         );
+    }
+}
+
+/// Teacher forcing through the decode path's note head: chooses the true value of each
+/// attribute and adds its negative log-probability over the whole output vocabulary.
+struct Teacher {
+    /// The true note's six flat output ids.
+    target: [u32; 7],
+    nll: f64,
+}
+
+impl Chooser for Teacher {
+    fn full_vocab(&self) -> bool {
+        true
+    }
+
+    fn choose(&mut self, attr: usize, allowed: std::ops::Range<usize>, logits: &[f32]) -> usize {
+        let id = self.target[attr + 1] as usize;
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let lse = f64::from(max)
+            + logits
+                .iter()
+                .map(|&v| f64::from(v - max).exp())
+                .sum::<f64>()
+                .ln();
+        self.nll += lse - f64::from(logits[id]);
+        id - allowed.start
+    }
+}
+
+/// Mean negative log-likelihood per note of `pieces` through the single-token decode path
+/// (the path the plugin plays with), one note after the other.
+fn decode_path_nll(model: &Moonbeam, pieces: &[Vec<Note>]) -> f64 {
+    let (mut total, mut notes) = (0.0, 0usize);
+    for piece in pieces {
+        let rows = vocab::input_rows(piece, false);
+        let labels = vocab::labels(&model.cfg, &rows).unwrap();
+        let mut session = Session::new(model, rows.len());
+        session.prefill(&[]).unwrap();
+        for (i, note) in piece.iter().enumerate() {
+            let mut teacher = Teacher {
+                target: labels[i + 1],
+                nll: 0.0,
+            };
+            session.next_values(&mut teacher).unwrap();
+            total += teacher.nll;
+            notes += 1;
+            session.push(note.to_row()).unwrap();
+        }
+    }
+    total / notes as f64
+}
+
+#[test]
+fn quantization_costs_the_decode_path_little_loss() {
+    // The decode path runs the quantized kernels (with int8 inputs where the CPU has them),
+    // unlike the batched path of the test above.
+    let (model, pieces) = bundled();
+    let pieces: Vec<Vec<Note>> = pieces
+        .iter()
+        .map(|p| windows(p, 202).swap_remove(0))
+        .filter(|w| vocab::out_of_range(&model.cfg, &vocab::input_rows(w, false)).is_empty())
+        .collect();
+    assert_eq!(pieces.len(), 2);
+    let f32_nll = decode_path_nll(&model, &pieces);
+    for (format, budget) in [(QFormat::Q8, 0.005), (QFormat::Q4, 0.03)] {
+        let mut q = model.clone();
+        q.quantize(format).unwrap();
+        let nll = decode_path_nll(&q, &pieces);
+        let change = (nll - f32_nll) / f32_nll;
+        eprintln!(
+            "{format} ({:?}): {nll:.4} nats per note against f32 {f32_nll:.4} ({:+.2} %)",
+            continuo_engine::quant::Kernel::best(),
+            change * 100.0
+        );
+        assert!(change.abs() <= budget, "{format}: {nll} against {f32_nll}");
     }
 }
 
