@@ -277,6 +277,8 @@ impl QMatrix {
             let dot: Int8DotFn = match kernel {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2Int8 => dot_int8_avx2_entry,
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => dot_int8_vnni_entry,
                 _ => dot_int8_portable,
             };
             INPUT.with_borrow_mut(|input| {
@@ -338,15 +340,18 @@ pub enum Kernel {
     /// [`Kernel::PortableInt8`] in AVX2 (`maddubs`): half the instructions per weight of
     /// [`Kernel::Avx2`].
     Avx2Int8,
+    /// [`Kernel::PortableInt8`] in AVX-512 with VNNI (`vpdpbusd`), two groups per instruction.
+    Avx512Vnni,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 4] = [
+    pub const ALL: [Kernel; 5] = [
         Kernel::Portable,
         Kernel::Avx2,
         Kernel::PortableInt8,
         Kernel::Avx2Int8,
+        Kernel::Avx512Vnni,
     ];
 
     /// Whether this CPU can run the kernel.
@@ -358,14 +363,24 @@ impl Kernel {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 | Kernel::Avx2Int8 => false,
+            Kernel::Avx2 | Kernel::Avx2Int8 | Kernel::Avx512Vnni => false,
         }
     }
 
     /// Whether the kernel quantizes its input to int8.
     pub fn is_int8(self) -> bool {
-        matches!(self, Kernel::PortableInt8 | Kernel::Avx2Int8)
+        matches!(
+            self,
+            Kernel::PortableInt8 | Kernel::Avx2Int8 | Kernel::Avx512Vnni
+        )
     }
 
     /// The portable kernel computing the same function.
@@ -377,9 +392,10 @@ impl Kernel {
         }
     }
 
-    /// The kernel the decode path uses: the integer AVX2 kernel where the CPU has it, else the
-    /// portable f32 one. `CONTINUO_QKERNEL` (`portable`, `avx2`, `portable-int8`, `avx2-int8`)
-    /// overrides the choice, for measurements.
+    /// The kernel the decode path uses: the AVX-512 VNNI kernel, else the integer AVX2 one,
+    /// where the CPU has them, else the portable f32 one. `CONTINUO_QKERNEL` (`portable`,
+    /// `avx2`, `portable-int8`, `avx2-int8`, `avx512-vnni`) overrides the choice, for
+    /// measurements.
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
@@ -532,6 +548,80 @@ unsafe fn dot_int8_avx2(
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot_int8_vnni_entry(
+    format: QFormat,
+    codes: &[u8],
+    scales: &[f32],
+    xq: &[i8],
+    xs: &[f32],
+) -> f32 {
+    // SAFETY: this entry is only chosen when `Kernel::Avx512Vnni.is_supported()`.
+    unsafe { dot_int8_vnni(format, codes, scales, xq, xs) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni")]
+unsafe fn dot_int8_vnni(
+    format: QFormat,
+    codes: &[u8],
+    scales: &[f32],
+    xq: &[i8],
+    xs: &[f32],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let groups = scales.len();
+    assert!(
+        codes.len() >= groups * format.group_bytes()
+            && xq.len() >= groups * GROUP
+            && xs.len() >= groups
+    );
+    let (pc, px) = (codes.as_ptr(), xq.as_ptr());
+    let zero = _mm512_setzero_si512();
+    let mut acc = _mm512_setzero_ps();
+    // Groups g and g + 1 in the two 256-bit halves; with one group left, the upper half is
+    // masked off (loads of 0 and a scale of 0).
+    let mut g = 0;
+    while g < groups {
+        let pair = g + 1 < groups;
+        let half: u64 = if pair { u64::MAX } else { u64::from(u32::MAX) };
+        // SAFETY: the loads read groups g (and g + 1 when `pair`), in bounds by the assert;
+        // masked-off bytes are not read.
+        unsafe {
+            let w = match format {
+                QFormat::Q8 => _mm512_maskz_loadu_epi8(half, pc.add(g * GROUP) as *const i8),
+                QFormat::Q4 => {
+                    let packed_mask: u32 = if pair { u32::MAX } else { 0xffff };
+                    let packed =
+                        _mm256_maskz_loadu_epi8(packed_mask, pc.add(g * GROUP / 2) as *const i8);
+                    let mask = _mm256_set1_epi8(0x0f);
+                    let lo = _mm256_and_si256(packed, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+                    // [lo g, lo g+1, hi g, hi g+1] -> [lo g, hi g, lo g+1, hi g+1].
+                    let v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    let v = _mm512_shuffle_i64x2(v, v, 0b11_01_10_00);
+                    _mm512_maskz_sub_epi8(half, v, _mm512_set1_epi8(8))
+                }
+            };
+            let x = _mm512_maskz_loadu_epi8(half, px.add(g * GROUP));
+            // vpdpbusd multiplies unsigned by signed bytes: move w's sign onto x.
+            let negative = _mm512_movepi8_mask(w);
+            let x = _mm512_mask_sub_epi8(x, negative, zero, x);
+            let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w), x));
+            let s0 = *scales.get_unchecked(g) * *xs.get_unchecked(g);
+            let s1 = if pair {
+                *scales.get_unchecked(g + 1) * *xs.get_unchecked(g + 1)
+            } else {
+                0.0
+            };
+            let scale = _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1);
+            acc = _mm512_fmadd_ps(sums, scale, acc);
+        }
+        g += 2;
+    }
+    _mm512_reduce_add_ps(acc)
 }
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
@@ -711,7 +801,13 @@ mod tests {
 
     #[test]
     fn every_kernel_this_cpu_has_matches_its_portable_reference() {
-        let (rows, cols) = (300, 6720);
+        // 210 groups per row, and 3 (an odd count, for kernels that take two at a time).
+        for (rows, cols) in [(300, 6720), (7, 3 * GROUP)] {
+            check_kernels(rows, cols);
+        }
+    }
+
+    fn check_kernels(rows: usize, cols: usize) {
         let w = matrix(rows, cols, 3);
         let x: Vec<f32> = (0..cols)
             .map(|i| ((i * 104729) % 211) as f32 / 100.0 - 1.05)
