@@ -428,6 +428,7 @@ impl MoonbeamGenerator {
         }
         let started = Instant::now();
         let params = model.cfg.n_params();
+        let format = weight_format(&model);
         self.install_engine(model);
         if let Some(engine) = &self.engine {
             if self.context.len() > engine.limits.context_max {
@@ -441,7 +442,7 @@ impl MoonbeamGenerator {
             .current_location()
             .map_or_else(String::new, |l| l.label());
         self.status.set_model_label(&format!(
-            "{label} · {:.1} M parameters · switched in {:.0} ms",
+            "{label} · {:.1} M parameters, {format} · switched in {:.0} ms",
             params as f64 / 1e6,
             started.elapsed().as_secs_f64() * 1000.0
         ));
@@ -731,14 +732,16 @@ impl Generator for MoonbeamGenerator {
         match loaded {
             Ok(model) => {
                 let params = model.cfg.n_params();
+                let format = weight_format(&model);
                 self.model_version = self.models.version();
                 self.install_engine(model);
                 self.style_dirty = true;
                 self.apply_style();
                 self.status.set_model_label(&format!(
-                    "{} · {:.1} M parameters · ready in {:.0} ms",
+                    "{} · {:.1} M parameters, {} · ready in {:.0} ms",
                     label.unwrap_or_default(),
                     params as f64 / 1e6,
+                    format,
                     started.elapsed().as_secs_f64() * 1000.0
                 ));
                 if self.models.start_location().ok() == self.models.current_location() {
@@ -797,6 +800,14 @@ impl Generator for MoonbeamGenerator {
         }
         self.sync_step()
     }
+}
+
+/// How the model's weights are stored, for the editor: `f32`, `q8` or `q4`.
+fn weight_format(model: &Moonbeam) -> &'static str {
+    model
+        .quantization
+        .as_ref()
+        .map_or("f32", |q| q.format.name())
 }
 
 #[cfg(test)]
@@ -1505,6 +1516,31 @@ mod tests {
         rig.settle();
         assert_eq!(rig.ended(10), 1);
         assert!(rig.notes(10).is_empty());
+    }
+
+    #[test]
+    fn a_quantized_model_answers_and_names_its_format() {
+        let tiny = crate::testing::tiny_test_model();
+        let cfg = continuo_engine::Config::from_file(&golden().join("tiny_config.json")).unwrap();
+        let mut model =
+            Moonbeam::load(&cfg, &tiny.weights, continuo_engine::Precision::F32).unwrap();
+        model.quantize(continuo_engine::quant::QFormat::Q4).unwrap();
+        let path = crate::testing::temp_dir("quantized-model").join("tiny_q4.safetensors");
+        continuo_engine::model::weights::save_weights(&model, &path, &serde_json::json!({}))
+            .unwrap();
+        let mut rig = Rig::with_location(ModelLocation {
+            origin: ModelOrigin::User,
+            config: tiny.config,
+            weights: path,
+        });
+        assert!(rig.generator.has_model());
+        let info = rig.status.try_engine_info().unwrap();
+        assert!(info.model.contains("q4"), "{info:?}");
+        rig.play(&phrase(4, 0.0));
+        rig.handle(ToEngine::Trigger(request(1, 3000.0, None, 4.0)));
+        rig.settle();
+        assert_eq!(rig.ended(1), 1);
+        assert!(!rig.notes(1).is_empty());
     }
 
     #[test]
