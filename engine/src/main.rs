@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod cli;
+
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
+use cli::outputs::Plan;
 use continuo_engine::generate::{continue_notes, GenerateOptions, Sampling};
 use continuo_engine::lora::{Adapter, Style};
 use continuo_engine::model::forward::Mask;
@@ -490,6 +493,11 @@ fn print_out(text: &str) -> Result<()> {
 }
 
 fn run_continue(args: ContinueArgs) -> Result<()> {
+    model_plan(&args.model)
+        .input("--midi", &args.midi)
+        .output("--out", &args.out)
+        .output_opt("--json", args.json.as_deref())
+        .check()?;
     let sampling = args.sampling.sampling()?;
     let t = Instant::now();
     let (model, style) = load_model(&args.model)?;
@@ -545,6 +553,10 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
 }
 
 fn forward(args: ForwardArgs) -> Result<()> {
+    model_plan(&args.model)
+        .input("--midi", &args.midi)
+        .output("--out", &args.out)
+        .check()?;
     let (model, style) = load_model(&args.model)?;
     let notes = read_prompt(&args.midi, args.prompt_notes)?;
     let rows = vocab::input_rows(&notes, true);
@@ -606,12 +618,11 @@ fn forward(args: ForwardArgs) -> Result<()> {
 
 fn run_quantize(args: QuantizeArgs) -> Result<()> {
     let cfg = load_config(&args.config)?;
-    if same_file(&args.weights, &args.out) {
-        bail!(
-            "--out {} is the input weights: write the quantized model to another file",
-            args.out.display()
-        );
-    }
+    Plan::new()
+        .input_opt("--config", config_file(&args.config))
+        .input("--weights", &args.weights)
+        .output("--out", &args.out)
+        .check()?;
     let t = Instant::now();
     let mut model = Moonbeam::load(&cfg, &args.weights, Precision::F32)
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
@@ -634,12 +645,20 @@ fn run_quantize(args: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether two paths name the same existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// The config's file, when `spec` names one (not `small` or `medium`).
+fn config_file(spec: &str) -> Option<&Path> {
+    match spec {
+        "small" | "medium" => None,
+        path => Some(Path::new(path)),
     }
+}
+
+/// The inputs of a command that loads a model through [`ModelArgs`].
+fn model_plan(args: &ModelArgs) -> Plan<'_> {
+    Plan::new()
+        .input_opt("--config", config_file(&args.config))
+        .input("--weights", &args.weights)
+        .input_opt("--lora", args.lora.as_deref())
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
@@ -771,6 +790,16 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
             card,
         } => {
             let cfg = load_config(&config)?;
+            let (peft_config, peft_weights) = (
+                peft_dir.join("adapter_config.json"),
+                peft_dir.join("adapter_model.safetensors"),
+            );
+            Plan::new()
+                .input("the peft folder's", &peft_config)
+                .input("the peft folder's", &peft_weights)
+                .input_opt("--weights", weights.as_deref())
+                .output("--out", &out)
+                .check()?;
             let adapter = Adapter::from_peft_dir(&peft_dir, &cfg)
                 .with_context(|| format!("cannot import {}", peft_dir.display()))?;
             let base_fingerprint = match &weights {
@@ -911,6 +940,12 @@ impl train::run::Sink for StyleSink {
 }
 
 fn train_style(args: TrainStyleArgs) -> Result<()> {
+    Plan::new()
+        .input_opt("--config", config_file(&args.config))
+        .input("--weights", &args.weights)
+        .input("--data", &args.common.data)
+        .output("--out", &args.out)
+        .check()?;
     let cfg = load_config(&args.config)?;
     let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
         return Ok(());
@@ -967,6 +1002,12 @@ impl train::run::Sink for BaseSink {
 }
 
 fn train_base(args: TrainBaseArgs) -> Result<()> {
+    Plan::new()
+        .input_opt("--config", config_file(&args.config))
+        .input_opt("--init", args.init.as_deref())
+        .input("--data", &args.common.data)
+        .output("--out", &args.out)
+        .check()?;
     let cfg = load_config(&args.config)?;
     let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
         return Ok(());
@@ -1058,6 +1099,9 @@ fn data_files(spec: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
+    model_plan(&args.model)
+        .output_opt("--json", args.json.as_deref())
+        .check()?;
     let sampling = args.sampling.sampling()?;
     let (model, style) = load_model(&args.model)?;
     let (held_out, report) = train::data::load_pieces(&data_files(&args.data)?, &model.cfg);

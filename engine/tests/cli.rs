@@ -321,7 +321,7 @@ fn quantize_writes_a_model_that_continue_loads_and_the_golden_style_accepts() {
         ),
         (
             vec!["--format", "q8", "--out", path(&weights)],
-            "input weights",
+            "is the --weights input",
         ),
     ] {
         let mut all = vec![
@@ -337,4 +337,92 @@ fn quantize_writes_a_model_that_continue_loads_and_the_golden_style_accepts() {
         assert!(!out.status.success() && stderr.contains(needle), "{stderr}");
     }
     assert!(std::fs::read(&weights).unwrap() == before);
+}
+
+#[test]
+fn no_command_overwrites_its_input_or_writes_two_results_to_one_file() {
+    let (config, weights) = (golden("tiny_config.json"), golden("tiny_model.safetensors"));
+    // Scratch copies, so that a failing check cannot damage the golden files.
+    let midi = tmp("lost_work_prompt.mid");
+    std::fs::copy(golden("input.mid"), &midi).unwrap();
+    let base = tmp("lost_work_base.safetensors");
+    std::fs::copy(&weights, &base).unwrap();
+    let json_out = tmp("lost_work.json");
+    let folk = common::folk_dir();
+    let model = ["--config", path(&config), "--weights", path(&base)];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [
+                &["continue"][..],
+                &model,
+                &["--midi", path(&midi), "--notes", "4", "--out", path(&midi)],
+            ]
+            .concat(),
+            "is the --midi input",
+        ),
+        (
+            [
+                &["continue"][..],
+                &model,
+                &[
+                    "--midi",
+                    path(&midi),
+                    "--notes",
+                    "4",
+                    "--out",
+                    path(&json_out),
+                    "--json",
+                    path(&json_out),
+                ],
+            ]
+            .concat(),
+            "are the same file",
+        ),
+        (
+            [
+                &["forward"][..],
+                &model,
+                &["--midi", path(&midi), "--out", path(&midi)],
+            ]
+            .concat(),
+            "is the --midi input",
+        ),
+        (
+            [
+                &["train-style"][..],
+                &model,
+                &["--data", path(&folk), "--out", path(&base)],
+            ]
+            .concat(),
+            "is the --weights input",
+        ),
+        (
+            [
+                &["continue"][..],
+                &model,
+                &["--midi", path(&midi), "--notes", "4", "--out", path(&folk)],
+            ]
+            .concat(),
+            "is a folder",
+        ),
+    ];
+    let midi_before = std::fs::read(&midi).unwrap();
+    let base_before = std::fs::read(&base).unwrap();
+    for (args, needle) in cases {
+        let out = continuo(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        std::fs::read(&midi).unwrap() == midi_before,
+        "the prompt was overwritten"
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the base was overwritten"
+    );
+    assert!(!json_out.exists());
 }

@@ -1,0 +1,3 @@
+//! Support for the `continuo` binary that the library has no use for.
+
+pub mod outputs;
