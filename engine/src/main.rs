@@ -66,12 +66,14 @@ struct TrainCommon {
     /// Folder of MIDI files (searched recursively).
     #[arg(long)]
     data: PathBuf,
+    /// Passes over the training data (at least 1).
     #[arg(long, default_value_t = 20)]
     epochs: usize,
-    #[arg(long, default_value_t = 3e-4)]
+    /// AdamW learning rate (positive).
+    #[arg(long, default_value_t = 3e-4, allow_negative_numbers = true)]
     lr: f64,
-    /// Learning-rate factor per epoch.
-    #[arg(long, default_value_t = 0.99)]
+    /// Learning-rate factor per epoch (positive; 1 keeps the rate).
+    #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
     gamma: f64,
     /// Rows per packed training sequence (SOS and EOS included).
     #[arg(long, default_value_t = 1024)]
@@ -114,9 +116,11 @@ struct TrainStyleArgs {
     /// Output style file (`.safetensors`).
     #[arg(long)]
     out: PathBuf,
+    /// LoRA rank (at least 1).
     #[arg(long, default_value_t = 8)]
     rank: usize,
-    #[arg(long, default_value_t = 32.0)]
+    /// LoRA alpha (positive): the side path is scaled by alpha / rank.
+    #[arg(long, default_value_t = 32.0, allow_negative_numbers = true)]
     alpha: f64,
     #[command(flatten)]
     card: CardArgs,
@@ -266,7 +270,7 @@ struct ModelArgs {
     #[arg(long)]
     lora: Option<PathBuf>,
     /// Style strength (scales the adapter's alpha/r).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     lora_strength: f32,
     /// Emulate the reference's bf16 element-wise rounding (spec §9); use with the released bf16 checkpoints.
     #[arg(long)]
@@ -302,11 +306,11 @@ struct SamplingArgs {
     /// Greedy decoding (argmax per attribute).
     #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
     greedy: bool,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 0.9)]
+    /// Sampling temperature (positive).
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     temperature: f32,
-    /// Nucleus (top-p) threshold over the full flat vocabulary.
-    #[arg(long, default_value_t = 0.95)]
+    /// Nucleus (top-p) threshold over the full flat vocabulary, 0 to 1.
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 42)]
@@ -319,8 +323,12 @@ impl SamplingArgs {
             return Ok(Sampling::Greedy);
         }
         // A NaN temperature is refused too.
-        if self.temperature.is_nan() || self.temperature <= 0.0 {
-            bail!("--temperature must be positive (use --greedy for argmax decoding)");
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bail!(
+                "--temperature must be positive and finite, not {} (use --greedy for argmax \
+                 decoding)",
+                self.temperature
+            );
         }
         if !(0.0..=1.0).contains(&self.top_p) {
             bail!("--top-p must be between 0 and 1");
@@ -347,7 +355,7 @@ struct ContinueArgs {
     #[arg(long, default_value_t = 32)]
     notes: usize,
     /// Stop before a note that starts more than this many seconds after the prompt's last onset.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_seconds: Option<f64>,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -443,6 +451,12 @@ fn precision(args: &ModelArgs) -> Precision {
 }
 
 fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
+    if !args.lora_strength.is_finite() {
+        bail!(
+            "--lora-strength {} must be a finite number",
+            args.lora_strength
+        );
+    }
     let cfg = load_config(&args.config)?;
     let mut model = Moonbeam::load(&cfg, &args.weights, precision(args))
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
@@ -493,6 +507,11 @@ fn print_out(text: &str) -> Result<()> {
 }
 
 fn run_continue(args: ContinueArgs) -> Result<()> {
+    if let Some(s) = args.max_seconds {
+        if !(s.is_finite() && s > 0.0) {
+            bail!("--max-seconds {s} must be a positive number of seconds");
+        }
+    }
     model_plan(&args.model)
         .input("--midi", &args.midi)
         .output("--out", &args.out)
@@ -886,6 +905,46 @@ fn dataset(common: &TrainCommon, cfg: &Config) -> Result<train::data::Dataset> {
     Ok(data)
 }
 
+impl TrainCommon {
+    /// Every training number checked before any work: the same rules for both trainers.
+    fn validate(&self, cfg: &Config) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr {} must be a positive number", self.lr);
+        }
+        if !(self.gamma.is_finite() && self.gamma > 0.0) {
+            bail!(
+                "--gamma {} must be a positive number (1 keeps the rate)",
+                self.gamma
+            );
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        check_context(self.context, cfg)?;
+        if !(self.val_fraction.is_finite() && (0.0..1.0).contains(&self.val_fraction)) {
+            bail!(
+                "--val-fraction {} must be at least 0 and below 1 (some files must be left to train on)",
+                self.val_fraction
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--context` rows: room for SOS, one note and EOS, and at most the model's `max_len`.
+fn check_context(context: usize, cfg: &Config) -> Result<()> {
+    if !(3..=cfg.max_len).contains(&context) {
+        bail!(
+            "--context {context} must be between 3 (SOS, one note, EOS) and the model's max_len {}",
+            cfg.max_len
+        );
+    }
+    Ok(())
+}
+
 fn train_config(
     common: &TrainCommon,
     trainable: train::run::Trainable,
@@ -940,6 +999,12 @@ impl train::run::Sink for StyleSink {
 }
 
 fn train_style(args: TrainStyleArgs) -> Result<()> {
+    if args.rank == 0 {
+        bail!("--rank must be at least 1");
+    }
+    if !(args.alpha.is_finite() && args.alpha > 0.0) {
+        bail!("--alpha {} must be a positive number", args.alpha);
+    }
     Plan::new()
         .input_opt("--config", config_file(&args.config))
         .input("--weights", &args.weights)
@@ -1039,6 +1104,7 @@ fn dataset_unless_dry_run(
     common: &TrainCommon,
     cfg: &Config,
 ) -> Result<Option<train::data::Dataset>> {
+    common.validate(cfg)?;
     let data = dataset(common, cfg)?;
     if common.dry_run {
         println!(
@@ -1106,7 +1172,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let (model, style) = load_model(&args.model)?;
     let (held_out, report) = train::data::load_pieces(&data_files(&args.data)?, &model.cfg);
     eprintln!("held-out data: {report}");
-    let context = args.context.min(model.cfg.max_len);
+    check_context(args.context, &model.cfg)?;
+    let context = args.context;
     let samples: Vec<Vec<Note>> = held_out
         .iter()
         .flat_map(|p| train::data::windows(&p.notes, context))

@@ -426,3 +426,76 @@ fn no_command_overwrites_its_input_or_writes_two_results_to_one_file() {
     );
     assert!(!json_out.exists());
 }
+
+#[test]
+fn every_number_is_checked_before_any_work() {
+    let config = golden("tiny_config.json");
+    let weights = golden("tiny_model.safetensors");
+    let folk = common::folk_dir();
+    let out = tmp("numbers.safetensors");
+    let model = ["--config", path(&config), "--weights", path(&weights)];
+    let train = |extra: &[&'static str]| -> Vec<String> {
+        [
+            &["train-style"][..],
+            &model,
+            &["--data", path(&folk), "--out", path(&out)],
+            extra,
+        ]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let midi = golden("input.mid");
+    let cont = |extra: &[&'static str]| -> Vec<String> {
+        let mid = tmp("numbers.mid");
+        [
+            &["continue"][..],
+            &model,
+            &["--midi", path(&midi), "--notes", "4", "--out", path(&mid)],
+            extra,
+        ]
+        .concat()
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (train(&["--epochs", "0"]), "--epochs"),
+        (train(&["--lr", "NaN"]), "--lr"),
+        (train(&["--lr", "-1"]), "--lr"),
+        (train(&["--gamma", "nan"]), "--gamma"),
+        (train(&["--batch-size", "0"]), "--batch-size"),
+        (train(&["--context", "2"]), "--context"),
+        (train(&["--context", "100000"]), "max_len"),
+        (train(&["--val-fraction", "1"]), "--val-fraction"),
+        (train(&["--rank", "0"]), "--rank"),
+        (train(&["--alpha", "NaN"]), "--alpha"),
+        (cont(&["--temperature", "-1"]), "--temperature"),
+        (cont(&["--temperature", "inf"]), "--temperature"),
+        (cont(&["--lora-strength", "NaN"]), "--lora-strength"),
+        (cont(&["--max-seconds", "NaN"]), "--max-seconds"),
+        (
+            [
+                &["eval"][..],
+                &model,
+                &["--data", path(&folk), "--context", "1"],
+            ]
+            .concat()
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "--context",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = continuo(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.code() == Some(1) && stderr.contains(needle) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!out.exists(), "a refused run wrote its output");
+}
