@@ -86,3 +86,50 @@ fn configs_are_validated() {
         Config::medium()
     );
 }
+
+#[test]
+fn non_finite_weights_and_unused_tensors_are_refused_by_name() {
+    let cfg = config();
+    let model = Moonbeam::load(&cfg, &golden("tiny_model.safetensors"), Precision::F32).unwrap();
+    let mut tensors: std::collections::HashMap<String, candle_core::Tensor> =
+        model.named_tensors().into_iter().collect();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let t = &tensors[name];
+    let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values[7] = f32::NAN;
+    let bad = candle_core::Tensor::from_vec(values, t.dims(), &candle_core::Device::Cpu).unwrap();
+    let mut with_nan = tensors.clone();
+    with_nan.insert(name.into(), bad);
+    let err = Moonbeam::from_store(
+        &cfg,
+        &continuo_engine::model::weights::WeightStore::from_tensors(with_nan),
+        Precision::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(name) && err.contains("non-finite"), "{err}");
+    // Weights of two layers with a config of one.
+    let mut one_layer = cfg.clone();
+    one_layer.n_layers = 1;
+    let err = Moonbeam::from_store(
+        &one_layer,
+        &continuo_engine::model::weights::WeightStore::from_tensors(tensors.clone()),
+        Precision::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.layers.1.") && err.contains("does not use"),
+        "{err}"
+    );
+    // A stray tensor.
+    tensors.insert("extra.weight".into(), tensors["model.norm.weight"].clone());
+    let err = Moonbeam::from_store(
+        &cfg,
+        &continuo_engine::model::weights::WeightStore::from_tensors(tensors),
+        Precision::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("extra.weight"), "{err}");
+}

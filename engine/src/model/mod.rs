@@ -217,6 +217,7 @@ impl Moonbeam {
         ws: &WeightStore,
         precision: Precision,
     ) -> Result<Self, WeightsError> {
+        Self::check_unused(cfg, ws)?;
         let fme: [Fme; 5] = (0..FME_NAMES.len())
             .map(|k| Fme::load(ws, cfg, k))
             .collect::<Result<Vec<_>, WeightsError>>()?
@@ -244,6 +245,43 @@ impl Moonbeam {
             quantization: None,
         }
         .with_quantization(ws)
+    }
+
+    /// Refuses a file with tensors the config does not use (a config with fewer layers than
+    /// the weights, say), naming them.
+    fn check_unused(cfg: &Config, ws: &WeightStore) -> Result<(), WeightsError> {
+        let mut known = std::collections::HashSet::new();
+        for (name, _) in Self::expected_tensors(cfg) {
+            for format in [QFormat::Q8, QFormat::Q4] {
+                known.insert(format!("{name}.{format}"));
+            }
+            known.insert(format!("{name}.scales"));
+            known.insert(name);
+        }
+        // Non-parameter buffers a PyTorch state dict may carry.
+        let mut unused: Vec<&str> = ws
+            .names()
+            .filter(|n| !known.contains(*n) && !n.ends_with("inv_freq"))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort_unstable();
+        let shown = unused
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(WeightsError::Format {
+            path: Default::default(),
+            reason: format!(
+                "it holds {} tensors this config does not use ({shown}{}): is the config the \
+                 one these weights were made with?",
+                unused.len(),
+                if unused.len() > 5 { ", ..." } else { "" }
+            ),
+        })
     }
 
     /// Takes the quantization from the file's metadata, and checks it agrees with the tensors.

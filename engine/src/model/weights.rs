@@ -178,7 +178,14 @@ impl WeightStore {
                 });
             }
         };
-        Ok(t.contiguous()?)
+        let t = t.contiguous()?;
+        let finite = crate::kernels::with_f32(&t, |data| Ok(data.iter().all(|v| v.is_finite())))?;
+        if !finite {
+            return Err(WeightsError::NonFinite {
+                name: name.to_owned(),
+            });
+        }
+        Ok(t)
     }
 }
 
