@@ -131,8 +131,29 @@ impl Linear {
     }
 
     /// Batched forward for `x` of shape `(..., in)`.
+    ///
+    /// A quantized layer runs its own kernel when `x` needs no gradient (prefill, evaluation);
+    /// under autograd (training a style on a quantized base) it multiplies by the dequantized
+    /// weight, which candle can differentiate.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.f32_weight().t()?)?;
+        let y = match &self.weight {
+            Weight::Quant(q) if !x.track_op() => {
+                let dims = x.dims().to_vec();
+                let input = x
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let m = input.len() / self.in_dim;
+                let mut out = vec![0.0f32; m * self.out_dim];
+                q.matmul(&input, &mut out);
+                let mut out_dims = dims;
+                if let Some(last) = out_dims.last_mut() {
+                    *last = self.out_dim;
+                }
+                Tensor::from_vec(out, out_dims, x.device())?
+            }
+            _ => x.broadcast_matmul(&self.f32_weight().t()?)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
