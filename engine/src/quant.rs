@@ -21,10 +21,13 @@
 //!
 //! ## Kernels
 //!
-//! [`QMatrix::matvec_rows`] multiplies by an f32 vector, dequantizing on the fly in f32 (the
-//! vector is not quantized, so the only error is the weights'). The portable kernel is plain
-//! Rust; an AVX2+FMA kernel is chosen at run time where the CPU has it. Both split the rows
-//! across the rayon pool above [`crate::kernels`]' size threshold, as the f32 kernels do.
+//! [`QMatrix::matvec_rows`] multiplies by an f32 vector (the decode path) and
+//! [`QMatrix::matmul`] by a batch of them (prefill), with the [`Kernel`] chosen at run time:
+//! AVX-512 VNNI, else AVX2, on the input quantized to int8 per group of [`GROUP`] (exact
+//! integer group sums, then one f32 scale product per group), else a portable one. The
+//! portable f32 and int8 kernels are the references the others are tested against. Rows are
+//! split across the rayon pool above [`crate::kernels`]' size threshold, as the f32 kernels
+//! do, and the quantized input is kept per thread, so the decode path allocates nothing.
 
 use std::fmt;
 
