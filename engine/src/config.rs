@@ -246,9 +246,17 @@ impl ConfigFile {
 impl Config {
     /// Reads and validates an official-schema JSON config.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             path: path.to_owned(),
             source,
+        };
+        let bytes = crate::files::read_input(path, Some(crate::files::MAX_CONFIG_BYTES), "config")
+            .map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it is not UTF-8 text",
+            ))
         })?;
         ConfigFile::from_json(&text)?.into_config()
     }

@@ -21,6 +21,7 @@
 //! | [`memory`] | the process's peak memory, for benchmarks and training reports |
 //! | [`bench`](mod@bench) | the `continuo bench` measurement and the bandwidth bound |
 //! | [`pianoroll`] | piano-roll pictures of a prompt and its continuation |
+//! | [`files`] | input files checked before they are opened (regular files, size caps) |
 //! | [`error`] | one error type per operation |
 //!
 //! The types most callers need are re-exported here. Comments cite the reference implementation
@@ -31,6 +32,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod generate;
 pub mod kernels;
 pub mod lora;

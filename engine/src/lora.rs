@@ -135,7 +135,17 @@ impl Adapter {
     /// Reads a peft adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
     pub fn from_peft_dir(dir: &Path, cfg: &Config) -> Result<Self, AdapterError> {
         let config_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|source| AdapterError::Io {
+        let text = crate::files::read_input(
+            &config_path,
+            Some(crate::files::MAX_CONFIG_BYTES),
+            "adapter config",
+        )
+        .and_then(|b| {
+            String::from_utf8(b).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
+            })
+        })
+        .map_err(|source| AdapterError::Io {
             path: config_path.clone(),
             source,
         })?;
@@ -154,9 +164,11 @@ impl Adapter {
             ));
         }
         let weights = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&weights).map_err(|source| AdapterError::Io {
-            path: weights.clone(),
-            source,
+        let bytes = crate::files::read_input(&weights, None, "adapter").map_err(|source| {
+            AdapterError::Io {
+                path: weights.clone(),
+                source,
+            }
         })?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| AdapterError::Format(format!("{}: {e}", weights.display())))?;

@@ -859,6 +859,8 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
         StyleCommand::Info { file } => {
             let card = style::read_card(&file)
                 .with_context(|| format!("cannot read style {}", file.display()))?;
+            style::verify_tensors(&file)
+                .with_context(|| format!("style {} is damaged", file.display()))?;
             print_out(&serde_json::to_string_pretty(&card)?)?;
         }
         StyleCommand::ExportPeft { file, out, config } => {
@@ -958,10 +960,29 @@ fn train_config(
         batch_size: common.batch_size,
         context_rows: common.context,
         seed: common.seed,
-        checkpoint: out.with_extension("resume"),
+        checkpoint: resume_path(out),
         resume: common.resume,
         progress: true,
     }
+}
+
+/// `--resume` needs the checkpoint it names.
+fn check_resume(resume: bool, out: &Path) -> Result<()> {
+    let checkpoint = resume_path(out);
+    if resume && !checkpoint.is_file() {
+        bail!(
+            "--resume: there is no checkpoint {} to continue from (run without --resume to start)",
+            checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// The resumable state of a run writing `out`: `<out>.resume` beside it.
+fn resume_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".resume");
+    PathBuf::from(name)
 }
 
 fn data_summary(data: &train::data::Dataset) -> serde_json::Value {
@@ -1011,6 +1032,7 @@ fn train_style(args: TrainStyleArgs) -> Result<()> {
         .input("--data", &args.common.data)
         .output("--out", &args.out)
         .check()?;
+    check_resume(args.common.resume, &args.out)?;
     let cfg = load_config(&args.config)?;
     let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
         return Ok(());
@@ -1073,6 +1095,7 @@ fn train_base(args: TrainBaseArgs) -> Result<()> {
         .input("--data", &args.common.data)
         .output("--out", &args.out)
         .check()?;
+    check_resume(args.common.resume, &args.out)?;
     let cfg = load_config(&args.config)?;
     let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
         return Ok(());

@@ -104,6 +104,31 @@ pub fn save_style(path: &Path, adapter: &Adapter, card: &StyleCard) -> Result<()
     Ok(())
 }
 
+/// Reads every tensor of a style file and checks that each is whole and finite (a truncated
+/// or corrupted file has a readable header but not its weights). Needs no base model.
+pub fn verify_tensors(path: &Path) -> Result<(), AdapterError> {
+    let bytes =
+        crate::files::read_input(path, None, "style").map_err(|source| AdapterError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
+        .map_err(|e| AdapterError::Format(format!("{}: {e}", path.display())))?;
+    for (name, t) in tensors {
+        let values = t
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())?;
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(AdapterError::Format(format!(
+                "{}: tensor `{name}` holds non-finite values",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads only a style file's card (cheap: the header).
 ///
 /// Only the safetensors header is read (8 bytes of length, then the JSON header), so listing
@@ -114,6 +139,7 @@ pub fn read_card(path: &Path) -> Result<StyleCard, AdapterError> {
         path: path.to_owned(),
         source,
     };
+    crate::files::check_input(path, None, "style").map_err(io)?;
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut len = [0_u8; 8];
     file.read_exact(&mut len).map_err(|_| {
@@ -175,10 +201,11 @@ pub fn load_style(
     cfg: &Config,
     base_fingerprint: Option<&str>,
 ) -> Result<(Adapter, StyleCard), AdapterError> {
-    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes =
+        crate::files::read_input(path, None, "style").map_err(|source| AdapterError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     let card = card_from_bytes(&bytes)?;
     if let Some(fp) = base_fingerprint {
         if !card.base_fingerprint.is_empty() && card.base_fingerprint != fp {

@@ -499,3 +499,115 @@ fn every_number_is_checked_before_any_work() {
     }
     assert!(!out.exists(), "a refused run wrote its output");
 }
+
+#[test]
+fn pipes_devices_damaged_styles_and_missing_checkpoints_are_refused() {
+    let config = golden("tiny_config.json");
+    let weights = golden("tiny_model.safetensors");
+    // A FIFO would block a reader forever; /dev/zero would never end.
+    let fifo = tmp("prompt.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut cases: Vec<(Vec<String>, &str)> = vec![(
+        vec!["tokens".into(), "/dev/zero".into()],
+        "not a regular file",
+    )];
+    if made {
+        cases.push((
+            [
+                "continue",
+                "--config",
+                path(&config),
+                "--weights",
+                path(&weights),
+                "--midi",
+                path(&fifo),
+                "--out",
+                path(&tmp("fifo.mid")),
+            ]
+            .map(String::from)
+            .to_vec(),
+            "not a regular file",
+        ));
+        cases.push((
+            [
+                "continue",
+                "--config",
+                path(&fifo),
+                "--weights",
+                path(&weights),
+                "--midi",
+                path(&golden("input.mid")),
+                "--out",
+                path(&tmp("fifo.mid")),
+            ]
+            .map(String::from)
+            .to_vec(),
+            "not a regular file",
+        ));
+    }
+    // A style file cut in half: its header (and card) is intact, its weights are not.
+    let style = tmp("whole_style.safetensors");
+    let out = continuo(&[
+        "style",
+        "import",
+        path(&golden("lora_adapter")),
+        "--out",
+        path(&style),
+        "--config",
+        path(&config),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&style).unwrap();
+    let cut = tmp("cut_style.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2 + 4096.min(bytes.len() / 4)]).unwrap();
+    cases.push((
+        vec!["style".into(), "info".into(), path(&cut).into()],
+        "damaged",
+    ));
+    // --resume with nothing to resume.
+    cases.push((
+        [
+            "train-style",
+            "--config",
+            path(&config),
+            "--weights",
+            path(&weights),
+            "--data",
+            path(&common::folk_dir()),
+            "--out",
+            path(&tmp("never.safetensors")),
+            "--resume",
+        ]
+        .map(String::from)
+        .to_vec(),
+        "no checkpoint",
+    ));
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = Command::new(env!("CARGO_BIN_EXE_continuo"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.code() == Some(1) && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The whole style still reads.
+    let out = continuo(&["style", "info", path(&style)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

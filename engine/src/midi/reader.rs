@@ -122,10 +122,11 @@ pub fn midi_to_notes(bytes: &[u8]) -> Result<Vec<Note>, MidiError> {
 
 /// [`midi_to_notes`] on the contents of a file.
 pub fn read_midi_file(path: &Path) -> Result<Vec<Note>, MidiError> {
-    let bytes = std::fs::read(path).map_err(|source| MidiError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = crate::files::read_input(path, Some(crate::files::MAX_MIDI_BYTES), "MIDI")
+        .map_err(|source| MidiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     midi_to_notes(&bytes)
 }
 

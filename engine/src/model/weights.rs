@@ -28,6 +28,7 @@ impl WeightStore {
             path: path.to_owned(),
             source,
         };
+        crate::files::check_input(path, None, "weights").map_err(io)?;
         let mut head = [0u8; 8];
         {
             use std::io::Read;
