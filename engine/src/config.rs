@@ -219,6 +219,33 @@ impl ConfigFile {
         if self.sos_token.unwrap_or(-1) != -1 || self.eos_token.unwrap_or(-2) != -2 {
             return bad("sos_token must be -1 and eos_token -2".into());
         }
+        if self.num_hidden_layers == 0 || self.intermediate_size == 0 {
+            return bad(format!(
+                "the transformer needs at least one layer and a positive intermediate_size, got \
+                 {} layers and {}",
+                self.num_hidden_layers, self.intermediate_size
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return bad(format!(
+                "rms_norm_eps {} must be a small positive number (the official configs use 1e-5)",
+                self.rms_norm_eps
+            ));
+        }
+        for (name, theta) in [
+            ("rope_theta_onset", self.rope_theta_onset),
+            ("rope_theta_dur", self.rope_theta_dur),
+            ("rope_theta_octave", self.rope_theta_octave),
+            ("rope_theta_pitch", self.rope_theta_pitch),
+            ("rope_theta_velocity", self.rope_theta_velocity),
+        ] {
+            if !(theta.is_finite() && theta > 1.0) {
+                return bad(format!("{name} {theta} must be a finite number above 1"));
+            }
+        }
+        if self.max_len.is_some_and(|m| m < 3) {
+            return bad("max_len must hold at least SOS, one note and EOS (3)".into());
+        }
         Ok(Config {
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,

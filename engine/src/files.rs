@@ -46,6 +46,39 @@ pub fn read_input(path: &Path, max_bytes: Option<u64>, what: &str) -> io::Result
     std::fs::read(path)
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash or a full disk never leaves a half-written file where a good one was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = partial_path(path);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The temporary name [`write_atomic`] uses beside `path`.
+pub fn partial_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    std::path::PathBuf::from(name)
+}
+
+/// Gives a file the permissions a plain `std::fs::write` would (0666 less the umask): files
+/// written through a private temporary file (safetensors' writer) come out 0600 otherwise.
+pub fn set_default_permissions(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let probe = partial_path(&path.with_extension("permissions-probe"));
+        std::fs::write(&probe, b"")?;
+        let mode = std::fs::metadata(&probe).map(|m| m.permissions());
+        let _ = std::fs::remove_file(&probe);
+        std::fs::set_permissions(path, mode?)?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +98,26 @@ mod tests {
         assert!(err.to_string().contains("over the 1 MiB limit"), "{err}");
         assert_eq!(check_input(&big, None, "weights").unwrap(), 2 << 20);
         let _ = std::fs::remove_file(&big);
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_with_default_permissions() {
+        let path = std::env::temp_dir().join(format!("continuo-atomic-{}.mid", std::process::id()));
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!partial_path(&path).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let plain = path.with_extension("plain");
+            std::fs::write(&plain, b"").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            set_default_permissions(&path).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode(&path), mode(&plain));
+            let _ = std::fs::remove_file(&plain);
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -550,7 +550,7 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
             "invalid_rows": gen.invalid,
             "stop_reason": gen.stop,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+        continuo_engine::files::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let decode: f64 = gen
@@ -624,7 +624,10 @@ fn forward(args: ForwardArgs) -> Result<()> {
     tensors.insert("summary".to_string(), summary.squeeze(0)?);
     tensors.insert("gru_logits".to_string(), logits.squeeze(0)?);
     tensors.insert("loss".to_string(), loss.reshape(1)?);
-    candle_core::safetensors::save(&tensors, &args.out)
+    let tmp = continuo_engine::files::partial_path(&args.out);
+    candle_core::safetensors::save(&tensors, &tmp)
+        .and_then(|()| Ok(continuo_engine::files::set_default_permissions(&tmp)?))
+        .and_then(|()| Ok(std::fs::rename(&tmp, &args.out)?))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     eprintln!(
         "loss {:.6} over {} notes; wrote {}",
@@ -1225,7 +1228,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     println!("{}", r.table());
     println!("generation: {:.2} ms per note", r.ms_per_generated_note);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+        continuo_engine::files::write_atomic(path, serde_json::to_string_pretty(&r)?.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

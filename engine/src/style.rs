@@ -100,6 +100,7 @@ pub fn save_style(path: &Path, adapter: &Adapter, card: &StyleCard) -> Result<()
         &tmp,
     )
     .map_err(|e| AdapterError::Format(format!("cannot write {}: {e}", tmp.display())))?;
+    crate::files::set_default_permissions(&tmp).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())
 }
@@ -294,6 +295,10 @@ pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
         &weights,
     )
     .map_err(|e| AdapterError::Format(format!("cannot write {}: {e}", weights.display())))?;
+    crate::files::set_default_permissions(&weights).map_err(|source| AdapterError::Io {
+        path: weights.clone(),
+        source,
+    })?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -311,9 +316,11 @@ pub fn export_peft(dir: &Path, adapter: &Adapter) -> Result<(), AdapterError> {
         "modules_to_save": null,
     });
     let path = dir.join("adapter_config.json");
-    std::fs::write(
+    crate::files::write_atomic(
         &path,
-        serde_json::to_string_pretty(&config).unwrap_or_default(),
+        serde_json::to_string_pretty(&config)
+            .unwrap_or_default()
+            .as_bytes(),
     )
     .map_err(|source| AdapterError::Io { path, source })?;
     Ok(())

@@ -133,3 +133,32 @@ fn non_finite_weights_and_unused_tensors_are_refused_by_name() {
     .to_string();
     assert!(err.contains("extra.weight"), "{err}");
 }
+
+#[test]
+fn configs_that_make_the_model_meaningless_are_refused() {
+    let text = std::fs::read_to_string(golden("tiny_config.json")).unwrap();
+    for (from, to, needle) in [
+        (
+            "\"rms_norm_eps\": 1e-05",
+            "\"rms_norm_eps\": -1",
+            "rms_norm_eps",
+        ),
+        (
+            "\"rope_theta_onset\": 199999",
+            "\"rope_theta_onset\": 0",
+            "rope_theta_onset",
+        ),
+        (
+            "\"num_hidden_layers\": 2,\n  \"max_position",
+            "\"num_hidden_layers\": 0,\n  \"max_position",
+            "layer",
+        ),
+        ("\"max_len\": 1024", "\"max_len\": 1", "max_len"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let err = Config::from_json(&text.replace(from, to))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{to}: {err}");
+    }
+}

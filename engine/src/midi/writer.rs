@@ -224,7 +224,7 @@ pub fn notes_to_midi(notes: &[Note]) -> Result<Vec<u8>, MidiError> {
 /// [`notes_to_midi`] written to a file.
 pub fn write_midi_file(path: &Path, notes: &[Note]) -> Result<(), MidiError> {
     let bytes = notes_to_midi(notes)?;
-    std::fs::write(path, bytes).map_err(|source| MidiError::Io {
+    crate::files::write_atomic(path, &bytes).map_err(|source| MidiError::Io {
         path: path.to_owned(),
         source,
     })

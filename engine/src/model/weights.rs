@@ -222,10 +222,12 @@ pub fn save_weights(
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    std::fs::rename(&tmp, path).map_err(|source| WeightsError::Io {
+    let io = |source| WeightsError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    crate::files::set_default_permissions(&tmp).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())
 }
 
