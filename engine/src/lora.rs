@@ -228,6 +228,22 @@ impl Adapter {
             ));
         }
         for (target, pair) in self.pairs.iter_mut() {
+            // The rank side of A is its first dimension, of B its last: a disagreement with
+            // the declared rank is an inconsistent file, not another base model.
+            let ranks = (
+                pair.a.dims().first().copied(),
+                pair.b.dims().last().copied(),
+            );
+            if ranks != (Some(self.rank), Some(self.rank)) {
+                return Err(AdapterError::Format(format!(
+                    "it declares rank {} but `{}` has LoRA matrices of shapes {:?} and {:?}: \
+                     the file is inconsistent",
+                    self.rank,
+                    target.module_name(),
+                    pair.a.dims(),
+                    pair.b.dims()
+                )));
+            }
             let (a_shape, b_shape) = target.pair_shapes(cfg, self.rank);
             for (which, t, want) in [("A", &mut pair.a, a_shape), ("B", &mut pair.b, b_shape)] {
                 if t.dims() != want.as_slice() {

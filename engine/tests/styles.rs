@@ -225,3 +225,19 @@ fn file_slugs_are_plain_lower_case_with_single_dashes() {
     assert_eq!(file_slug("Ätüde"), "t-de");
     assert_eq!(file_slug("***"), "");
 }
+
+#[test]
+fn a_rank_that_disagrees_with_the_tensors_is_called_inconsistent() {
+    let m = model();
+    let mut adapter = Adapter::from_peft_dir(&golden("lora_adapter"), &m.cfg).unwrap();
+    adapter.rank += 1;
+    let path = tmp("bad_rank.safetensors");
+    style::save_style(&path, &adapter, &card(&m)).unwrap();
+    let err = style::load_style(&path, &m.cfg, Some(&m.fingerprint()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("inconsistent") && !err.contains("another base"),
+        "{err}"
+    );
+}
