@@ -348,9 +348,8 @@ struct ContinueArgs {
     /// The prompt MIDI file.
     #[arg(long)]
     midi: PathBuf,
-    /// Use only the first N notes of the prompt.
-    #[arg(long)]
-    prompt_notes: Option<usize>,
+    #[command(flatten)]
+    prompt: PromptArgs,
     /// Number of notes to generate.
     #[arg(long, default_value_t = 32)]
     notes: usize,
@@ -371,12 +370,32 @@ struct ContinueArgs {
 struct ForwardArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// The MIDI file.
     #[arg(long)]
     midi: PathBuf,
-    #[arg(long)]
-    prompt_notes: Option<usize>,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// Which notes of a MIDI file make the prompt.
+#[derive(Args)]
+struct PromptArgs {
+    /// Use only N notes of the file (see --prompt-from).
+    #[arg(long)]
+    prompt_notes: Option<usize>,
+    /// Take the --prompt-notes from the `start` of the file or from its `end` (to continue a
+    /// long piece from where it stops; the kept notes are moved to start at 0).
+    #[arg(long, value_enum, default_value_t = PromptFrom::Start)]
+    prompt_from: PromptFrom,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PromptFrom {
+    Start,
+    End,
 }
 
 #[derive(Args)]
@@ -476,12 +495,38 @@ fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
 }
 
 fn read_prompt(path: &Path, limit: Option<usize>) -> Result<Vec<Note>> {
+    read_prompt_from(path, limit, PromptFrom::Start)
+}
+
+/// The prompt's notes: all of them, or `limit` from the start or the end of the file (those
+/// moved to start at onset 0).
+fn read_prompt_from(path: &Path, limit: Option<usize>, from: PromptFrom) -> Result<Vec<Note>> {
     let mut notes = midi::read_midi_file(path)
         .with_context(|| format!("cannot read MIDI {}", path.display()))?;
-    if let Some(n) = limit {
-        notes.truncate(n);
+    match (limit, from) {
+        (Some(n), PromptFrom::Start) => notes.truncate(n),
+        (Some(n), PromptFrom::End) if n < notes.len() => {
+            notes.drain(..notes.len() - n);
+            let origin = notes.first().map_or(0, |n| n.onset);
+            for note in &mut notes {
+                note.onset -= origin;
+            }
+        }
+        _ => {}
     }
     Ok(notes)
+}
+
+/// The error for a prompt longer than the model's context, saying which options help.
+fn prompt_too_long(notes: usize, rows_needed: usize, cfg: &Config) -> anyhow::Error {
+    let fit = cfg
+        .max_len
+        .saturating_sub(rows_needed.saturating_sub(notes));
+    anyhow::anyhow!(
+        "the prompt has {notes} notes but the model's context holds {} rows: use --prompt-notes \
+         {fit} or fewer (with --prompt-from end to continue from the end of the piece)",
+        cfg.max_len
+    )
 }
 
 fn rows_json(rows: impl IntoIterator<Item = [i64; 6]>) -> String {
@@ -521,7 +566,15 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let t = Instant::now();
     let (model, style) = load_model(&args.model)?;
     let load = t.elapsed();
-    let prompt = read_prompt(&args.midi, args.prompt_notes)?;
+    let prompt = read_prompt_from(
+        &args.midi,
+        args.prompt.prompt_notes,
+        args.prompt.prompt_from,
+    )?;
+    // [SOS] + the prompt + at least one generated note.
+    if prompt.len() + 2 > model.cfg.max_len {
+        return Err(prompt_too_long(prompt.len(), prompt.len() + 2, &model.cfg));
+    }
     let opts = GenerateOptions {
         max_notes: args.notes,
         max_duration_ticks: args.max_seconds.map(|s| (s * 100.0).round() as i64),
@@ -577,14 +630,14 @@ fn forward(args: ForwardArgs) -> Result<()> {
         .output("--out", &args.out)
         .check()?;
     let (model, style) = load_model(&args.model)?;
-    let notes = read_prompt(&args.midi, args.prompt_notes)?;
+    let notes = read_prompt_from(
+        &args.midi,
+        args.prompt.prompt_notes,
+        args.prompt.prompt_from,
+    )?;
     let rows = vocab::input_rows(&notes, true);
     if rows.len() > model.cfg.max_len {
-        bail!(
-            "{} notes exceed the model's context of {} rows; use --prompt-notes",
-            notes.len(),
-            model.cfg.max_len
-        );
+        return Err(prompt_too_long(notes.len(), rows.len(), &model.cfg));
     }
     model.validate_rows(&rows)?;
     let outside = vocab::out_of_range(&model.cfg, &rows);

@@ -611,3 +611,73 @@ fn pipes_devices_damaged_styles_and_missing_checkpoints_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_long_piece_can_be_continued_from_its_end() {
+    let config = golden("tiny_config.json");
+    let weights = golden("tiny_model.safetensors");
+    let midi = golden("input.mid");
+    let all: Vec<[i64; 6]> =
+        serde_json::from_slice(&continuo(&["tokens", path(&midi)]).stdout).unwrap();
+    let js = tmp("from_end.json");
+    let out = continuo(&[
+        "continue",
+        "--config",
+        path(&config),
+        "--weights",
+        path(&weights),
+        "--midi",
+        path(&midi),
+        "--prompt-notes",
+        "8",
+        "--prompt-from",
+        "end",
+        "--notes",
+        "4",
+        "--greedy",
+        "--out",
+        path(&tmp("from_end.mid")),
+        "--json",
+        path(&js),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prompt: Vec<[i64; 6]> =
+        serde_json::from_value(json(&js)["prompt_with_sos"].clone()).unwrap();
+    let tail = &all[all.len() - 8..];
+    let expected: Vec<[i64; 6]> = tail
+        .iter()
+        .map(|r| {
+            let mut r = *r;
+            r[0] -= tail[0][0];
+            r
+        })
+        .collect();
+    assert_eq!(&prompt[1..], &expected[..]);
+
+    // A prompt over the context says which options help.
+    let short = tmp("short_context.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&short, text.replace("\"max_len\": 1024", "\"max_len\": 16")).unwrap();
+    let out = continuo(&[
+        "continue",
+        "--config",
+        path(&short),
+        "--weights",
+        path(&weights),
+        "--midi",
+        path(&midi),
+        "--out",
+        path(&tmp("too_long.mid")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("--prompt-notes 14")
+            && stderr.contains("--prompt-from end"),
+        "{stderr}"
+    );
+}
