@@ -282,6 +282,20 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
         Ok(())
     }
 
+    /// Appends several rows to the context in one batched pass ([`Moonbeam::extend`]): the
+    /// same state as [`Session::push`] on each in turn, with every weight read once.
+    pub fn extend(&mut self, rows: &[Row]) -> Result<(), ModelError> {
+        let mut batch = Vec::with_capacity(rows.len() + 1);
+        if self.rows.is_empty() && rows.first().is_some_and(|r| *r != SOS_ROW) {
+            batch.push(SOS_ROW);
+        }
+        batch.extend_from_slice(rows);
+        self.model
+            .extend(&batch, &mut self.cache, &mut self.scratch, &self.style)?;
+        self.rows.extend(batch);
+        Ok(())
+    }
+
     /// Keeps only the first `len` rows of the context (SOS included), e.g. to drop an answer
     /// and go back to the played notes without a new prefill. The cached keys and values of
     /// the rows kept are still valid (attention is causal); the last kept row is stepped

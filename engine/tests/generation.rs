@@ -186,3 +186,53 @@ fn truncate_returns_to_the_kept_context() {
     session.truncate(0).unwrap();
     assert!(session.rows().is_empty());
 }
+
+#[test]
+fn a_batch_of_rows_gives_the_state_of_pushing_them_one_by_one() {
+    use continuo_engine::lora::Adapter;
+    use continuo_engine::quant::QFormat;
+    let f32_model = common::tiny_model(Precision::F32);
+    let mut q8 = f32_model.clone();
+    q8.quantize(QFormat::Q8).unwrap();
+    let adapter = std::sync::Arc::new(
+        Adapter::from_peft_dir(&common::golden("lora_adapter"), &f32_model.cfg).unwrap(),
+    );
+    let notes = prompt();
+    for (model, label) in [(&f32_model, "f32"), (&q8, "q8")] {
+        for style in [Style::base(), Style::single(adapter.clone(), 1.0)] {
+            for (before, batch) in [(0, 5), (3, 2), (4, 12), (10, 11)] {
+                let run = |batched: bool| {
+                    let mut s = continuo_engine::Session::new(model, 64);
+                    s.set_style(style.clone());
+                    s.prefill(&notes[..before]).unwrap();
+                    let rows: Vec<_> = notes[before..before + batch]
+                        .iter()
+                        .map(|n| n.to_row())
+                        .collect();
+                    if batched {
+                        s.extend(&rows).unwrap();
+                    } else {
+                        for r in &rows {
+                            s.push(*r).unwrap();
+                        }
+                    }
+                    let after_batch = s.last_hidden().to_vec();
+                    // One more row reads the cache the batch wrote.
+                    s.push(notes[before + batch].to_row()).unwrap();
+                    (after_batch, s.last_hidden().to_vec(), s.rows().len())
+                };
+                let (one_by_one, batched) = (run(false), run(true));
+                assert_eq!(one_by_one.2, batched.2);
+                for (a, b) in [(&one_by_one.0, &batched.0), (&one_by_one.1, &batched.1)] {
+                    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    for (x, y) in a.iter().zip(b.iter()) {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * scale,
+                            "{label}, {before} + {batch}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@ use super::forward::{ForwardOutput, Row};
 use super::tables::{
     embedding_input, fme_sinusoid, mra_position, rope_cos_sin, GROUP_TABLE, TABLE_COLUMN,
 };
-use super::{Layer, Moonbeam, Precision};
+use super::{Layer, Linear, Moonbeam, Precision};
 use crate::config::Config;
 use crate::error::ModelError;
 use crate::kernels::with_f32;
@@ -224,6 +224,66 @@ impl Moonbeam {
         Ok(())
     }
 
+    /// Appends several rows to the cache in one pass and leaves the last one's final normed
+    /// hidden state in `scratch.hidden`: the same result as [`Moonbeam::step`] on each row in
+    /// turn (up to summation order), but every linear layer multiplies all the rows at once, so
+    /// its weights are read once instead of once per row. Allocates its working buffers (like
+    /// a prefill); [`Moonbeam::step`] stays the allocation-free path for one row.
+    pub fn extend(
+        &self,
+        rows: &[Row],
+        cache: &mut KvCache,
+        scratch: &mut DecodeScratch,
+        style: &Style,
+    ) -> std::result::Result<(), ModelError> {
+        match rows {
+            [] => return Ok(()),
+            [row] => return self.step(row, cache, scratch, style),
+            _ => {}
+        }
+        if cache.len + rows.len() > cache.capacity {
+            return Err(ModelError::TooLong {
+                len: cache.len + rows.len(),
+                max: cache.capacity,
+            });
+        }
+        self.validate_rows(rows)?;
+        let cfg = &self.cfg;
+        let (h, half) = (cfg.hidden_size, cfg.head_dim() / 2);
+        let mut x = vec![0.0f32; rows.len() * h];
+        let mut rotary = Vec::with_capacity(rows.len());
+        for (row, x) in rows.iter().zip(x.chunks_exact_mut(h)) {
+            self.embed_one(row, scratch)?;
+            x.copy_from_slice(&scratch.x);
+            let mut cos: [Vec<f32>; 5] = std::array::from_fn(|_| vec![0.0; half]);
+            let mut sin: [Vec<f32>; 5] = std::array::from_fn(|_| vec![0.0; half]);
+            for (t, &column) in TABLE_COLUMN.iter().enumerate() {
+                rope_cos_sin(
+                    mra_position(row, column),
+                    &self.tables.inv_freq[t],
+                    self.tables.precision,
+                    &mut cos[t],
+                    &mut sin[t],
+                );
+            }
+            rotary.push((cos, sin));
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            layer.extend(li, cfg, cache, &mut x, &rotary, &mut scratch.scores, style)?;
+        }
+        with_f32(&self.norm, |w| {
+            rms_norm(
+                &x[(rows.len() - 1) * h..],
+                w,
+                cfg.rms_norm_eps,
+                &mut scratch.hidden,
+            );
+            Ok(())
+        })?;
+        cache.len += rows.len();
+        Ok(())
+    }
+
     /// The input embedding of one row into `scratch.x`.
     fn embed_one(&self, row: &Row, scratch: &mut DecodeScratch) -> Result<()> {
         let d = self.cfg.attr_dim();
@@ -364,6 +424,111 @@ impl Layer {
         }
         self.down_proj.matvec(&scratch.gate, &mut scratch.proj)?;
         for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
+            *x += p;
+        }
+        Ok(())
+    }
+}
+
+/// Row and head cos/sin tables of one row, per rotary table.
+type RowRotary = ([Vec<f32>; 5], [Vec<f32>; 5]);
+
+/// `l` applied to the `n` rows of `x` at once (with the style's side path for `target`).
+fn linear_rows(l: &Linear, x: &[f32], style: &Style, target: Option<Target>) -> Result<Vec<f32>> {
+    let input = candle_core::Tensor::from_slice(
+        x,
+        (x.len() / l.in_dim, l.in_dim),
+        &candle_core::Device::Cpu,
+    )?;
+    let y = match target {
+        Some(target) => l.forward_styled(&input, style, target)?,
+        None => l.forward(&input)?,
+    };
+    y.flatten_all()?.to_vec1::<f32>()
+}
+
+impl Layer {
+    /// Decoder layer `li` on the rows of `x` (`n × hidden`, updated in place), which take cache
+    /// positions `cache.len()..cache.len() + n`; `rotary[i]` holds row i's tables. The cache
+    /// length itself is moved on by the caller, after the last layer.
+    #[allow(clippy::too_many_arguments)]
+    fn extend(
+        &self,
+        li: usize,
+        cfg: &Config,
+        cache: &mut KvCache,
+        x: &mut [f32],
+        rotary: &[RowRotary],
+        scores: &mut [f32],
+        style: &Style,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
+        let (h, half, kvd) = (cfg.hidden_size, hd / 2, nkv * hd);
+        let pos0 = cache.len;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let norm = |w: &candle_core::Tensor, x: &[f32]| -> Result<Vec<f32>> {
+            let mut out = vec![0.0; x.len()];
+            with_f32(w, |w| {
+                for (o, r) in out.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+                    rms_norm(r, w, cfg.rms_norm_eps, o);
+                }
+                Ok(())
+            })?;
+            Ok(out)
+        };
+        let xn = norm(&self.input_norm, x)?;
+        let mut q = linear_rows(&self.q_proj, &xn, style, Some(Target::Q(li)))?;
+        let mut k = linear_rows(&self.k_proj, &xn, style, Some(Target::K(li)))?;
+        let v = linear_rows(&self.v_proj, &xn, style, Some(Target::V(li)))?;
+        for (i, (cos, sin)) in rotary.iter().enumerate() {
+            for head in 0..nh {
+                let t = GROUP_TABLE[head / (nh / 6)];
+                let at = i * h + head * hd;
+                rotate(&mut q[at..at + hd], &cos[t], &sin[t], half);
+            }
+            for head in 0..nkv {
+                let t = GROUP_TABLE[head / (nkv / 6)];
+                let at = i * kvd + head * hd;
+                rotate(&mut k[at..at + hd], &cos[t], &sin[t], half);
+                let to = cache.index(head, pos0 + i);
+                cache.k[li][to..to + hd].copy_from_slice(&k[at..at + hd]);
+                cache.v[li][to..to + hd].copy_from_slice(&v[at..at + hd]);
+            }
+        }
+        let n_rep = nh / nkv;
+        let mut attn = vec![0.0f32; x.len()];
+        for i in 0..rotary.len() {
+            let t_len = pos0 + i + 1;
+            for head in 0..nh {
+                let kv_head = head / n_rep;
+                let q = &q[i * h + head * hd..i * h + (head + 1) * hd];
+                let scores = &mut scores[..t_len];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let at = cache.index(kv_head, j);
+                    *s = dot(q, &cache.k[li][at..at + hd]) * scale;
+                }
+                softmax_in_place(scores);
+                let out = &mut attn[i * h + head * hd..i * h + (head + 1) * hd];
+                for (j, &p) in scores.iter().enumerate() {
+                    let at = cache.index(kv_head, j);
+                    for (o, &v) in out.iter_mut().zip(&cache.v[li][at..at + hd]) {
+                        *o += p * v;
+                    }
+                }
+            }
+        }
+        let o = linear_rows(&self.o_proj, &attn, style, Some(Target::O(li)))?;
+        for (x, p) in x.iter_mut().zip(&o) {
+            *x += p;
+        }
+        let xn = norm(&self.post_attention_norm, x)?;
+        let mut gate = linear_rows(&self.gate_proj, &xn, style, None)?;
+        let up = linear_rows(&self.up_proj, &xn, style, None)?;
+        for (g, u) in gate.iter_mut().zip(&up) {
+            *g = silu(*g) * u;
+        }
+        let down = linear_rows(&self.down_proj, &gate, style, None)?;
+        for (x, p) in x.iter_mut().zip(&down) {
             *x += p;
         }
         Ok(())
