@@ -29,6 +29,11 @@ pub struct BenchReport {
     pub bytes_per_note: f64,
     pub bound_ms_per_note: f64,
     pub threads: usize,
+    /// Notes taken into a warm cache in one batched step ([`Session::extend`]): the last
+    /// `context_batch` notes of the prompt, on top of the others.
+    pub context_batch: usize,
+    /// Time of that step (median of three).
+    pub context_batch_ms: f64,
 }
 
 /// A deterministic, musically plausible prompt: a piano line with chords, in 10 ms ticks.
@@ -104,6 +109,22 @@ pub fn run(
         })
         .skip(1)
         .collect();
+    // Played notes arriving at once: the last (up to) 32 prompt notes in one batched step.
+    let context_batch = prompt_notes.min(32);
+    let mut batch_times = Vec::new();
+    if context_batch >= 2 {
+        let rows: Vec<_> = prompt[prompt_notes - context_batch..]
+            .iter()
+            .map(|n| n.to_row())
+            .collect();
+        let mut session = Session::new(model, prompt_notes + 1);
+        for _ in 0..3 {
+            session.prefill(&prompt[..prompt_notes - context_batch])?;
+            let t = Instant::now();
+            session.extend(&rows)?;
+            batch_times.push(t.elapsed());
+        }
+    }
     let peak_rss = peak_rss_bytes();
     let bandwidth = measure_bandwidth_gb_s();
     let bytes = bytes_per_note(model, prompt_notes + notes / 2);
@@ -124,6 +145,8 @@ pub fn run(
         bytes_per_note: bytes,
         bound_ms_per_note: bytes / (bandwidth * 1e9) * 1e3,
         threads: rayon::current_num_threads(),
+        context_batch,
+        context_batch_ms: percentile_ms(&batch_times, 0.5),
     })
 }
 

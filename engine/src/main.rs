@@ -837,6 +837,14 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         "  GRU head        median {:.2} ms, p95 {:.2} ms",
         r.head_ms_median, r.head_ms_p95
     );
+    if r.context_batch > 0 {
+        println!(
+            "context batch     {} played notes in {:.2} ms ({:.1}x one transformer step)",
+            r.context_batch,
+            r.context_batch_ms,
+            r.context_batch_ms / r.transformer_ms_median.max(1e-9)
+        );
+    }
     println!(
         "total             {:.2} s (prefill + {} notes)",
         r.total_s, r.notes
