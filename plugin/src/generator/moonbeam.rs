@@ -84,6 +84,9 @@ use crate::library::{locate_model, ModelCache, ModelLocation, NamedStyle, StyleS
 use crate::protocol::{AnswerRequest, FromEngine, GenParams, GeneratedNote, PlayedNote, ToEngine};
 use crate::status::{CapturedAnswer, CapturedNote, EngineStatus, SharedStatus};
 
+/// The most queued played notes taken into the session in one batched step.
+const CONTEXT_BATCH: usize = 32;
+
 /// Notes per second of music assumed, before a model's first answer has measured its own speed,
 /// to choose how far ahead answers start: about the densest the bundled model plays (its 4-bar
 /// answers at 120 BPM have up to about 77 notes in 8 s).
@@ -163,8 +166,11 @@ pub struct MoonbeamGenerator {
     prefills: u64,
     /// Answers dropped from the session by truncation (for tests and diagnostics).
     truncations: u64,
-    /// Single rows pushed to sync the played context (not counting answers).
+    /// Played rows taken into the session to sync the context, singly or in batches (not
+    /// counting answers).
     context_pushes: u64,
+    /// Batched steps among them (several played notes taken at once).
+    context_batches: u64,
 }
 
 impl MoonbeamGenerator {
@@ -208,6 +214,7 @@ impl MoonbeamGenerator {
             prefills: 0,
             truncations: 0,
             context_pushes: 0,
+            context_batches: 0,
         }
     }
 
@@ -243,9 +250,14 @@ impl MoonbeamGenerator {
         self.truncations
     }
 
-    /// Single-row pushes done so far to keep the played context warm.
+    /// Played rows taken into the session so far to keep the played context warm.
     pub fn context_pushes(&self) -> u64 {
         self.context_pushes
+    }
+
+    /// Batched steps so far (several queued played notes taken in one pass).
+    pub fn context_batches(&self) -> u64 {
+        self.context_batches
     }
 
     /// The name of the style in use (`None`: the plain base, also while the style asked for was
@@ -368,16 +380,25 @@ impl MoonbeamGenerator {
                 }
             }
             Cached::Context(n) if n < self.context.len() => {
-                let note = self.context[n];
-                let row = Note {
-                    onset: note.onset - engine.origin,
-                    ..note
-                }
-                .to_row();
-                let result = engine.session.push(row);
-                self.context_pushes += 1;
+                // Every note that queued up, in one batched step (the weights are read once
+                // for all of them), at most CONTEXT_BATCH at a time so cancels still land soon.
+                let end = self.context.len().min(n + CONTEXT_BATCH);
+                let rows: Vec<Row> = self
+                    .context
+                    .range(n..end)
+                    .map(|note| {
+                        Note {
+                            onset: note.onset - engine.origin,
+                            ..*note
+                        }
+                        .to_row()
+                    })
+                    .collect();
+                let result = engine.session.extend(&rows);
+                self.context_pushes += rows.len() as u64;
+                self.context_batches += u64::from(rows.len() > 1);
                 match result {
-                    Ok(()) => engine.cache = Cached::Context(n + 1),
+                    Ok(()) => engine.cache = Cached::Context(end),
                     Err(e) => {
                         engine.cache = Cached::Stale;
                         self.status
@@ -1337,7 +1358,7 @@ mod tests {
         assert_eq!(rig.generator.truncations(), 1);
         assert!(rig.generator.is_synced());
         assert_eq!(rig.generator.session_rows(), 21);
-        // New notes are pushed one by one.
+        // New notes are taken into the session as they become final.
         let pushes = rig.generator.context_pushes();
         rig.play(&phrase(3, 10_000.0));
         rig.settle();
@@ -1516,6 +1537,34 @@ mod tests {
         rig.settle();
         assert_eq!(rig.ended(10), 1);
         assert!(rig.notes(10).is_empty());
+    }
+
+    #[test]
+    fn queued_played_notes_are_taken_in_one_batched_step() {
+        let mut rig = Rig::new();
+        rig.settle();
+        let (pushes, batches) = (
+            rig.generator.context_pushes(),
+            rig.generator.context_batches(),
+        );
+        // Twelve notes arrive before the generator gets to run (it was busy, say).
+        let mut events: Vec<(f64, bool, u8)> = phrase(12, 0.0)
+            .iter()
+            .flat_map(|&(start, len, key)| [(start, true, key), (start + len, false, key)])
+            .collect();
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (ms, is_on, key) in events {
+            rig.handle(played(ms, key, is_on));
+        }
+        rig.settle();
+        assert_eq!(rig.generator.context_pushes(), pushes + 12);
+        assert_eq!(rig.generator.context_batches(), batches + 1);
+        assert_eq!(rig.generator.session_rows(), 13);
+        assert!(rig.generator.is_synced());
+        rig.handle(ToEngine::Trigger(request(1, 6000.0, None, 4.0)));
+        rig.settle();
+        assert_eq!(rig.ended(1), 1);
+        assert!(!rig.notes(1).is_empty());
     }
 
     #[test]
