@@ -621,56 +621,6 @@ fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_int8_avx2(
-    format: QFormat,
-    codes: &[u8],
-    scales: &[f32],
-    xq: &[i8],
-    xs: &[f32],
-) -> f32 {
-    use std::arch::x86_64::*;
-    let groups = scales.len();
-    assert!(
-        codes.len() >= groups * format.group_bytes()
-            && xq.len() >= groups * GROUP
-            && xs.len() >= groups
-    );
-    let (pc, px) = (codes.as_ptr(), xq.as_ptr());
-    // One group's scaled products, as eight partial sums.
-    let group = |g: usize| -> __m256 {
-        // SAFETY: group g's codes, input codes and scales are in bounds (assert above).
-        unsafe {
-            let w = group_codes!(format, pc, g);
-            let x = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
-            // The byte products are unsigned x signed: move w's sign onto x.
-            let (w_abs, x_signed) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                _mm256_maddubs_epi16(w_abs, x_signed),
-                _mm256_set1_epi16(1),
-            ));
-            _mm256_mul_ps(
-                sums,
-                _mm256_set1_ps(*scales.get_unchecked(g) * *xs.get_unchecked(g)),
-            )
-        }
-    };
-    // Two accumulators, for even and odd groups, so consecutive additions do not wait on
-    // each other.
-    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut g = 0;
-    while g + 1 < groups {
-        even = _mm256_add_ps(even, group(g));
-        odd = _mm256_add_ps(odd, group(g + 1));
-        g += 2;
-    }
-    if g < groups {
-        even = _mm256_add_ps(even, group(g));
-    }
-    hsum256(_mm256_add_ps(even, odd))
-}
-
-#[cfg(target_arch = "x86_64")]
 fn dot_int8_vnni_entry(
     format: QFormat,
     codes: &[u8],
@@ -682,53 +632,73 @@ fn dot_int8_vnni_entry(
     unsafe { dot_int8_vnni(format, codes, scales, xq, xs) }
 }
 
+/// An integer dot-product kernel over 256-bit registers: the two x86 kernels differ only in
+/// how they multiply and add the byte products of a group (`$dot`, from `|w| = $w_abs` and
+/// `x` with `w`'s sign = `$x_signed`, to eight i32 sums).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn dot_int8_vnni(
-    format: QFormat,
-    codes: &[u8],
-    scales: &[f32],
-    xq: &[i8],
-    xs: &[f32],
-) -> f32 {
-    use std::arch::x86_64::*;
-    let groups = scales.len();
-    assert!(
-        codes.len() >= groups * format.group_bytes()
-            && xq.len() >= groups * GROUP
-            && xs.len() >= groups
-    );
-    let (pc, px) = (codes.as_ptr(), xq.as_ptr());
-    // One group's scaled products, as eight partial sums.
-    let group = |g: usize| -> __m256 {
-        // SAFETY: group g's codes, input codes and scales are in bounds (assert above).
-        unsafe {
-            let w = group_codes!(format, pc, g);
-            let x = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
-            // The byte products are unsigned x signed: move w's sign onto x.
-            let (w_abs, x_signed) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-            let sums =
-                _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, x_signed));
-            _mm256_mul_ps(
-                sums,
-                _mm256_set1_ps(*scales.get_unchecked(g) * *xs.get_unchecked(g)),
-            )
+macro_rules! int8_dot_kernel {
+    ($name:ident, $features:literal, |$w_abs:ident, $x_signed:ident| $dot:expr) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            format: QFormat,
+            codes: &[u8],
+            scales: &[f32],
+            xq: &[i8],
+            xs: &[f32],
+        ) -> f32 {
+            use std::arch::x86_64::*;
+            let groups = scales.len();
+            assert!(
+                codes.len() >= groups * format.group_bytes()
+                    && xq.len() >= groups * GROUP
+                    && xs.len() >= groups
+            );
+            let (pc, px) = (codes.as_ptr(), xq.as_ptr());
+            // One group's scaled products, as eight partial sums.
+            let group = |g: usize| -> __m256 {
+                // SAFETY: group g's codes, input codes and scales are in bounds (assert above).
+                unsafe {
+                    let w = group_codes!(format, pc, g);
+                    let x = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
+                    // The byte products are unsigned x signed: move w's sign onto x.
+                    let ($w_abs, $x_signed) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+                    let sums = _mm256_cvtepi32_ps($dot);
+                    _mm256_mul_ps(
+                        sums,
+                        _mm256_set1_ps(*scales.get_unchecked(g) * *xs.get_unchecked(g)),
+                    )
+                }
+            };
+            // Two accumulators, for even and odd groups, so consecutive additions do not wait
+            // on each other.
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut g = 0;
+            while g + 1 < groups {
+                even = _mm256_add_ps(even, group(g));
+                odd = _mm256_add_ps(odd, group(g + 1));
+                g += 2;
+            }
+            if g < groups {
+                even = _mm256_add_ps(even, group(g));
+            }
+            hsum256(_mm256_add_ps(even, odd))
         }
     };
-    // Two accumulators, for even and odd groups, so consecutive additions do not wait on
-    // each other.
-    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut g = 0;
-    while g + 1 < groups {
-        even = _mm256_add_ps(even, group(g));
-        odd = _mm256_add_ps(odd, group(g + 1));
-        g += 2;
-    }
-    if g < groups {
-        even = _mm256_add_ps(even, group(g));
-    }
-    hsum256(_mm256_add_ps(even, odd))
 }
+
+// AVX2: `maddubs` to i16 pairs, then `madd` with ones to i32.
+#[cfg(target_arch = "x86_64")]
+int8_dot_kernel!(dot_int8_avx2, "avx2,fma", |w_abs, x_signed| {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x_signed), _mm256_set1_epi16(1))
+});
+
+// AVX-512 VNNI: `vpdpbusd` straight to i32.
+#[cfg(target_arch = "x86_64")]
+int8_dot_kernel!(
+    dot_int8_vnni,
+    "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni",
+    |w_abs, x_signed| _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, x_signed)
+);
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
 type DotFn = fn(QFormat, &[u8], &[f32], &[f32]) -> f32;
