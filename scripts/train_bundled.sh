@@ -16,7 +16,7 @@ $C train-base --config assets/configs/continuo_base.json --data $BASE_DATA \
     --out data/base_e1.safetensors --epochs 1 --context 512 --batch-size 4 --lr 1e-3 \
     --no-augment --val-fraction 0.05 --seed 7
 $C train-base --config assets/configs/continuo_base.json --init data/base_e1.safetensors \
-    --data $BASE_DATA --out assets/continuo_base.safetensors --epochs 1 --context 256 \
+    --data $BASE_DATA --out assets/continuo_base.safetensors --force --epochs 1 --context 256 \
     --batch-size 1 --lr 1e-3 --gamma 0.5 --no-augment --val-fraction 0.05 --seed 7
 
 # 2. The styles, each from its own small public-domain corpus (see lora-weights/*/README.md).

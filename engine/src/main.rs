@@ -181,6 +181,9 @@ struct TrainBaseArgs {
     /// Start from these weights instead of a random initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Replace an existing model at --out (a resumed run may always write it).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -249,12 +252,17 @@ enum StyleCommand {
     Info { file: PathBuf },
     /// Write a style file as a peft adapter folder.
     ExportPeft {
+        /// The native style file.
         file: PathBuf,
+        /// The peft folder to write (`adapter_config.json` + `adapter_model.safetensors`).
         #[arg(short, long)]
         out: PathBuf,
         /// The base model's config, to validate the shapes.
         #[arg(long)]
         config: String,
+        /// Replace an adapter the folder already holds.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -294,6 +302,9 @@ struct QuantizeArgs {
     /// The quantized model (`.safetensors`).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing file at --out.
+    #[arg(long)]
+    force: bool,
 }
 
 fn parse_qformat(s: &str) -> std::result::Result<QFormat, String> {
@@ -698,6 +709,7 @@ fn run_quantize(args: QuantizeArgs) -> Result<()> {
         .input("--weights", &args.weights)
         .output("--out", &args.out)
         .check()?;
+    refuse_existing_model(&args.out, args.force)?;
     let t = Instant::now();
     let mut model = Moonbeam::load(&cfg, &args.weights, Precision::F32)
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
@@ -927,7 +939,29 @@ fn run_style(cmd: StyleCommand) -> Result<()> {
                 .with_context(|| format!("style {} is damaged", file.display()))?;
             print_out(&serde_json::to_string_pretty(&card)?)?;
         }
-        StyleCommand::ExportPeft { file, out, config } => {
+        StyleCommand::ExportPeft {
+            file,
+            out,
+            config,
+            force,
+        } => {
+            let existing = ["adapter_config.json", "adapter_model.safetensors"]
+                .map(|name| out.join(name))
+                .into_iter()
+                .find(|p| p.exists());
+            if let (Some(existing), false) = (existing, force) {
+                bail!(
+                    "{} already holds an adapter ({}): use --force to replace it, or another folder",
+                    out.display(),
+                    existing.display()
+                );
+            }
+            if out.exists() && !out.is_dir() {
+                bail!(
+                    "-o {} is a file: give a folder for the peft adapter",
+                    out.display()
+                );
+            }
             let cfg = load_config(&config)?;
             let (adapter, _) = style::load_style(&file, &cfg, None)
                 .with_context(|| format!("cannot read style {}", file.display()))?;
@@ -1028,6 +1062,17 @@ fn train_config(
         resume: common.resume,
         progress: true,
     }
+}
+
+/// A model file is never replaced without `--force`.
+fn refuse_existing_model(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        bail!(
+            "--out {} already exists: use --force to replace it, or another file",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// `--resume` needs the checkpoint it names.
@@ -1160,6 +1205,9 @@ fn train_base(args: TrainBaseArgs) -> Result<()> {
         .output("--out", &args.out)
         .check()?;
     check_resume(args.common.resume, &args.out)?;
+    if !args.common.resume {
+        refuse_existing_model(&args.out, args.force)?;
+    }
     let cfg = load_config(&args.config)?;
     let Some(data) = dataset_unless_dry_run(&args.common, &cfg)? else {
         return Ok(());

@@ -681,3 +681,77 @@ fn a_long_piece_can_be_continued_from_its_end() {
         "{stderr}"
     );
 }
+
+#[test]
+fn existing_models_and_adapter_folders_are_replaced_only_with_force() {
+    let config = golden("tiny_config.json");
+    let weights = golden("tiny_model.safetensors");
+    let existing = tmp("existing_model.safetensors");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let quantize = |force: bool| {
+        let mut args = vec![
+            "quantize",
+            "--config",
+            path(&config),
+            "--weights",
+            path(&weights),
+            "--format",
+            "q8",
+            "--out",
+            path(&existing),
+        ];
+        if force {
+            args.push("--force");
+        }
+        continuo(&args)
+    };
+    let out = quantize(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+    assert!(quantize(true).status.success());
+
+    // export-peft into a folder that already holds an adapter.
+    let style = tmp("export_me.safetensors");
+    let out = continuo(&[
+        "style",
+        "import",
+        path(&golden("lora_adapter")),
+        "--out",
+        path(&style),
+        "--config",
+        path(&config),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let folder = tmp("peft_out");
+    let export = |force: bool| {
+        let mut args = vec![
+            "style",
+            "export-peft",
+            path(&style),
+            "-o",
+            path(&folder),
+            "--config",
+            path(&config),
+        ];
+        if force {
+            args.push("--force");
+        }
+        continuo(&args)
+    };
+    assert!(export(false).status.success());
+    let out = export(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("already holds an adapter"),
+        "{stderr}"
+    );
+    assert!(export(true).status.success());
+}
