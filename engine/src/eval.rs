@@ -409,6 +409,13 @@ pub fn evaluate(
     let mut generated = Vec::new();
     let (mut total, mut valid) = (0, 0);
     let t = std::time::Instant::now();
+    // Drawn on a terminal only (indicatif hides it otherwise).
+    let bar = indicatif::ProgressBar::new(prompts.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("continuations [{bar:30}] {pos}/{len} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     for (i, prompt) in prompts.iter().enumerate() {
         let mut o = gen_opts.clone();
         if let Sampling::TopP {
@@ -427,7 +434,9 @@ pub fn evaluate(
         total += g.rows.len();
         valid += g.rows.len() - g.invalid.len();
         generated.push(g.valid_notes());
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let ms_per_note = t.elapsed().as_secs_f64() * 1e3 / total.max(1) as f64;
     systems.push(SystemReport {
         name: "model".into(),
