@@ -87,12 +87,14 @@ struct TrainCommon {
     /// Augmented copies of each training piece per epoch (transposition, tempo, velocity).
     #[arg(long, default_value_t = 4)]
     augment_copies: usize,
+    /// Train on the original pieces only (no transposition, tempo or velocity copies).
     #[arg(long)]
     no_augment: bool,
     /// Play every pitched note with this General MIDI program (0 = piano), whatever the
     /// files say; drums are untouched.
     #[arg(long)]
     instrument: Option<i64>,
+    /// Seeds the validation split, the augmentation, the packing order and the new LoRA weights.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Continue an interrupted run from its checkpoint (`<out>.resume`).
@@ -132,8 +134,10 @@ struct CardArgs {
     /// Style name shown in menus (default: the output or folder name).
     #[arg(long)]
     name: Option<String>,
+    /// One line on what the style plays, shown with its name.
     #[arg(long, default_value = "")]
     description: String,
+    /// Who made the style (and from what).
     #[arg(long, default_value = "")]
     author: String,
     /// A readable id of the base, e.g. `continuo-base-v1` or `moonbeam-839M`.
@@ -194,8 +198,10 @@ struct DemoArgs {
     /// The project folder holding `assets/` and `lora-weights/` (default: this source tree).
     #[arg(long)]
     root: Option<PathBuf>,
+    /// Notes of the example prompt used.
     #[arg(long, default_value_t = 48)]
     prompt_notes: usize,
+    /// Notes generated per style.
     #[arg(long, default_value_t = 32)]
     notes: usize,
     #[command(flatten)]
@@ -216,11 +222,13 @@ struct EvalArgs {
     /// Rows per window for the loss.
     #[arg(long, default_value_t = 512)]
     context: usize,
+    /// Notes of each held-out prompt.
     #[arg(long, default_value_t = 64)]
     prompt_notes: usize,
     /// Notes generated (and compared) after each prompt.
     #[arg(long, default_value_t = 64)]
     notes: usize,
+    /// The most held-out prompts continued (one per piece first, then later windows).
     #[arg(long, default_value_t = 16)]
     max_prompts: usize,
     #[command(flatten)]
@@ -248,8 +256,11 @@ enum StyleCommand {
         #[command(flatten)]
         card: CardArgs,
     },
-    /// Print a style file's card.
-    Info { file: PathBuf },
+    /// Print a style file's card (after checking every tensor of the file).
+    Info {
+        /// The style file (`.safetensors`).
+        file: PathBuf,
+    },
     /// Write a style file as a peft adapter folder.
     ExportPeft {
         /// The native style file.
@@ -417,10 +428,13 @@ struct BenchArgs {
     /// Weights to load; without them (or with --random-weights) random weights at the config's shapes are used.
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Benchmark random weights at the config's shapes even when --weights is given.
     #[arg(long)]
     random_weights: bool,
+    /// Notes of the synthetic prompt prefilled before decoding.
     #[arg(long, default_value_t = 128)]
     prompt_notes: usize,
+    /// Notes decoded (greedy) and timed.
     #[arg(long, default_value_t = 32)]
     notes: usize,
     /// Print the report as JSON.
