@@ -266,43 +266,35 @@ impl QMatrix {
         assert_eq!(x.len(), self.cols, "matvec: input length");
         assert!(rows.end <= self.rows, "matvec: rows out of range");
         assert_eq!(out.len(), rows.len(), "matvec: output length");
-        let groups_per_row = self.cols / GROUP;
-        let row_bytes = groups_per_row * self.format.group_bytes();
         let first = rows.start;
-        let row_of = |r: usize| {
-            (
-                &self.codes[r * row_bytes..(r + 1) * row_bytes],
-                &self.scales[r * groups_per_row..(r + 1) * groups_per_row],
-            )
-        };
         let kernel = kernel.available();
         if kernel.is_int8() {
-            let dot: Int8DotFn = match kernel {
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2Int8 => dot_int8_avx2_entry,
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512Vnni => dot_int8_vnni_entry,
-                _ => dot_int8_portable,
-            };
+            let dot = kernel.int8_dot();
             INPUT.with_borrow_mut(|input| {
                 input.quantize(x);
                 let (xq, xs) = (&input.codes[..], &input.scales[..]);
                 for_each_row(out, self.cols, |i| {
-                    let (codes, scales) = row_of(first + i);
+                    let (codes, scales) = self.row(first + i);
                     dot(self.format, codes, scales, xq, xs)
                 });
             });
             return;
         }
-        let dot: DotFn = match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => dot_avx2_entry,
-            _ => dot_portable,
-        };
+        let dot = kernel.f32_dot();
         for_each_row(out, self.cols, |i| {
-            let (codes, scales) = row_of(first + i);
+            let (codes, scales) = self.row(first + i);
             dot(self.format, codes, scales, x)
         });
+    }
+
+    /// Row `r`'s codes and scales.
+    fn row(&self, r: usize) -> (&[u8], &[f32]) {
+        let groups = self.cols / GROUP;
+        let bytes = groups * self.format.group_bytes();
+        (
+            &self.codes[r * bytes..(r + 1) * bytes],
+            &self.scales[r * groups..(r + 1) * groups],
+        )
     }
 
     /// `out[i][r] = dot(row r, x[i])` for the `m = x.len() / cols` input rows of `x`
@@ -326,8 +318,6 @@ impl QMatrix {
             return;
         }
         let kernel = kernel.available();
-        let groups_per_row = self.cols / GROUP;
-        let row_bytes = groups_per_row * self.format.group_bytes();
         let inputs: Vec<QInput> = if kernel.is_int8() {
             x.chunks_exact(self.cols)
                 .map(|row| {
@@ -339,18 +329,7 @@ impl QMatrix {
         } else {
             Vec::new()
         };
-        let int8: Int8DotFn = match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Int8 => dot_int8_avx2_entry,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => dot_int8_vnni_entry,
-            _ => dot_int8_portable,
-        };
-        let f32_dot: DotFn = match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => dot_avx2_entry,
-            _ => dot_portable,
-        };
+        let (int8, f32_dot) = (kernel.int8_dot(), kernel.f32_dot());
         // Transposed: (rows, m), so each task owns a contiguous block of weight rows.
         let mut transposed = vec![0.0f32; self.rows * m];
         transposed
@@ -358,9 +337,7 @@ impl QMatrix {
             .enumerate()
             .for_each(|(b, chunk)| {
                 for (k, out_row) in chunk.chunks_exact_mut(m).enumerate() {
-                    let r = b * BLOCK + k;
-                    let codes = &self.codes[r * row_bytes..(r + 1) * row_bytes];
-                    let scales = &self.scales[r * groups_per_row..(r + 1) * groups_per_row];
+                    let (codes, scales) = self.row(b * BLOCK + k);
                     for (i, o) in out_row.iter_mut().enumerate() {
                         *o = if kernel.is_int8() {
                             let q = &inputs[i];
@@ -503,6 +480,26 @@ impl Kernel {
         })
     }
 
+    /// The row dot product of an f32-input kernel (the portable one for the others).
+    fn f32_dot(self) -> DotFn {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => dot_avx2_entry,
+            _ => dot_portable,
+        }
+    }
+
+    /// The row dot product of an int8-input kernel (the portable one for the others).
+    fn int8_dot(self) -> Int8DotFn {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Int8 => dot_int8_avx2_entry,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => dot_int8_vnni_entry,
+            _ => dot_int8_portable,
+        }
+    }
+
     /// This kernel if the CPU has it, else its portable reference.
     fn available(self) -> Kernel {
         if self.is_supported() {
@@ -590,6 +587,18 @@ fn dot_int8_avx2_entry(
     unsafe { dot_int8_avx2(format, codes, scales, xq, xs) }
 }
 
+#[cfg(target_arch = "x86_64")]
+fn dot_int8_vnni_entry(
+    format: QFormat,
+    codes: &[u8],
+    scales: &[f32],
+    xq: &[i8],
+    xs: &[f32],
+) -> f32 {
+    // SAFETY: this entry is only chosen when `Kernel::Avx512Vnni.is_supported()`.
+    unsafe { dot_int8_vnni(format, codes, scales, xq, xs) }
+}
+
 /// The 32 codes of group `g` as signed bytes in a 256-bit register (q4 unpacked to `-8..=7`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! group_codes {
@@ -618,18 +627,6 @@ fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dot_int8_vnni_entry(
-    format: QFormat,
-    codes: &[u8],
-    scales: &[f32],
-    xq: &[i8],
-    xs: &[f32],
-) -> f32 {
-    // SAFETY: this entry is only chosen when `Kernel::Avx512Vnni.is_supported()`.
-    unsafe { dot_int8_vnni(format, codes, scales, xq, xs) }
 }
 
 /// An integer dot-product kernel over 256-bit registers: the two x86 kernels differ only in
@@ -769,27 +766,12 @@ unsafe fn dot_avx2(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> 
     for g in 0..groups {
         // SAFETY: group g's codes and inputs are in bounds (assert above).
         unsafe {
-            let bytes = match format {
-                QFormat::Q8 => _mm256_loadu_si256(pc.add(g * GROUP) as *const __m256i),
-                QFormat::Q4 => {
-                    let packed = _mm_loadu_si128(pc.add(g * GROUP / 2) as *const __m128i);
-                    let mask = _mm_set1_epi8(0x0f);
-                    let eight = _mm_set1_epi8(8);
-                    let lo = _mm_sub_epi8(_mm_and_si128(packed, mask), eight);
-                    let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), eight);
-                    _mm256_set_m128i(hi, lo)
-                }
-            };
+            let bytes = group_codes!(format, pc, g);
             let group = fma4(bytes, px.add(g * GROUP), _mm256_setzero_ps());
             acc = _mm256_fmadd_ps(group, _mm256_set1_ps(*scales.get_unchecked(g)), acc);
         }
     }
-    // Horizontal sum of the eight lanes.
-    let hi = _mm256_extractf128_ps(acc, 1);
-    let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
+    hsum256(acc)
 }
 
 #[cfg(test)]

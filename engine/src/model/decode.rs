@@ -68,6 +68,40 @@ impl KvCache {
         (head * self.capacity + pos) * self.head_dim
     }
 
+    /// Stores one position's rotated keys `k` and values `v` (every kv head) for `layer`.
+    fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let hd = self.head_dim;
+        for head in 0..self.n_kv {
+            let at = self.index(head, pos);
+            self.k[layer][at..at + hd].copy_from_slice(&k[head * hd..(head + 1) * hd]);
+            self.v[layer][at..at + hd].copy_from_slice(&v[head * hd..(head + 1) * hd]);
+        }
+    }
+
+    /// Attention of the rotated query `q` (every query head, grouped onto the kv heads) over
+    /// positions `..t_len` of `layer`, written to `out` (every head); `scores` is scratch.
+    fn attend(&self, layer: usize, q: &[f32], t_len: usize, scores: &mut [f32], out: &mut [f32]) {
+        let hd = self.head_dim;
+        let n_rep = q.len() / hd / self.n_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let scores = &mut scores[..t_len];
+        for (head, (q, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+            let kv_head = head / n_rep;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let at = self.index(kv_head, j);
+                *s = dot(q, &self.k[layer][at..at + hd]) * scale;
+            }
+            softmax_in_place(scores);
+            out.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let at = self.index(kv_head, j);
+                for (o, &v) in out.iter_mut().zip(&self.v[layer][at..at + hd]) {
+                    *o += p * v;
+                }
+            }
+        }
+    }
+
     /// Bytes held by the cache buffers.
     pub fn bytes(&self) -> usize {
         2 * self.k.len() * self.n_kv * self.capacity * self.head_dim * 4
@@ -353,11 +387,8 @@ impl Layer {
         scratch: &mut DecodeScratch,
         style: &Style,
     ) -> Result<()> {
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
-        let half = hd / 2;
+        let hd = cfg.head_dim();
         let pos = cache.len;
-        let t_len = pos + 1;
-        let scale = 1.0 / (hd as f32).sqrt();
         with_f32(&self.input_norm, |w| {
             rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
             Ok(())
@@ -368,46 +399,16 @@ impl Layer {
             .matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
         self.v_proj
             .matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
-        for head in 0..nh {
-            let t = GROUP_TABLE[head / (nh / 6)];
-            rotate(
-                &mut scratch.q[head * hd..(head + 1) * hd],
-                &scratch.cos[t],
-                &scratch.sin[t],
-                half,
-            );
-        }
-        for head in 0..nkv {
-            let t = GROUP_TABLE[head / (nkv / 6)];
-            rotate(
-                &mut scratch.k[head * hd..(head + 1) * hd],
-                &scratch.cos[t],
-                &scratch.sin[t],
-                half,
-            );
-            let at = cache.index(head, pos);
-            cache.k[li][at..at + hd].copy_from_slice(&scratch.k[head * hd..(head + 1) * hd]);
-            cache.v[li][at..at + hd].copy_from_slice(&scratch.v[head * hd..(head + 1) * hd]);
-        }
-        let n_rep = nh / nkv;
-        for head in 0..nh {
-            let kv_head = head / n_rep;
-            let q = &scratch.q[head * hd..(head + 1) * hd];
-            let scores = &mut scratch.scores[..t_len];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let at = cache.index(kv_head, j);
-                *s = dot(q, &cache.k[li][at..at + hd]) * scale;
-            }
-            softmax_in_place(scores);
-            let out = &mut scratch.attn[head * hd..(head + 1) * hd];
-            out.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let at = cache.index(kv_head, j);
-                for (o, &v) in out.iter_mut().zip(&cache.v[li][at..at + hd]) {
-                    *o += p * v;
-                }
-            }
-        }
+        rotate_heads(&mut scratch.q, hd, &scratch.cos, &scratch.sin);
+        rotate_heads(&mut scratch.k, hd, &scratch.cos, &scratch.sin);
+        cache.store(li, pos, &scratch.k, &scratch.v);
+        cache.attend(
+            li,
+            &scratch.q,
+            pos + 1,
+            &mut scratch.scores,
+            &mut scratch.attn,
+        );
         self.o_proj
             .matvec_styled(&scratch.attn, &mut scratch.proj, style, Target::O(li))?;
         for (x, p) in scratch.x.iter_mut().zip(&scratch.proj) {
@@ -462,10 +463,9 @@ impl Layer {
         scores: &mut [f32],
         style: &Style,
     ) -> Result<()> {
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
-        let (h, half, kvd) = (cfg.hidden_size, hd / 2, nkv * hd);
+        let hd = cfg.head_dim();
+        let (h, kvd) = (cfg.hidden_size, cfg.n_kv_heads * hd);
         let pos0 = cache.len;
-        let scale = 1.0 / (hd as f32).sqrt();
         let norm = |w: &candle_core::Tensor, x: &[f32]| -> Result<Vec<f32>> {
             let mut out = vec![0.0; x.len()];
             with_f32(w, |w| {
@@ -480,42 +480,18 @@ impl Layer {
         let mut q = linear_rows(&self.q_proj, &xn, style, Some(Target::Q(li)))?;
         let mut k = linear_rows(&self.k_proj, &xn, style, Some(Target::K(li)))?;
         let v = linear_rows(&self.v_proj, &xn, style, Some(Target::V(li)))?;
-        for (i, (cos, sin)) in rotary.iter().enumerate() {
-            for head in 0..nh {
-                let t = GROUP_TABLE[head / (nh / 6)];
-                let at = i * h + head * hd;
-                rotate(&mut q[at..at + hd], &cos[t], &sin[t], half);
-            }
-            for head in 0..nkv {
-                let t = GROUP_TABLE[head / (nkv / 6)];
-                let at = i * kvd + head * hd;
-                rotate(&mut k[at..at + hd], &cos[t], &sin[t], half);
-                let to = cache.index(head, pos0 + i);
-                cache.k[li][to..to + hd].copy_from_slice(&k[at..at + hd]);
-                cache.v[li][to..to + hd].copy_from_slice(&v[at..at + hd]);
-            }
+        let rows = q
+            .chunks_exact_mut(h)
+            .zip(k.chunks_exact_mut(kvd))
+            .zip(v.chunks_exact(kvd));
+        for (i, (((q, k), v), (cos, sin))) in rows.zip(rotary).enumerate() {
+            rotate_heads(q, hd, cos, sin);
+            rotate_heads(k, hd, cos, sin);
+            cache.store(li, pos0 + i, k, v);
         }
-        let n_rep = nh / nkv;
         let mut attn = vec![0.0f32; x.len()];
-        for i in 0..rotary.len() {
-            let t_len = pos0 + i + 1;
-            for head in 0..nh {
-                let kv_head = head / n_rep;
-                let q = &q[i * h + head * hd..i * h + (head + 1) * hd];
-                let scores = &mut scores[..t_len];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let at = cache.index(kv_head, j);
-                    *s = dot(q, &cache.k[li][at..at + hd]) * scale;
-                }
-                softmax_in_place(scores);
-                let out = &mut attn[i * h + head * hd..i * h + (head + 1) * hd];
-                for (j, &p) in scores.iter().enumerate() {
-                    let at = cache.index(kv_head, j);
-                    for (o, &v) in out.iter_mut().zip(&cache.v[li][at..at + hd]) {
-                        *o += p * v;
-                    }
-                }
-            }
+        for (i, (q, out)) in q.chunks_exact(h).zip(attn.chunks_exact_mut(h)).enumerate() {
+            cache.attend(li, q, pos0 + i + 1, scores, out);
         }
         let o = linear_rows(&self.o_proj, &attn, style, Some(Target::O(li)))?;
         for (x, p) in x.iter_mut().zip(&o) {
@@ -532,6 +508,16 @@ impl Layer {
             *x += p;
         }
         Ok(())
+    }
+}
+
+/// Rotates every head of `v` (heads of `hd` values) with the rotary table of its attribute
+/// group (heads are split into 6 contiguous groups, spec §3.2).
+fn rotate_heads(v: &mut [f32], hd: usize, cos: &[Vec<f32>; 5], sin: &[Vec<f32>; 5]) {
+    let heads = v.len() / hd;
+    for (head, v) in v.chunks_exact_mut(hd).enumerate() {
+        let t = GROUP_TABLE[head / (heads / 6)];
+        rotate(v, &cos[t], &sin[t], hd / 2);
     }
 }
 
