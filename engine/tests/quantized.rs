@@ -9,7 +9,7 @@ use continuo_engine::style::{self, StyleCard};
 use continuo_engine::train::data::{pack, windows};
 use continuo_engine::train::run::evaluate;
 use continuo_engine::{
-    midi, vocab, Adapter, Chooser, Config, Moonbeam, Note, Precision, Sampling, Session, Style,
+    midi, vocab, Adapter, Chooser, Config, Moonbeam, Note, Precision, Session, Style,
 };
 
 fn bits(model: &Moonbeam) -> Vec<(String, Vec<u8>)> {
@@ -233,42 +233,5 @@ fn quantization_costs_the_decode_path_little_loss() {
             change * 100.0
         );
         assert!(change.abs() <= budget, "{format}: {nll} against {f32_nll}");
-    }
-}
-
-/// Prints the figure BENCHMARKS.md reports: how many greedy notes of a continuation of the
-/// Gymnopedie agree with f32 before the first difference (greedy decoding amplifies any change
-/// of an argmax, so this is a report, not a target).
-#[test]
-#[ignore = "prints a figure for BENCHMARKS.md"]
-fn print_greedy_agreement() {
-    let (model, pieces) = bundled();
-    let prompt = &pieces[1][..64];
-    let opts = continuo_engine::GenerateOptions {
-        max_notes: 64,
-        max_duration_ticks: None,
-        sampling: Sampling::Greedy,
-    };
-    let run = |m: &Moonbeam| {
-        continuo_engine::continue_notes(m, &Style::base(), prompt, &opts, |_, _| {})
-            .unwrap()
-            .rows
-    };
-    let reference = run(&model);
-    for format in [QFormat::Q8, QFormat::Q4] {
-        let mut q = model.clone();
-        q.quantize(format).unwrap();
-        let rows = run(&q);
-        let same = reference
-            .iter()
-            .zip(&rows)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let equal = reference.iter().zip(&rows).filter(|(a, b)| a == b).count();
-        println!(
-            "{format}: the first {same} of {} greedy notes agree with f32; {equal} are equal at \
-             their position",
-            reference.len()
-        );
     }
 }
