@@ -299,6 +299,7 @@ fn transposition_stays_on_the_piano_and_never_moves_drums() {
         transpose: 5,
         tempo: (1.0, 1.0),
         velocity: (1.0, 1.0),
+        velocity_shift: 0,
     };
     let piece = melody_with_drums();
     let mut shifts = HashSet::new();
@@ -354,6 +355,7 @@ fn tempo_stretch_scales_onsets_and_durations() {
         transpose: 0,
         tempo: (1.5, 1.5),
         velocity: (1.0, 1.0),
+        velocity_shift: 0,
     };
     let piece: Vec<Note> = (0..20)
         .map(|i| note(i * 7 + i * i, 1 + i % 5, 60, 0, 80))
@@ -387,6 +389,7 @@ fn tempo_stretch_scales_onsets_and_durations() {
         transpose: 0,
         tempo: (1.3, 1.3),
         velocity: (1.0, 1.0),
+        velocity_shift: 0,
     };
     let edge = vec![
         note(0, 257, 60, 0, 80),
@@ -404,6 +407,7 @@ fn tempo_stretch_scales_onsets_and_durations() {
         transpose: 0,
         tempo: (0.1, 0.1),
         velocity: (1.0, 1.0),
+        velocity_shift: 0,
     };
     assert!(fast
         .apply(&edge, &tiny, &mut StdRng::seed_from_u64(0))
@@ -418,6 +422,7 @@ fn velocity_scaling_stays_in_midi_range() {
         transpose: 0,
         tempo: (1.0, 1.0),
         velocity: (0.01, 5.0),
+        velocity_shift: 0,
     };
     let piece: Vec<Note> = (1..=127).map(|v| note(v, 10, 60, 0, v)).collect();
     let mut changed = false;
@@ -431,6 +436,7 @@ fn velocity_scaling_stays_in_midi_range() {
         transpose: 0,
         tempo: (1.0, 1.0),
         velocity: (2.0, 2.0),
+        velocity_shift: 0,
     };
     let out = double.apply(&piece, &cfg, &mut StdRng::seed_from_u64(0));
     assert_eq!(out[9].velocity, 20);
@@ -438,7 +444,8 @@ fn velocity_scaling_stays_in_midi_range() {
     assert!(Augment {
         transpose: 0,
         tempo: (1.1, 0.9),
-        velocity: (1.0, 1.0)
+        velocity: (1.0, 1.0),
+        velocity_shift: 0,
     }
     .validate()
     .is_err());
@@ -765,4 +772,43 @@ fn instrument_option_sets_every_pitched_note() {
     };
     assert!(build_dataset(&dir, &cfg, bad).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wide_augmentation_spans_half_to_double_speed_the_keyboard_and_the_dynamics() {
+    let cfg = Config::small();
+    let aug = Augment::wide();
+    aug.validate().unwrap();
+    // Lowest pitch 60, highest 71: shifts -39..=37 keep it on the 88 keys.
+    let piece: Vec<Note> = (0..40)
+        .map(|i| note(i * 25, 20, 60 + (i % 12) as u8, 0, 64))
+        .collect();
+    let last = piece.last().unwrap().onset as f64;
+    let (mut tempos, mut lows, mut vels) = (Vec::new(), Vec::new(), Vec::new());
+    for seed in 0..400 {
+        let out = aug.apply(&piece, &cfg, &mut StdRng::seed_from_u64(seed));
+        assert!(out
+            .iter()
+            .all(|n| (21..=108).contains(&n.pitch()) && (1..=127).contains(&n.velocity)));
+        tempos.push(out.last().unwrap().onset as f64 / last);
+        lows.push(out.iter().map(Note::pitch).min().unwrap());
+        vels.push(out[0].velocity);
+    }
+    tempos.sort_by(f64::total_cmp);
+    assert!(tempos[0] >= 0.49 && tempos[0] < 0.56, "{}", tempos[0]);
+    assert!(tempos[399] <= 2.01 && tempos[399] > 1.8, "{}", tempos[399]);
+    let slower = tempos.iter().filter(|&&t| t > 1.0).count();
+    assert!(
+        (150..250).contains(&slower),
+        "log-uniform: about as many slower copies as faster ones ({slower} of 400)"
+    );
+    assert!(*lows.iter().min().unwrap() <= 25 && *lows.iter().max().unwrap() >= 93);
+    // 64 × 0.6 - 20 = 18 up to 64 × 1.5 + 20 = 116.
+    assert!(*vels.iter().min().unwrap() <= 30 && *vels.iter().max().unwrap() >= 105);
+    assert!(Augment {
+        velocity_shift: -1,
+        ..Augment::wide()
+    }
+    .validate()
+    .is_err());
 }

@@ -571,29 +571,54 @@ pub struct Augment {
     /// Largest transposition in semitones, either way; the shift is drawn uniformly from the
     /// shifts in `-transpose..=transpose` that keep every non-drum note in 21..=108.
     pub transpose: i8,
-    /// Tempo stretch factor range (onsets and durations are multiplied; > 1 is slower).
+    /// Tempo stretch factor range (onsets and durations are multiplied; > 1 is slower),
+    /// drawn log-uniformly so that ×0.5 and ×2 are equally likely.
     pub tempo: (f64, f64),
-    /// Velocity scale range.
+    /// Velocity scale range, drawn log-uniformly.
     pub velocity: (f64, f64),
+    /// Largest velocity offset, either way, added after scaling (drawn uniformly).
+    #[serde(default)]
+    pub velocity_shift: i64,
 }
 
 impl Default for Augment {
+    /// The mild augmentation of style training: a style's corpus is small and its register,
+    /// tempo and dynamics are part of the style.
     fn default() -> Self {
         Augment {
             transpose: 5,
             tempo: (0.9, 1.1),
             velocity: (0.85, 1.15),
+            velocity_shift: 0,
         }
     }
 }
 
 impl Augment {
-    /// Checks the ranges: finite, positive, low ≤ high, transpose ≥ 0.
+    /// The wide augmentation of base training (issue #15): a piece may be played at half or
+    /// double speed, anywhere on the keyboard, softer or louder, so the only way to predict
+    /// its tempo, register and dynamics is to read them from the context.
+    pub fn wide() -> Self {
+        Augment {
+            transpose: 87,
+            tempo: (0.5, 2.0),
+            velocity: (0.6, 1.5),
+            velocity_shift: 20,
+        }
+    }
+
+    /// Checks the ranges: finite, positive, low ≤ high, transpose and velocity shift ≥ 0.
     pub fn validate(&self) -> Result<(), DataError> {
         if self.transpose < 0 {
             return Err(DataError::Invalid(format!(
                 "augment transpose {} is negative",
                 self.transpose
+            )));
+        }
+        if !(0..=126).contains(&self.velocity_shift) {
+            return Err(DataError::Invalid(format!(
+                "augment velocity shift {} must be between 0 and 126",
+                self.velocity_shift
             )));
         }
         for (name, (lo, hi)) in [("tempo", self.tempo), ("velocity", self.velocity)] {
@@ -607,14 +632,14 @@ impl Augment {
     }
 
     /// One augmented copy of `notes` (onset-sorted, as pieces are). Draws, in this order, the
-    /// transposition, the tempo factor and the velocity factor from `rng`.
+    /// transposition, the tempo factor, the velocity factor and the velocity shift from `rng`.
     ///
     /// - Transposition: uniform over the shifts in `-transpose..=transpose` that keep every
     ///   non-drum pitch in 21..=108 (0 if none does); drums (instrument 128) never move.
     /// - Tempo: onsets and durations are multiplied and rounded half to even; durations are
     ///   kept in `1..=V_dur - 3` and onset gaps at most `V_ts - 3` (a stretched gap over the
     ///   limit is shortened, moving all later notes earlier).
-    /// - Velocity: multiplied, rounded half to even and clamped to 1..=127.
+    /// - Velocity: multiplied, rounded half to even, shifted and clamped to 1..=127.
     ///
     /// Octave and pitch class are recomputed from the pitch. Panics if [`Augment::validate`]
     /// fails.
@@ -624,8 +649,9 @@ impl Augment {
         }
         let limits = Limits::new(cfg);
         let shift = self.pick_transposition(notes, rng);
-        let tempo = rng.random_range(self.tempo.0..=self.tempo.1);
-        let vel = rng.random_range(self.velocity.0..=self.velocity.1);
+        let tempo = log_uniform(self.tempo, rng);
+        let vel = log_uniform(self.velocity, rng);
+        let vel_shift = rng.random_range(-self.velocity_shift..=self.velocity_shift);
 
         let mut out = Vec::with_capacity(notes.len());
         // (stretched onset, placed onset) of the previous note.
@@ -648,7 +674,8 @@ impl Augment {
             prev = Some((stretched, onset));
             let duration = ((n.duration as f64 * tempo).round_ties_even() as i64)
                 .clamp(1, limits.max_duration);
-            let velocity = ((n.velocity as f64 * vel).round_ties_even() as i64).clamp(1, 127);
+            let velocity =
+                ((n.velocity as f64 * vel).round_ties_even() as i64 + vel_shift).clamp(1, 127);
             out.push(Note {
                 onset,
                 duration,
@@ -683,6 +710,14 @@ impl Augment {
             rng.random_range(a..=b)
         }
     }
+}
+
+/// A factor drawn log-uniformly from `lo..=hi` (exactly `lo` when the range is one value).
+fn log_uniform<R: Rng + ?Sized>((lo, hi): (f64, f64), rng: &mut R) -> f64 {
+    if lo == hi {
+        return lo;
+    }
+    rng.random_range(lo.ln()..=hi.ln()).exp()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -157,7 +157,11 @@ pub fn train(
         let steps = packed.len().div_ceil(cfg.batch_size.max(1));
         let bar = progress_bar(cfg.progress, steps, epoch, cfg.epochs);
         let (mut loss_sum, mut notes) = (0.0f64, 0usize);
-        for chunk in packed.chunks(cfg.batch_size.max(1)) {
+        // Without a terminal (a background run writing a log) the bar is hidden: a line a
+        // minute instead, so the log shows the run is alive and how fast it goes.
+        let mut logged = Instant::now();
+        let log_lines = cfg.progress && bar.as_ref().is_none_or(|b| b.is_hidden());
+        for (step, chunk) in packed.chunks(cfg.batch_size.max(1)).enumerate() {
             let batch = batch_of(chunk);
             let (loss, n) = packed_loss(&model, &style, &batch)?;
             let value = loss.to_scalar::<f32>()? as f64;
@@ -177,6 +181,17 @@ pub fn train(
                     rate
                 ));
                 b.inc(1);
+            }
+            if log_lines && logged.elapsed().as_secs() >= 60 {
+                logged = Instant::now();
+                eprintln!(
+                    "epoch {}/{}: step {}/{steps}, loss {:.4}, {:.0} notes/s",
+                    epoch + 1,
+                    cfg.epochs,
+                    step + 1,
+                    loss_sum / notes.max(1) as f64,
+                    notes as f64 / t.elapsed().as_secs_f64().max(1e-9)
+                );
             }
         }
         if let Some(b) = bar {
