@@ -1,6 +1,8 @@
 //! `continuo eval`: held-out loss per note and per attribute, statistics of generated
 //! continuations against the held-out continuations, and the same for two baselines (a
-//! unigram and a first-order Markov model over notes, fitted on a training split).
+//! unigram and a first-order Markov model over notes, fitted on a training split), and the
+//! coherence of each continuation with the true continuation of its prompt (tempo, register,
+//! key, dynamics and rhythm; see [`coherence`]) beside baselines that give each figure a scale.
 //!
 //! Losses are in nats per note: the sum over the six attributes of the negative log
 //! probability of each attribute's value (the model's training loss times six). The
@@ -313,6 +315,185 @@ impl Stats {
     }
 }
 
+/// The six per-prompt coherence figures: how far a continuation is from the true one.
+pub const COHERENCE: [&str; 6] = [
+    "notes_per_second",
+    "mean_pitch",
+    "pitch_range",
+    "pitch_class_profile",
+    "mean_velocity",
+    "inter_onset",
+];
+
+/// What a continuation sounds like, in the terms [`coherence`] compares. Drum notes
+/// (instrument 128) and unplayable rows are left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// Notes after the first per second of the span from the first onset to the last
+    /// (a continuation whose notes share one onset gets a span of one 10 ms tick).
+    pub notes_per_second: f64,
+    /// Mean MIDI key number.
+    pub mean_pitch: f64,
+    /// Semitones between the 10th and the 90th percentile key (robust to a stray note).
+    pub pitch_range: f64,
+    /// Share of the notes in each pitch class.
+    pub pitch_classes: [f64; 12],
+    pub mean_velocity: f64,
+    /// Share of the onset-to-onset intervals in each doubling bin of 10 ms ticks (0, 1,
+    /// 2-3, 4-7, ...), so chords (interval 0), runs and rests are told apart.
+    pub inter_onset: [f64; 12],
+}
+
+impl Profile {
+    /// `None` for fewer than two playable pitched notes, which have no tempo.
+    pub fn of(notes: &[Note]) -> Option<Profile> {
+        let mut notes: Vec<&Note> = notes
+            .iter()
+            .filter(|n| n.is_valid_midi() && n.instrument != 128)
+            .collect();
+        if notes.len() < 2 {
+            return None;
+        }
+        notes.sort_by_key(|n| n.onset);
+        let n = notes.len() as f64;
+        let span = (notes[notes.len() - 1].onset - notes[0].onset).max(1) as f64 / 100.0;
+        let mut pitches: Vec<i64> = notes.iter().map(|n| n.pitch()).collect();
+        pitches.sort_unstable();
+        let rank = |q: f64| pitches[((q * (pitches.len() - 1) as f64).round()) as usize];
+        let mut pitch_classes = [0.0; 12];
+        for x in &notes {
+            pitch_classes[x.pitch_class as usize] += 1.0 / n;
+        }
+        let mut inter_onset = [0.0; 12];
+        for w in notes.windows(2) {
+            inter_onset[log_bin(w[1].onset - w[0].onset, 12)] += 1.0 / (n - 1.0);
+        }
+        Some(Profile {
+            notes_per_second: (n - 1.0) / span,
+            mean_pitch: pitches.iter().sum::<i64>() as f64 / n,
+            pitch_range: (rank(0.9) - rank(0.1)) as f64,
+            pitch_classes,
+            mean_velocity: notes.iter().map(|x| x.velocity).sum::<i64>() as f64 / n,
+            inter_onset,
+        })
+    }
+}
+
+fn total_variation(a: &[f64], b: &[f64]) -> f64 {
+    0.5 * a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>()
+}
+
+/// The [`COHERENCE`] figures of a continuation against the true one, each 0 when they
+/// agree: |ln| of the notes-per-second ratio; the absolute differences of mean pitch
+/// (semitones), pitch range (semitones) and mean velocity; the total-variation distances
+/// (0 to 1) of the pitch-class profiles and of the inter-onset-interval distributions.
+pub fn coherence(generated: &Profile, truth: &Profile) -> [f64; 6] {
+    [
+        (generated.notes_per_second / truth.notes_per_second)
+            .ln()
+            .abs(),
+        (generated.mean_pitch - truth.mean_pitch).abs(),
+        (generated.pitch_range - truth.pitch_range).abs(),
+        total_variation(&generated.pitch_classes, &truth.pitch_classes),
+        (generated.mean_velocity - truth.mean_velocity).abs(),
+        total_variation(&generated.inter_onset, &truth.inter_onset),
+    ]
+}
+
+/// The median of each coherence figure over prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoherenceReport {
+    pub name: String,
+    /// In [`COHERENCE`] order; `NaN` (JSON `null`) when no prompt could be scored.
+    pub medians: Vec<f64>,
+    /// Prompts whose continuation had at least two playable notes, and so was scored.
+    pub scored: usize,
+    /// Prompts whose continuation had fewer (counted against the system, not hidden).
+    pub unscored: usize,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        0.5 * (xs[m - 1] + xs[m])
+    }
+}
+
+impl CoherenceReport {
+    /// Medians over prompts of `continuations[i]` against `truths[i]`. A prompt whose true
+    /// continuation has no profile is skipped for every system alike.
+    pub fn of(name: &str, continuations: &[Vec<Note>], truths: &[Option<Profile>]) -> Self {
+        let mut per_figure: Vec<Vec<f64>> = vec![Vec::new(); 6];
+        let (mut scored, mut unscored) = (0, 0);
+        for (c, truth) in continuations.iter().zip(truths) {
+            let Some(truth) = truth else { continue };
+            match Profile::of(c) {
+                Some(p) => {
+                    scored += 1;
+                    for (v, x) in per_figure.iter_mut().zip(coherence(&p, truth)) {
+                        v.push(x);
+                    }
+                }
+                None => unscored += 1,
+            }
+        }
+        CoherenceReport {
+            name: name.into(),
+            medians: per_figure.into_iter().map(median).collect(),
+            scored,
+            unscored,
+        }
+    }
+
+    /// On how many figures this system's median is strictly below `other`'s.
+    pub fn wins_over(&self, other: &CoherenceReport) -> usize {
+        self.medians
+            .iter()
+            .zip(&other.medians)
+            .filter(|(a, b)| a < b)
+            .count()
+    }
+}
+
+/// The "repeat the prompt's last bar" baseline: the prompt's notes whose onsets fall in its
+/// last `bar_ticks` (up to and including the last onset), played again and again, one bar
+/// later each time, until there are `n` notes.
+pub fn repeat_last_bar(prompt: &[Note], n: usize, bar_ticks: i64) -> Vec<Note> {
+    let bar_ticks = bar_ticks.max(1);
+    let Some(last) = prompt.iter().map(|x| x.onset).max() else {
+        return Vec::new();
+    };
+    let mut bar: Vec<Note> = prompt
+        .iter()
+        .filter(|x| x.onset > last - bar_ticks)
+        .copied()
+        .collect();
+    bar.sort_by_key(|x| x.onset);
+    let mut out = Vec::with_capacity(n);
+    for k in 1.. {
+        for x in &bar {
+            if out.len() == n {
+                return out;
+            }
+            out.push(Note {
+                onset: x.onset + k * bar_ticks,
+                ..*x
+            });
+        }
+    }
+    out
+}
+
+/// The bar of [`repeat_last_bar`] in `continuo eval`: two seconds, a 4/4 bar at 120 BPM
+/// (the tokens carry no metre).
+pub const BASELINE_BAR_TICKS: i64 = 200;
+
 /// The result for one system (the model, or a baseline).
 #[derive(Debug, Clone, Serialize)]
 pub struct SystemReport {
@@ -328,6 +509,11 @@ pub struct SystemReport {
 pub struct EvalReport {
     pub statistics: Vec<&'static str>,
     pub systems: Vec<SystemReport>,
+    pub coherence_figures: Vec<&'static str>,
+    /// The model and the baselines against each prompt's true continuation: the model,
+    /// `markov`, `unigram`, `repeat_last_bar` and `other_continuation` (the true
+    /// continuation of the next prompt, which sets the scale of "unrelated music").
+    pub coherence: Vec<CoherenceReport>,
     pub prompts: usize,
     pub prompt_notes: usize,
     pub continuation_notes: usize,
@@ -438,6 +624,8 @@ pub fn evaluate(
     }
     bar.finish_and_clear();
     let ms_per_note = t.elapsed().as_secs_f64() * 1e3 / total.max(1) as f64;
+    let truths: Vec<Option<Profile>> = references.iter().map(|r| Profile::of(r)).collect();
+    let mut coherence = vec![CoherenceReport::of("model", &generated, &truths)];
     systems.push(SystemReport {
         name: "model".into(),
         loss: model_loss(model, style, samples)?,
@@ -453,6 +641,7 @@ pub fn evaluate(
             .collect();
         let n: usize = conts.iter().map(Vec::len).sum();
         let v: usize = conts.iter().flatten().filter(|x| x.is_valid_midi()).count();
+        coherence.push(CoherenceReport::of(name, &conts, &truths));
         systems.push(SystemReport {
             name: name.into(),
             loss: baselines.loss(cfg, samples, markov),
@@ -461,9 +650,20 @@ pub fn evaluate(
             valid_notes: v,
         });
     }
+    let repeats: Vec<Vec<Note>> = prompts
+        .iter()
+        .map(|p| repeat_last_bar(p, opts.continuation_notes, BASELINE_BAR_TICKS))
+        .collect();
+    coherence.push(CoherenceReport::of("repeat_last_bar", &repeats, &truths));
+    let others: Vec<Vec<Note>> = (0..references.len())
+        .map(|i| references[(i + 1) % references.len()].clone())
+        .collect();
+    coherence.push(CoherenceReport::of("other_continuation", &others, &truths));
     Ok(EvalReport {
         statistics: STATISTICS.to_vec(),
         systems,
+        coherence_figures: COHERENCE.to_vec(),
+        coherence,
         prompts: prompts.len(),
         prompt_notes: opts.prompt_notes,
         continuation_notes: opts.continuation_notes,
@@ -501,6 +701,34 @@ impl EvalReport {
             s += &format!(
                 " {:>7.1}%\n",
                 100.0 * sys.valid_notes as f64 / sys.generated_notes.max(1) as f64
+            );
+        }
+        s += "\ncoherence with each prompt's true continuation (median over prompts, lower is closer)\n";
+        s += &format!(
+            "{:<18} {:>9} {:>10} {:>11} {:>11} {:>13} {:>11} {:>7}\n",
+            "system",
+            "|ln nps|",
+            "mean pitch",
+            "pitch range",
+            "pitch class",
+            "mean velocity",
+            "inter-onset",
+            "scored"
+        );
+        for c in &self.coherence {
+            s += &format!("{:<18}", c.name);
+            for (m, w) in c.medians.iter().zip([9, 10, 11, 11, 13, 11]) {
+                s += &format!(" {m:>w$.3}");
+            }
+            s += &format!(" {:>3}/{:<3}\n", c.scored, c.scored + c.unscored);
+        }
+        if let (Some(model), Some(markov)) = (
+            self.coherence.iter().find(|c| c.name == "model"),
+            self.coherence.iter().find(|c| c.name == "markov"),
+        ) {
+            s += &format!(
+                "the model is closer than the Markov chain on {} of 6 figures\n",
+                model.wins_over(markov)
             );
         }
         s

@@ -8,7 +8,9 @@ use common::{folk_dir, golden, tiny_config};
 use std::path::PathBuf;
 use std::process::Command;
 
-use continuo_engine::eval::{Baselines, Stats};
+use continuo_engine::eval::{
+    coherence, repeat_last_bar, Baselines, CoherenceReport, Profile, Stats, COHERENCE,
+};
 use continuo_engine::{midi, Note};
 
 fn tmp(name: &str) -> PathBuf {
@@ -241,6 +243,123 @@ fn demo_and_eval_run_end_to_end() {
         assert_eq!(s["distances"].as_array().unwrap().len(), 7);
         assert!(s["loss"]["per_note"].as_f64().unwrap() > 0.0);
     }
+    let coherence = report["coherence"].as_array().unwrap();
+    assert_eq!(
+        coherence
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "model",
+            "markov",
+            "unigram",
+            "repeat_last_bar",
+            "other_continuation"
+        ]
+    );
+    for c in coherence {
+        assert_eq!(c["medians"].as_array().unwrap().len(), 6);
+    }
+    // Another piece's true continuation is never scored as a copy of this one.
+    let other = &coherence[4]["medians"];
+    assert!(
+        other
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_f64().unwrap() > 0.0),
+        "{other}"
+    );
+}
+
+fn map_notes(piece: &[Note], f: impl Fn(&Note) -> Note) -> Vec<Note> {
+    piece.iter().map(f).collect()
+}
+
+#[test]
+fn coherence_is_zero_for_the_true_continuation_and_measures_each_change() {
+    let piece = &folk()[0];
+    let truth = Profile::of(piece).unwrap();
+    assert!(coherence(&truth, &truth).iter().all(|&x| x == 0.0));
+
+    // Twice as slow: the notes-per-second ratio is exactly 1/2 and nothing tonal moves.
+    let slow = map_notes(piece, |n| Note {
+        onset: 2 * n.onset,
+        duration: 2 * n.duration,
+        ..*n
+    });
+    let c = coherence(&Profile::of(&slow).unwrap(), &truth);
+    assert!((c[0] - 2f64.ln()).abs() < 1e-9, "{c:?}");
+    assert_eq!(&c[1..5], &[0.0; 4]);
+    assert!(c[5] > 0.1, "the intervals moved up a bin: {c:?}");
+
+    // A fifth up: mean pitch moves by 7, the range and the rhythm do not.
+    let up = map_notes(piece, |n| {
+        Note::from_pitch(
+            n.onset,
+            n.duration,
+            (n.pitch() + 7) as u8,
+            n.instrument,
+            n.velocity,
+        )
+    });
+    let c = coherence(&Profile::of(&up).unwrap(), &truth);
+    assert!((c[1] - 7.0).abs() < 1e-9, "{c:?}");
+    assert_eq!([c[0], c[2], c[4], c[5]], [0.0; 4]);
+    assert!(c[3] > 0.1, "the key moved: {c:?}");
+
+    // Louder by 10 (kept in range): only the velocity figure moves, by 10.
+    let loud = map_notes(piece, |n| Note {
+        velocity: (n.velocity + 10).min(127),
+        ..*n
+    });
+    assert!(piece.iter().all(|n| n.velocity <= 117));
+    let c = coherence(&Profile::of(&loud).unwrap(), &truth);
+    assert_eq!([c[0], c[1], c[2], c[3], c[5]], [0.0; 5]);
+    assert!((c[4] - 10.0).abs() < 1e-9, "{c:?}");
+    assert_eq!(COHERENCE.len(), c.len());
+}
+
+#[test]
+fn a_collapsed_continuation_is_scored_far_off_and_too_few_notes_are_counted() {
+    let piece = &folk()[0];
+    let truth = Profile::of(piece);
+    // Greedy collapse: the same row 16 times at one onset.
+    let collapsed = vec![piece[0]; 16];
+    let r = CoherenceReport::of("collapsed", &[collapsed], std::slice::from_ref(&truth));
+    assert_eq!((r.scored, r.unscored), (1, 0));
+    assert!(
+        r.medians[0] > 3.0,
+        "1500 notes/s is far from a folk tune: {:?}",
+        r.medians
+    );
+    // Every interval is 0: the distance is the share of the true intervals that are not.
+    let chords = truth.as_ref().unwrap().inter_onset[0];
+    assert!(
+        (r.medians[5] - (1.0 - chords)).abs() < 1e-9,
+        "{:?}",
+        r.medians
+    );
+    let r = CoherenceReport::of("one note", &[vec![piece[0]]], &[truth]);
+    assert_eq!((r.scored, r.unscored), (0, 1));
+    assert!(r.medians.iter().all(|m| m.is_nan()));
+}
+
+#[test]
+fn repeat_last_bar_keeps_the_prompts_last_bar_and_its_pace() {
+    let piece = &folk()[0];
+    let prompt = &piece[..40];
+    let last = prompt.iter().map(|n| n.onset).max().unwrap();
+    let bar: Vec<&Note> = prompt.iter().filter(|n| n.onset > last - 200).collect();
+    let out = repeat_last_bar(prompt, 3 * bar.len() + 1, 200);
+    assert_eq!(out.len(), 3 * bar.len() + 1);
+    assert!(out.iter().all(|n| n.onset > last));
+    for (i, n) in out.iter().enumerate() {
+        let src = bar[i % bar.len()];
+        assert_eq!(n.onset, src.onset + 200 * (i / bar.len() + 1) as i64);
+        assert_eq!((n.pitch(), n.velocity), (src.pitch(), src.velocity));
+    }
+    assert!(repeat_last_bar(&[], 5, 200).is_empty());
 }
 
 #[test]
