@@ -410,6 +410,18 @@ pub struct CoherenceReport {
     pub scored: usize,
     /// Prompts whose continuation had fewer (counted against the system, not hidden).
     pub unscored: usize,
+    /// Share of all continuation notes that repeat an earlier note's key at the same onset
+    /// (a piano cannot play them; greedy decoding collapses into them).
+    pub stacked: f64,
+}
+
+/// Notes of `notes` that repeat an earlier note's key at the same onset.
+pub fn stacked_notes(notes: &[Note]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    notes
+        .iter()
+        .filter(|n| !seen.insert((n.onset, n.pitch())))
+        .count()
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -443,11 +455,14 @@ impl CoherenceReport {
                 None => unscored += 1,
             }
         }
+        let total: usize = continuations.iter().map(Vec::len).sum();
+        let stacked: usize = continuations.iter().map(|c| stacked_notes(c)).sum();
         CoherenceReport {
             name: name.into(),
             medians: per_figure.into_iter().map(median).collect(),
             scored,
             unscored,
+            stacked: stacked as f64 / total.max(1) as f64,
         }
     }
 
@@ -705,7 +720,7 @@ impl EvalReport {
         }
         s += "\ncoherence with each prompt's true continuation (median over prompts, lower is closer)\n";
         s += &format!(
-            "{:<18} {:>9} {:>10} {:>11} {:>11} {:>13} {:>11} {:>7}\n",
+            "{:<18} {:>9} {:>10} {:>11} {:>11} {:>13} {:>11} {:>7} {:>8}\n",
             "system",
             "|ln nps|",
             "mean pitch",
@@ -713,14 +728,20 @@ impl EvalReport {
             "pitch class",
             "mean velocity",
             "inter-onset",
-            "scored"
+            "scored",
+            "stacked"
         );
         for c in &self.coherence {
             s += &format!("{:<18}", c.name);
             for (m, w) in c.medians.iter().zip([9, 10, 11, 11, 13, 11]) {
                 s += &format!(" {m:>w$.3}");
             }
-            s += &format!(" {:>3}/{:<3}\n", c.scored, c.scored + c.unscored);
+            s += &format!(
+                " {:>3}/{:<3} {:>7.1}%\n",
+                c.scored,
+                c.scored + c.unscored,
+                100.0 * c.stacked
+            );
         }
         if let (Some(model), Some(markov)) = (
             self.coherence.iter().find(|c| c.name == "model"),

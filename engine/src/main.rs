@@ -1223,7 +1223,8 @@ fn train_style(args: TrainStyleArgs) -> Result<()> {
         .check()?;
     check_resume(args.common.resume, &args.out)?;
     let cfg = load_config(&args.config)?;
-    let Some(data) = dataset_unless_dry_run(&args.common, &cfg, train::data::Augment::default())? else {
+    let Some(data) = dataset_unless_dry_run(&args.common, &cfg, train::data::Augment::default())?
+    else {
         return Ok(());
     };
     let base = Moonbeam::load(&cfg, &args.weights, Precision::F32)
@@ -1289,7 +1290,8 @@ fn train_base(args: TrainBaseArgs) -> Result<()> {
         refuse_existing_model(&args.out, args.force)?;
     }
     let cfg = load_config(&args.config)?;
-    let Some(data) = dataset_unless_dry_run(&args.common, &cfg, train::data::Augment::wide())? else {
+    let Some(data) = dataset_unless_dry_run(&args.common, &cfg, train::data::Augment::wide())?
+    else {
         return Ok(());
     };
     let base = match &args.init {

@@ -328,6 +328,20 @@ fn a_collapsed_continuation_is_scored_far_off_and_too_few_notes_are_counted() {
     let collapsed = vec![piece[0]; 16];
     let r = CoherenceReport::of("collapsed", &[collapsed], std::slice::from_ref(&truth));
     assert_eq!((r.scored, r.unscored), (1, 0));
+    assert_eq!(
+        r.stacked,
+        15.0 / 16.0,
+        "15 of the 16 notes repeat the first"
+    );
+    assert_eq!(
+        CoherenceReport::of(
+            "truth",
+            std::slice::from_ref(piece),
+            std::slice::from_ref(&truth)
+        )
+        .stacked,
+        0.0
+    );
     assert!(
         r.medians[0] > 3.0,
         "1500 notes/s is far from a folk tune: {:?}",
