@@ -1480,8 +1480,12 @@ fn run_demo(args: DemoArgs) -> Result<()> {
             Err(e) => eprintln!("skipping style {}: {e}", path.display()),
         }
     }
+    let pace = |notes: &[Note]| {
+        continuo_engine::eval::Profile::of(notes).map_or(0.0, |p| p.notes_per_second)
+    };
+    let prompt_pace = pace(&prompt);
     eprintln!(
-        "prompt: {} notes of {}",
+        "prompt: {} notes of {}, {prompt_pace:.1} notes/s",
         prompt.len(),
         prompt_path.display()
     );
@@ -1511,10 +1515,12 @@ fn run_demo(args: DemoArgs) -> Result<()> {
             .map(|t| (t.transformer + t.head).as_secs_f64() * 1e3)
             .sum::<f64>()
             / gen.timings.len().max(1) as f64;
+        let answer_pace = pace(&continuation);
         println!(
-            "{name:<16} {:>3} notes ({} not playable), first note after {:.1} ms, {:.2} ms per note, total {:.0} ms -> {} and {}",
+            "{name:<16} {:>3} notes ({} not playable), {answer_pace:.1} notes/s (x{:.2} the prompt's), first note after {:.1} ms, {:.2} ms per note, total {:.0} ms -> {} and {}",
             gen.rows.len(),
             gen.invalid.len(),
+            answer_pace / prompt_pace.max(1e-9),
             first.unwrap_or(0.0),
             per_note,
             elapsed,
