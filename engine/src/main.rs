@@ -520,8 +520,36 @@ fn main() {
         Command::Demo(args) => run_demo(args),
     };
     if let Err(e) = result {
+        if let Some(stop) = e.downcast_ref::<train::run::Interrupted>() {
+            eprintln!("{stop}: run the same command with --resume to continue from there");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Ctrl-C during training: the first stops after the current step with a checkpoint, a
+/// second quits at once (losing only what the checkpoint does not hold).
+fn stop_on_ctrl_c() -> Option<Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::Relaxed) {
+            eprintln!("\ninterrupted again: quitting without saving this step");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)"
+        );
+    });
+    match installed {
+        Ok(()) => Some(stop),
+        Err(e) => {
+            eprintln!("warning: Ctrl-C will not save a checkpoint: {e}");
+            None
+        }
     }
 }
 
@@ -1125,10 +1153,50 @@ fn check_context(context: usize, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The options and data a resumed run must share with the run it continues (`--epochs`
+/// may grow, and `--out` is where the checkpoint is found).
+fn recipe(
+    common: &TrainCommon,
+    data: &train::data::Dataset,
+    trainable: train::run::Trainable,
+    start: Option<&Path>,
+) -> std::collections::BTreeMap<String, String> {
+    let o = &data.options;
+    [
+        ("--data", common.data.display().to_string()),
+        (
+            "training files",
+            format!(
+                "{} (hash {:016x})",
+                data.split.train_files.len(),
+                train::data::split_hash(&data.split.train_files.join("\n"), 0)
+            ),
+        ),
+        (
+            "start weights",
+            start.map_or("random".into(), |p| p.display().to_string()),
+        ),
+        ("trained", format!("{trainable:?}")),
+        ("--lr", common.lr.to_string()),
+        ("--gamma", common.gamma.to_string()),
+        ("--context", o.context_rows.to_string()),
+        ("--batch-size", common.batch_size.to_string()),
+        ("--val-fraction", o.val_fraction.to_string()),
+        ("--seed", o.seed.to_string()),
+        ("augmentation", format!("{:?}", o.augment)),
+        ("--augment-copies", o.augment_copies.to_string()),
+        ("--instrument", format!("{:?}", o.instrument)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn train_config(
     common: &TrainCommon,
     trainable: train::run::Trainable,
     out: &Path,
+    recipe: std::collections::BTreeMap<String, String>,
 ) -> train::run::TrainConfig {
     train::run::TrainConfig {
         trainable,
@@ -1141,6 +1209,9 @@ fn train_config(
         checkpoint: resume_path(out),
         resume: common.resume,
         progress: true,
+        recipe,
+        stop: stop_on_ctrl_c(),
+        checkpoint_every: Some(std::time::Duration::from_secs(600)),
     }
 }
 
@@ -1236,14 +1307,12 @@ fn train_style(args: TrainStyleArgs) -> Result<()> {
         args.alpha,
         data_summary(&data),
     );
-    let tc = train_config(
-        &args.common,
-        train::run::Trainable::Lora {
-            rank: args.rank,
-            alpha: args.alpha,
-        },
-        &args.out,
-    );
+    let trainable = train::run::Trainable::Lora {
+        rank: args.rank,
+        alpha: args.alpha,
+    };
+    let recipe = recipe(&args.common, &data, trainable, Some(&args.weights));
+    let tc = train_config(&args.common, trainable, &args.out, recipe);
     let mut sink = StyleSink {
         path: args.out.clone(),
         card,
@@ -1300,7 +1369,9 @@ fn train_base(args: TrainBaseArgs) -> Result<()> {
     };
     eprintln!("training {} parameters", cfg.n_params());
     let meta = serde_json::json!({ "data": data_summary(&data), "config": args.config });
-    let tc = train_config(&args.common, train::run::Trainable::Full, &args.out);
+    let trainable = train::run::Trainable::Full;
+    let recipe = recipe(&args.common, &data, trainable, args.init.as_deref());
+    let tc = train_config(&args.common, trainable, &args.out, recipe);
     let mut sink = BaseSink {
         path: args.out.clone(),
         meta,

@@ -755,3 +755,73 @@ fn existing_models_and_adapter_folders_are_replaced_only_with_force() {
     );
     assert!(export(true).status.success());
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_training_saves_a_checkpoint_that_resume_finishes() {
+    use std::io::{BufRead, BufReader};
+    let out = tmp("interrupted.safetensors");
+    let checkpoint = tmp("interrupted.safetensors.resume");
+    let config = golden("tiny_config.json");
+    let weights = golden("tiny_model.safetensors");
+    let folk = common::folk_dir();
+    let args = |epochs: &'static str, resume: bool| {
+        let mut a = vec![
+            "train-style",
+            "--config",
+            path(&config),
+            "--weights",
+            path(&weights),
+            "--data",
+            path(&folk),
+            "--out",
+            path(&out),
+            "--context",
+            "96",
+            "--batch-size",
+            "1",
+            "--epochs",
+            epochs,
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        a
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_continuo"))
+        .args(args("500", false))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // Training has started once the first validation is reported.
+    while !log.contains("validation loss before training") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("training ended before it started: {log}");
+        }
+        log += &line;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    log += &rest;
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("run the same command with --resume"), "{log}");
+    assert!(checkpoint.is_file(), "{log}");
+
+    // Resuming (here for a run cut short to one epoch) finishes and writes the style.
+    let run = continuo(&args("1", true));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(out.is_file() && !checkpoint.exists(), "{stderr}");
+}

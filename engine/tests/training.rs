@@ -219,6 +219,9 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
         checkpoint: checkpoint.clone(),
         resume: false,
         progress: false,
+        recipe: Default::default(),
+        stop: None,
+        checkpoint_every: None,
     };
     let mut sink = KeepBest(None);
     let summary = train(
@@ -276,4 +279,153 @@ fn a_short_style_training_lowers_validation_loss_and_leaves_the_base_untouched()
     );
     assert!(resumed.epochs[2].train_loss < summary.epochs[0].train_loss);
     let _ = std::fs::remove_file(checkpoint);
+}
+
+struct Bits(Vec<(String, Vec<u32>)>);
+
+impl Bits {
+    fn of(adapter: &continuo_engine::lora::Adapter) -> Self {
+        let mut v: Vec<(String, Vec<u32>)> = adapter
+            .pairs
+            .iter()
+            .flat_map(|(name, pair)| {
+                [("a", &pair.a), ("b", &pair.b)].map(|(k, t)| {
+                    let bits = t
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .into_iter()
+                        .map(f32::to_bits)
+                        .collect();
+                    (format!("{name:?}.{k}"), bits)
+                })
+            })
+            .collect();
+        v.sort();
+        Bits(v)
+    }
+}
+
+#[test]
+fn a_run_stopped_at_any_step_and_resumed_matches_the_run_that_never_stopped() {
+    use continuo_engine::train::data::{build_dataset, Augment, DatasetOptions};
+    use continuo_engine::train::run::{train, Interrupted, TrainConfig, Trainable};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let m = model();
+    let options = DatasetOptions {
+        context_rows: 96,
+        val_fraction: 0.25,
+        seed: 2,
+        augment: Some(Augment::default()),
+        augment_copies: 1,
+        instrument: None,
+    };
+    let data = build_dataset(&common::folk_dir(), &m.cfg, options).unwrap();
+    let dir = common::tmp("training", "stop-resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe: std::collections::BTreeMap<String, String> =
+        [("--lr".to_string(), "0.003".to_string())].into();
+    let cfg = TrainConfig {
+        trainable: Trainable::Lora {
+            rank: 4,
+            alpha: 16.0,
+        },
+        epochs: 2,
+        lr: 3e-3,
+        gamma: 0.9,
+        batch_size: 4,
+        context_rows: 96,
+        seed: 9,
+        checkpoint: dir.join("never-stopped.resume"),
+        resume: false,
+        progress: false,
+        recipe: recipe.clone(),
+        stop: None,
+        checkpoint_every: None,
+    };
+    let run = |cfg: &TrainConfig, sink: &mut KeepBest| {
+        train(
+            &m,
+            cfg,
+            |e| data.epoch_samples(e as u64),
+            &data.val_samples,
+            sink,
+        )
+    };
+    let mut whole_sink = KeepBest(None);
+    let whole = run(&cfg, &mut whole_sink).unwrap();
+
+    // The same run, stopped after its first step, then after one more, then resumed to the end.
+    let stop = Arc::new(AtomicBool::new(true));
+    let stopped = TrainConfig {
+        checkpoint: dir.join("stopped.resume"),
+        stop: Some(stop.clone()),
+        ..cfg.clone()
+    };
+    let mut sink = KeepBest(None);
+    let e = run(&stopped, &mut sink).unwrap_err();
+    let i = e
+        .downcast_ref::<Interrupted>()
+        .expect("an Interrupted error");
+    assert_eq!((i.epoch, i.step), (1, 1));
+    assert!(stopped.checkpoint.is_file());
+
+    // Resuming with another learning rate is refused, naming it; the checkpoint stays.
+    let other_lr = TrainConfig {
+        resume: true,
+        stop: None,
+        recipe: [("--lr".to_string(), "0.001".to_string())].into(),
+        ..stopped.clone()
+    };
+    let e = run(&other_lr, &mut sink).unwrap_err().to_string();
+    assert!(
+        e.contains("--lr: 0.003 in the checkpoint, 0.001 now"),
+        "{e}"
+    );
+
+    let again = TrainConfig {
+        resume: true,
+        ..stopped.clone()
+    };
+    let e = run(&again, &mut sink).unwrap_err();
+    let i = e.downcast_ref::<Interrupted>().unwrap();
+    assert_eq!((i.epoch, i.step), (1, 2));
+    stop.store(false, Ordering::Relaxed);
+    let resumed = run(&again, &mut sink).unwrap();
+
+    let losses = |s: &continuo_engine::train::run::TrainSummary| {
+        s.epochs
+            .iter()
+            .map(|e| {
+                (
+                    e.train_loss.to_bits(),
+                    e.val_loss.map(f64::to_bits),
+                    e.notes,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&resumed), losses(&whole));
+    assert_eq!(resumed.notes_seen, whole.notes_seen);
+    let (a, b) = (whole_sink.0.unwrap(), sink.0.unwrap());
+    assert!(Bits::of(&a).0 == Bits::of(&b).0, "the weights differ");
+
+    // Stopped at an epoch's end (a run of one epoch, extended): the second epoch shuffles
+    // and augments as the run that never stopped did.
+    let first = TrainConfig {
+        epochs: 1,
+        checkpoint: dir.join("by-epoch.resume"),
+        ..cfg.clone()
+    };
+    let mut sink = KeepBest(None);
+    run(&first, &mut sink).unwrap();
+    let extended = TrainConfig {
+        epochs: 2,
+        resume: true,
+        ..first
+    };
+    assert_eq!(losses(&run(&extended, &mut sink).unwrap()), losses(&whole));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,10 +1,18 @@
 //! The training loop shared by `train-style` (LoRA on a frozen base) and `train-base`
 //! (every parameter): packed batches, AdamW, a per-epoch learning-rate decay, validation
 //! every epoch, the best checkpoint kept, and resumption after an interruption.
+//!
+//! Resumption is exact: the state after every step is a function of the options, the data
+//! and the step alone (every random choice is seeded per epoch), so a run stopped at any
+//! step and resumed gives the losses and weights of the run that never stopped. A checkpoint
+//! records the options that must not change (`TrainConfig::recipe`) and is refused when they
+//! differ.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor, Var};
 use rand::seq::SliceRandom;
@@ -46,6 +54,36 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// The options and data a resumed run must share with the run it continues (name to
+    /// value), stored in the checkpoint and compared on resume. Empty: nothing is checked.
+    pub recipe: BTreeMap<String, String>,
+    /// When set (by a Ctrl-C handler, say), training stops after the current step, writes
+    /// the checkpoint and returns [`Interrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Also write the checkpoint within an epoch this often, so a crash loses at most this
+    /// much work (the checkpoint is always written after every epoch).
+    pub checkpoint_every: Option<Duration>,
+}
+
+/// The error [`train`] returns when [`TrainConfig::stop`] was set: the state up to the last
+/// finished step is in `checkpoint`, and a run with `resume` continues from there.
+#[derive(Debug, thiserror::Error)]
+#[error("training stopped at epoch {epoch}, step {step}; the state is saved in {}", checkpoint.display())]
+pub struct Interrupted {
+    pub epoch: usize,
+    pub step: usize,
+    pub checkpoint: PathBuf,
+}
+
+/// Where a checkpoint stands: complete epochs, and steps done in the next one with their
+/// running sums (stored bit-exactly, so that a resumed epoch reports the same loss).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct Position {
+    epochs_done: usize,
+    steps_done: usize,
+    loss_sum_bits: u64,
+    notes: usize,
+    seconds: f64,
 }
 
 /// Metrics of one epoch.
@@ -119,23 +157,39 @@ pub fn train(
         trainable_params,
         ..Default::default()
     };
-    let mut first_epoch = 0;
+    let mut position = Position::default();
     if cfg.resume && cfg.checkpoint.exists() {
         let (state, meta) = read_checkpoint(&cfg.checkpoint)?;
-        let done: usize = meta
-            .get("epochs_done")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        check_recipe(&cfg.recipe, meta.get("recipe"), &cfg.checkpoint)?;
+        position = match meta.get("position") {
+            Some(p) => serde_json::from_str(p)?,
+            None => Position {
+                epochs_done: meta
+                    .get("epochs_done")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                ..Default::default()
+            },
+        };
         let step: u64 = meta.get("step").and_then(|v| v.parse().ok()).unwrap_or(0);
         opt.restore(&state, step)?;
         if let Some(s) = meta.get("summary") {
             summary = serde_json::from_str(s)?;
         }
-        first_epoch = done;
-        eprintln!(
-            "resuming after epoch {done} from {}",
-            cfg.checkpoint.display()
-        );
+        if position.steps_done > 0 {
+            eprintln!(
+                "resuming at epoch {}, step {} from {}",
+                position.epochs_done + 1,
+                position.steps_done,
+                cfg.checkpoint.display()
+            );
+        } else {
+            eprintln!(
+                "resuming after epoch {} from {}",
+                position.epochs_done,
+                cfg.checkpoint.display()
+            );
+        }
     } else if !val_packed.is_empty() {
         summary.initial_val_loss = Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?);
         eprintln!(
@@ -143,8 +197,9 @@ pub fn train(
             summary.initial_val_loss.unwrap_or(f64::NAN)
         );
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
-    for epoch in first_epoch..cfg.epochs {
+    let run_started = Instant::now();
+    let mut run_steps_done = 0usize;
+    for epoch in position.epochs_done..cfg.epochs {
         opt.lr = cfg.lr * cfg.gamma.powi(epoch as i32);
         let t = Instant::now();
         let samples = train_samples(epoch);
@@ -153,15 +208,36 @@ pub fn train(
             cfg.context_rows,
             Some(cfg.seed.wrapping_add(epoch as u64)),
         )?;
+        // Seeded per epoch (not one stream over the run), so a resumed run shuffles alike.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            (cfg.seed ^ 0x5eed).wrapping_add((epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        );
         packed.shuffle(&mut rng);
         let steps = packed.len().div_ceil(cfg.batch_size.max(1));
         let bar = progress_bar(cfg.progress, steps, epoch, cfg.epochs);
-        let (mut loss_sum, mut notes) = (0.0f64, 0usize);
+        // A checkpoint written within this epoch continues it after its last step.
+        let resumed = std::mem::take(&mut position);
+        let skip = if resumed.epochs_done == epoch {
+            resumed.steps_done
+        } else {
+            0
+        };
+        let (mut loss_sum, mut notes) = if skip > 0 {
+            (f64::from_bits(resumed.loss_sum_bits), resumed.notes)
+        } else {
+            (0.0f64, 0usize)
+        };
+        let earlier_seconds = if skip > 0 { resumed.seconds } else { 0.0 };
+        if let Some(b) = &bar {
+            b.set_position(skip as u64);
+        }
         // Without a terminal (a background run writing a log) the bar is hidden: a line a
         // minute instead, so the log shows the run is alive and how fast it goes.
         let mut logged = Instant::now();
+        let mut saved = Instant::now();
         let log_lines = cfg.progress && bar.as_ref().is_none_or(|b| b.is_hidden());
-        for (step, chunk) in packed.chunks(cfg.batch_size.max(1)).enumerate() {
+        let mut epoch_notes_now = 0usize;
+        for (step, chunk) in packed.chunks(cfg.batch_size.max(1)).enumerate().skip(skip) {
             let batch = batch_of(chunk);
             let (loss, n) = packed_loss(&model, &style, &batch)?;
             let value = loss.to_scalar::<f32>()? as f64;
@@ -173,6 +249,34 @@ pub fn train(
             opt.backward_step(&loss)?;
             loss_sum += value * n as f64;
             notes += n;
+            epoch_notes_now += n;
+            run_steps_done += 1;
+            let here = Position {
+                epochs_done: epoch,
+                steps_done: step + 1,
+                loss_sum_bits: loss_sum.to_bits(),
+                notes,
+                seconds: earlier_seconds + t.elapsed().as_secs_f64(),
+            };
+            let stopping = cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+            let due = cfg
+                .checkpoint_every
+                .is_some_and(|every| saved.elapsed() >= every);
+            if (stopping || due) && step + 1 < steps {
+                write_checkpoint(&cfg.checkpoint, &opt, here, &summary, &cfg.recipe)?;
+                saved = Instant::now();
+            }
+            if stopping && step + 1 < steps {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                return Err(Interrupted {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    checkpoint: cfg.checkpoint.clone(),
+                }
+                .into());
+            }
             if let Some(b) = &bar {
                 let rate = notes as f64 / t.elapsed().as_secs_f64().max(1e-9);
                 b.set_message(format!(
@@ -184,13 +288,17 @@ pub fn train(
             }
             if log_lines && logged.elapsed().as_secs() >= 60 {
                 logged = Instant::now();
+                // Every epoch has about as many steps as this one.
+                let left = (steps - step - 1) + steps * (cfg.epochs - epoch - 1);
+                let per_step = run_started.elapsed().as_secs_f64() / run_steps_done as f64;
                 eprintln!(
-                    "epoch {}/{}: step {}/{steps}, loss {:.4}, {:.0} notes/s",
+                    "epoch {}/{}: step {}/{steps}, loss {:.4}, {:.0} notes/s, about {} left in the run",
                     epoch + 1,
                     cfg.epochs,
                     step + 1,
                     loss_sum / notes.max(1) as f64,
-                    notes as f64 / t.elapsed().as_secs_f64().max(1e-9)
+                    epoch_notes_now as f64 / t.elapsed().as_secs_f64().max(1e-9),
+                    duration_words(per_step * left as f64)
                 );
             }
         }
@@ -202,7 +310,7 @@ pub fn train(
         } else {
             Some(evaluate(&model, &style, &val_packed, cfg.batch_size)?)
         };
-        let seconds = t.elapsed().as_secs_f64();
+        let seconds = earlier_seconds + t.elapsed().as_secs_f64();
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / notes.max(1) as f64,
@@ -235,7 +343,20 @@ pub fn train(
             summary.best_epoch = Some(epoch + 1);
             sink.save_best(&model, &style, &summary)?;
         }
-        write_checkpoint(&cfg.checkpoint, &opt, epoch + 1, &summary)?;
+        let done = Position {
+            epochs_done: epoch + 1,
+            ..Default::default()
+        };
+        write_checkpoint(&cfg.checkpoint, &opt, done, &summary, &cfg.recipe)?;
+        let stopping = cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+        if stopping && epoch + 1 < cfg.epochs {
+            return Err(Interrupted {
+                epoch: epoch + 1,
+                step: steps,
+                checkpoint: cfg.checkpoint.clone(),
+            }
+            .into());
+        }
     }
     let _ = started;
     if let Some(before) = base_before {
@@ -292,17 +413,63 @@ fn progress_bar(
     Some(bar)
 }
 
+/// "3 h 20 min", "12 min", "40 s".
+fn duration_words(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// Refuses to continue a run whose recorded options differ from this one's.
+fn check_recipe(
+    now: &BTreeMap<String, String>,
+    recorded: Option<&String>,
+    checkpoint: &Path,
+) -> anyhow::Result<()> {
+    let Some(recorded) = recorded else {
+        if !now.is_empty() {
+            eprintln!(
+                "warning: {} records no options (an older version wrote it); continuing without checking them",
+                checkpoint.display()
+            );
+        }
+        return Ok(());
+    };
+    let then: BTreeMap<String, String> = serde_json::from_str(recorded)?;
+    let differ: Vec<String> = now
+        .iter()
+        .filter_map(|(k, v)| {
+            let old = then.get(k).map_or("(not set)", String::as_str);
+            (old != v).then(|| format!("{k}: {old} in the checkpoint, {v} now"))
+        })
+        .collect();
+    if !differ.is_empty() {
+        anyhow::bail!(
+            "--resume: {} was written by a run with other options ({}); resume with the same options, or start a new run without --resume",
+            checkpoint.display(),
+            differ.join("; ")
+        );
+    }
+    Ok(())
+}
+
 fn write_checkpoint(
     path: &Path,
     opt: &AdamW,
-    epochs_done: usize,
+    position: Position,
     summary: &TrainSummary,
+    recipe: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let state = opt.state();
     let meta: HashMap<String, String> = [
-        ("epochs_done".to_string(), epochs_done.to_string()),
+        ("epochs_done".to_string(), position.epochs_done.to_string()),
+        ("position".to_string(), serde_json::to_string(&position)?),
         ("step".to_string(), opt.step.to_string()),
         ("summary".to_string(), serde_json::to_string(summary)?),
+        ("recipe".to_string(), serde_json::to_string(recipe)?),
     ]
     .into();
     let tmp = path.with_extension("partial");
