@@ -162,3 +162,25 @@ fn configs_that_make_the_model_meaningless_are_refused() {
         assert!(err.contains(needle), "{to}: {err}");
     }
 }
+
+#[test]
+fn a_safetensors_header_whose_length_starts_with_0x80_is_not_taken_for_a_pickle() {
+    // A legacy pickle opens with 0x80; so does a safetensors file whose header length is
+    // 0x80 modulo 256 (the base v3 checkpoint was one). Pad the card until that happens.
+    let m = common::tiny_model(Precision::F32);
+    let path = std::env::temp_dir().join(format!("continuo-weights-{}-0x80", std::process::id()));
+    let mut found = false;
+    for pad in 0..256 {
+        let card = serde_json::json!({ "pad": "x".repeat(pad) });
+        continuo_engine::model::weights::save_weights(&m, &path, &card).unwrap();
+        let head = std::fs::read(&path).unwrap();
+        if head[0] == 0x80 {
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "no padding gave a header length of 0x80 modulo 256");
+    let loaded = Moonbeam::load(&m.cfg, &path, Precision::F32);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(loaded.unwrap().fingerprint(), m.fingerprint());
+}

@@ -29,11 +29,12 @@ impl WeightStore {
             source,
         };
         crate::files::check_input(path, None, "weights").map_err(io)?;
-        let mut head = [0u8; 8];
+        let mut head = [0u8; 9];
+        let file_len = std::fs::metadata(path).map_err(io)?.len();
         {
             use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(io)?;
-            let n = f.read(&mut head).map_err(io)?;
+            let f = std::fs::File::open(path).map_err(io)?;
+            let n = f.take(9).read(&mut head).map_err(io)?;
             if n < 8 {
                 return Err(WeightsError::Format {
                     path: path.to_owned(),
@@ -41,12 +42,22 @@ impl WeightStore {
                 });
             }
         }
+        // A safetensors file opens with its header's length and then the header's JSON. That
+        // test comes first: a length whose low byte is 0x80 looks like a pickle's first byte.
+        let header_len = u64::from_le_bytes([
+            head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+        ]);
+        let safetensors =
+            header_len > 0 && header_len <= file_len.saturating_sub(8) && head[8] == b'{';
+        // A zip container, or a legacy pickle (PROTO opcode 0x80 with protocol 2 to 5).
+        let pickle = !safetensors
+            && (head.starts_with(b"PK\x03\x04") || (head[0] == 0x80 && (2..=5).contains(&head[1])));
         let format_err = |reason: String| WeightsError::Format {
             path: path.to_owned(),
             reason,
         };
         let mut metadata = HashMap::new();
-        let tensors: Vec<(String, Tensor)> = if head.starts_with(b"PK\x03\x04") || head[0] == 0x80 {
+        let tensors: Vec<(String, Tensor)> = if pickle {
             // A torch.save pickle (zip container, or the legacy format).
             let with_key = candle_core::pickle::read_all_with_key(path, Some("model_state_dict"));
             match with_key {
@@ -55,8 +66,6 @@ impl WeightStore {
                     .map_err(|e| format_err(format!("cannot read the PyTorch checkpoint: {e}")))?,
             }
         } else {
-            let header_len = u64::from_le_bytes(head);
-            let file_len = std::fs::metadata(path).map_err(io)?.len();
             if header_len == 0 || header_len > file_len.saturating_sub(8) {
                 return Err(format_err(format!(
                     "the safetensors header claims {header_len} bytes but the file has {file_len}"
