@@ -434,6 +434,18 @@ struct ContinueArgs {
     /// Also write the prompt and generated rows (absolute onsets) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The grid of the output MIDI. `input`: the prompt file's ticks per beat, tempo map and
+    /// time and key signatures, with the prompt at its place in the piece, so the result lines
+    /// up with the original in a DAW. `reference`: the official code's file, byte for byte
+    /// (50 ticks per beat, no tempo event: 10 ms per tick, the prompt moved to start at 0).
+    #[arg(long, value_enum, default_value_t = OutputTiming::Input)]
+    timing: OutputTiming,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputTiming {
+    Input,
+    Reference,
 }
 
 #[derive(Args)]
@@ -597,26 +609,32 @@ fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
 }
 
 fn read_prompt(path: &Path, limit: Option<usize>) -> Result<Vec<Note>> {
-    read_prompt_from(path, limit, PromptFrom::Start)
+    Ok(read_prompt_from(path, limit, PromptFrom::Start)?.0)
 }
 
 /// The prompt's notes: all of them, or `limit` from the start or the end of the file (those
-/// moved to start at onset 0).
-fn read_prompt_from(path: &Path, limit: Option<usize>, from: PromptFrom) -> Result<Vec<Note>> {
+/// moved to start at onset 0); and where in the file they were taken from (the onset
+/// subtracted, 0 unless taken from the end).
+fn read_prompt_from(
+    path: &Path,
+    limit: Option<usize>,
+    from: PromptFrom,
+) -> Result<(Vec<Note>, i64)> {
     let mut notes = midi::read_midi_file(path)
         .with_context(|| format!("cannot read MIDI {}", path.display()))?;
+    let mut origin = 0;
     match (limit, from) {
         (Some(n), PromptFrom::Start) => notes.truncate(n),
         (Some(n), PromptFrom::End) if n < notes.len() => {
             notes.drain(..notes.len() - n);
-            let origin = notes.first().map_or(0, |n| n.onset);
+            origin = notes.first().map_or(0, |n| n.onset);
             for note in &mut notes {
                 note.onset -= origin;
             }
         }
         _ => {}
     }
-    Ok(notes)
+    Ok((notes, origin))
 }
 
 /// The error for a prompt longer than the model's context, saying which options help.
@@ -665,10 +683,15 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         .output_opt("--json", args.json.as_deref())
         .check()?;
     let sampling = args.sampling.sampling()?;
+    let timing = match args.timing {
+        OutputTiming::Input => midi::read_midi_timing(&args.midi)
+            .with_context(|| format!("cannot read MIDI {}", args.midi.display()))?,
+        OutputTiming::Reference => midi::Timing::reference(),
+    };
     let t = Instant::now();
     let (model, style) = load_model(&args.model)?;
     let load = t.elapsed();
-    let prompt = read_prompt_from(
+    let (prompt, origin) = read_prompt_from(
         &args.midi,
         args.prompt.prompt_notes,
         args.prompt.prompt_from,
@@ -685,8 +708,18 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
     let mut all = prompt.clone();
     all.extend(gen.valid_notes());
-    midi::write_midi_file(&args.out, &all)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    match args.timing {
+        OutputTiming::Reference => midi::write_midi_file(&args.out, &all),
+        OutputTiming::Input => {
+            // Read before the work, like the prompt: the same file, so it cannot fail now
+            // unless it changed meanwhile.
+            for note in &mut all {
+                note.onset += origin;
+            }
+            midi::write_midi_file_timed(&args.out, &all, &timing)
+        }
+    }
+    .with_context(|| format!("cannot write {}", args.out.display()))?;
     if let Some(path) = &args.json {
         let prompt_with_sos: Vec<[i64; 6]> = std::iter::once(vocab::SOS_ROW)
             .chain(prompt.iter().map(|n| n.to_row()))
@@ -732,7 +765,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
         .output("--out", &args.out)
         .check()?;
     let (model, style) = load_model(&args.model)?;
-    let notes = read_prompt_from(
+    let (notes, _) = read_prompt_from(
         &args.midi,
         args.prompt.prompt_notes,
         args.prompt.prompt_from,
@@ -1539,6 +1572,8 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let prompt = read_prompt(&prompt_path, Some(args.prompt_notes))?;
+    // The answers are written on the prompt file's grid (its tempo and metre).
+    let timing = midi::read_midi_timing(&prompt_path)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let fingerprint = model.fingerprint();
@@ -1578,7 +1613,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         let png = args.out.join(format!("{slug}.png"));
         let mut all = prompt.clone();
         all.extend(continuation.iter().copied());
-        midi::write_midi_file(&mid, &all)?;
+        midi::write_midi_file_timed(&mid, &all, &timing)?;
         continuo_engine::pianoroll::render(&prompt, &continuation, &png)?;
         let per_note: f64 = gen
             .timings

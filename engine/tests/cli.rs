@@ -59,6 +59,8 @@ fn continue_greedy_reproduces_the_reference_json_and_midi() {
             "--notes".into(),
             "16".into(),
             "--greedy".into(),
+            "--timing".into(),
+            "reference".into(),
             "--out".into(),
             path(&mid).into(),
             "--json".into(),
@@ -657,6 +659,10 @@ fn a_long_piece_can_be_continued_from_its_end() {
         })
         .collect();
     assert_eq!(&prompt[1..], &expected[..]);
+    // In the MIDI, the prompt is back at its place in the piece.
+    let written: Vec<[i64; 6]> =
+        serde_json::from_slice(&continuo(&["tokens", path(&tmp("from_end.mid"))]).stdout).unwrap();
+    assert_eq!(&written[..8], tail);
 
     // A prompt over the context says which options help.
     let short = tmp("short_context.json");
@@ -824,4 +830,49 @@ fn ctrl_c_during_training_saves_a_checkpoint_that_resume_finishes() {
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("resuming"), "{stderr}");
     assert!(out.is_file() && !checkpoint.exists(), "{stderr}");
+}
+
+#[test]
+fn a_continuation_is_written_on_the_prompt_files_grid_tempo_and_metre() {
+    let input = golden("input.mid");
+    let out_path = tmp("on_grid.mid");
+    let out = continuo(&[
+        "continue",
+        "--config",
+        path(&golden("tiny_config.json")),
+        "--weights",
+        path(&golden("tiny_model.safetensors")),
+        "--midi",
+        path(&input),
+        "--notes",
+        "8",
+        "--seed",
+        "1",
+        "--out",
+        path(&out_path),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (input_bytes, out_bytes) = (
+        std::fs::read(&input).unwrap(),
+        std::fs::read(&out_path).unwrap(),
+    );
+    let (want, got) = (
+        continuo_engine::midi::midi_timing(&input_bytes).unwrap(),
+        continuo_engine::midi::midi_timing(&out_bytes).unwrap(),
+    );
+    assert_eq!(got.division, want.division);
+    assert_eq!(got.time_signatures, want.time_signatures);
+    assert_eq!(got.tempos.first(), want.tempos.first());
+    // Every note of the prompt is on its own tick, and something was added after it.
+    let (division, prompt_ticks) = common::note_on_ticks(&input_bytes);
+    let (out_division, out_ticks) = common::note_on_ticks(&out_bytes);
+    assert_eq!(out_division, division);
+    for tick in &prompt_ticks {
+        assert!(out_ticks.contains(tick), "prompt note {tick:?} moved");
+    }
+    assert!(out_ticks.len() > prompt_ticks.len());
 }

@@ -11,8 +11,9 @@ use common::{golden, golden_json};
 use std::path::{Path, PathBuf};
 
 use continuo_engine::midi::{
-    midi_to_events, midi_to_notes, notes_to_midi, read_midi_file, write_midi_file, EventKind,
-    LiveNote, LiveTokenizer, MidiError, NoteProblem, MAX_WRITABLE_TICK,
+    midi_timing, midi_to_events, midi_to_notes, notes_to_midi, notes_to_midi_timed, read_midi_file,
+    write_midi_file, EventKind, FileDivision, LiveNote, LiveTokenizer, MidiError, NoteProblem,
+    Timing, MAX_WRITABLE_TICK,
 };
 use continuo_engine::Note;
 use proptest::prelude::*;
@@ -1366,5 +1367,171 @@ proptest! {
             }
         }
         prop_assert_eq!(live.finish(), midi_to_notes(&file).unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing on the input's grid (`notes_to_midi_timed`)
+// ---------------------------------------------------------------------------------------------
+
+/// A piece at 96 ticks per beat in 3/4, B-flat major: two bars at 150 BPM, then 100 BPM, with
+/// notes on eighths (48 ticks: 200 ms, then 300 ms, whole 10 ms units), in a conductor track
+/// and a note track.
+fn three_four_piece() -> (Vec<u8>, Vec<(u64, u8)>) {
+    let conductor = track(&[
+        (0, &[0xff, 0x58, 0x04, 3, 2, 24, 8]),
+        (0, &[0xff, 0x59, 0x02, 0xfe, 0]),
+        (0, &tempo_event(400_000)),
+        (576, &tempo_event(600_000)),
+    ]);
+    let mut events: Vec<(u32, Vec<u8>)> = vec![(0, vec![0xc0, 0])];
+    let mut ticks = Vec::new();
+    let mut last = 0;
+    for (i, key) in [60_u8, 62, 65, 67, 70, 72, 74, 77, 79, 82, 84, 86]
+        .iter()
+        .enumerate()
+    {
+        // Every other eighth, crossing the tempo change at tick 576.
+        let on = 96 * i as u64 + 48 * (i as u64 % 2);
+        ticks.push((on, *key));
+        events.push(((on - last) as u32, vec![0x90, *key, 80]));
+        events.push((48, vec![0x80, *key, 0]));
+        last = on + 48;
+    }
+    let refs: Vec<(u32, &[u8])> = events.iter().map(|(d, e)| (*d, e.as_slice())).collect();
+    (smf(1, 96, &[conductor, track(&refs)]), ticks)
+}
+
+#[test]
+fn notes_written_on_their_files_grid_keep_its_ticks_tempo_map_and_metre() {
+    let (file, ticks) = three_four_piece();
+    let notes = midi_to_notes(&file).unwrap();
+    let timing = midi_timing(&file).unwrap();
+    assert_eq!(timing.division, FileDivision::TicksPerBeat(96));
+    assert_eq!(timing.tempos, vec![(0, 400_000), (576, 600_000)]);
+    assert_eq!(timing.time_signatures, vec![(0, [3, 2, 24, 8])]);
+    assert_eq!(timing.key_signatures, vec![(0, [0xfe, 0])]);
+    // 150 BPM at 96 ticks per beat: tick 48 is 0.2 s; after the change, 48 ticks are 0.3 s.
+    assert_eq!(timing.tick_to_seconds(48), 0.2);
+    assert!((timing.tick_to_seconds(624) - (576.0 / 96.0 * 0.4 + 0.3)).abs() < 1e-12);
+    assert!((timing.seconds_to_tick(2.7) - 624.0).abs() < 1e-9);
+
+    let out = notes_to_midi_timed(&notes, &timing).unwrap();
+    assert_eq!(midi_timing(&out).unwrap(), timing);
+    assert_eq!(common::note_on_ticks(&out), (96, ticks));
+    assert_eq!(midi_to_notes(&out).unwrap(), notes);
+
+    // A continuation past the input's end lands on the same grid: one more eighth at 100 BPM.
+    let mut longer = notes.clone();
+    let last = *notes.last().unwrap();
+    longer.push(Note {
+        onset: last.onset + 30,
+        ..last
+    });
+    let (_, got) = common::note_on_ticks(&notes_to_midi_timed(&longer, &timing).unwrap());
+    let last_tick = got.iter().map(|&(t, _)| t).max().unwrap();
+    assert_eq!(last_tick, 96 * 11 + 48 + 48);
+}
+
+#[test]
+fn the_reference_grid_writes_the_reference_bytes() {
+    let rows = golden_rows(
+        "greedy_base.json",
+        "output_tokens_prompt_plus_generated_no_sos",
+    );
+    assert_eq!(
+        notes_to_midi_timed(&rows, &Timing::reference()).unwrap(),
+        golden_bytes("greedy_base.mid")
+    );
+    // A file on another grid gets a conductor track: one track more than the reference's.
+    let notes = golden_prompt_notes();
+    let other = Timing {
+        division: FileDivision::TicksPerBeat(480),
+        ..Timing::reference()
+    };
+    let bytes = notes_to_midi_timed(&notes, &other).unwrap();
+    let tracks = |b: &[u8]| u16::from_be_bytes([b[10], b[11]]);
+    assert_eq!(tracks(&bytes), tracks(&notes_to_midi(&notes).unwrap()) + 1);
+    assert_eq!(u16::from_be_bytes([bytes[12], bytes[13]]), 480);
+}
+
+fn golden_prompt_notes() -> Vec<Note> {
+    midi_to_notes(&golden_bytes("input.mid")).unwrap()
+}
+
+/// Per (instrument, pitch): the sorted onsets and the sorted ends (the pairing of overlapping
+/// same-key notes is the reader's FIFO rule, not the writer's to keep).
+fn onsets_and_ends(notes: &[Note]) -> std::collections::BTreeMap<(i64, i64), (Vec<i64>, Vec<i64>)> {
+    let mut map = std::collections::BTreeMap::<_, (Vec<i64>, Vec<i64>)>::new();
+    for n in notes {
+        let e = map.entry((n.instrument, n.pitch())).or_default();
+        e.0.push(n.onset);
+        e.1.push(n.onset + n.duration);
+    }
+    for (on, end) in map.values_mut() {
+        on.sort();
+        end.sort();
+    }
+    map
+}
+
+#[test]
+fn sample_files_written_on_their_own_grid_read_back_within_half_a_tick() {
+    let files = sample_files();
+    if files.is_empty() {
+        println!(
+            "NOTE: no MIDI samples at {}, skipping",
+            samples_dir().display()
+        );
+        return;
+    }
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        let notes = midi_to_notes(&bytes).unwrap();
+        let timing = midi_timing(&bytes).unwrap();
+        let out = notes_to_midi_timed(&notes, &timing).unwrap();
+        assert_eq!(
+            midi_timing(&out).unwrap().division,
+            timing.division,
+            "{}",
+            path.display()
+        );
+        // A time of whole 10 ms units moves by at most half of the file's longest tick (at
+        // its slowest tempo) on the way to ticks, and reads back rounded to 10 ms units: so
+        // it comes back unchanged unless half a tick reaches half a unit.
+        let slowest = timing
+            .tempos
+            .iter()
+            .map(|&(_, t)| t)
+            .chain([500_000])
+            .max()
+            .unwrap();
+        let tick_s = match timing.division {
+            FileDivision::TicksPerBeat(t) => f64::from(slowest) * 1e-6 / f64::from(t),
+            FileDivision::Smpte {
+                seconds_per_tick, ..
+            } => seconds_per_tick,
+        };
+        let tolerance = (tick_s * 100.0 * 0.5 + 0.5).floor() as i64;
+        let (want, got) = (
+            onsets_and_ends(&notes),
+            onsets_and_ends(&midi_to_notes(&out).unwrap()),
+        );
+        assert_eq!(want.len(), got.len(), "{}", path.display());
+        for (key, (on, end)) in &want {
+            let (on2, end2) = &got[key];
+            let worst = on
+                .iter()
+                .zip(on2)
+                .chain(end.iter().zip(end2))
+                .map(|(a, b)| (a - b).abs())
+                .max()
+                .unwrap_or(0);
+            assert!(
+                worst <= tolerance,
+                "{}: key {key:?} moved by {worst} (tolerance {tolerance})",
+                path.display()
+            );
+        }
     }
 }

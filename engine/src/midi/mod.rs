@@ -4,7 +4,9 @@
 //! - [`midi_to_notes`] / [`read_midi_file`]: Standard MIDI File → notes
 //!   (`reader.rs`, mido's merge and float timing).
 //! - [`notes_to_midi`] / [`write_midi_file`]: notes → Standard MIDI File,
-//!   byte-identical with the reference writer (`writer.rs`).
+//!   byte-identical with the reference writer (`writer.rs`);
+//!   [`notes_to_midi_timed`] writes them on another file's grid ([`Timing`],
+//!   read by [`midi_timing`]: its ticks per beat, tempo map and signatures).
 //! - [`LiveTokenizer`]: live note events in milliseconds → notes, for the
 //!   plugin's inference thread (`live.rs`).
 //! - [`MidiError`]: what can go wrong; no input makes any of this panic.
@@ -15,14 +17,18 @@
 mod error;
 mod live;
 mod reader;
+mod timing;
 mod tracker;
 mod writer;
 
 pub use error::{MidiError, NoteProblem};
 pub use live::{LiveNote, LiveTokenizer};
 pub use reader::{
-    midi_to_events, midi_to_notes, read_midi_file, EventKind, TimedEvent, DEFAULT_TEMPO_US_PER_BEAT,
+    midi_timing, midi_to_events, midi_to_notes, read_midi_file, read_midi_timing, EventKind,
+    TimedEvent, DEFAULT_TEMPO_US_PER_BEAT,
 };
+pub use timing::{FileDivision, Timing};
 pub use writer::{
-    note_problem, notes_to_midi, write_midi_file, MAX_WRITABLE_TICK, WRITER_TICKS_PER_BEAT,
+    note_problem, notes_to_midi, notes_to_midi_timed, write_midi_file, write_midi_file_timed,
+    MAX_WRITABLE_TICK, WRITER_TICKS_PER_BEAT,
 };

@@ -65,6 +65,7 @@
 use std::path::Path;
 
 use super::error::MidiError;
+use super::timing::{FileDivision, Timing};
 use super::tracker::{NoteTracker, TimeUnit, UNCLOSED_DURATION};
 use crate::Note;
 
@@ -180,10 +181,48 @@ pub fn midi_to_events(bytes: &[u8]) -> Result<Vec<TimedEvent>, MidiError> {
                 });
             }
             RawKind::Tempo(new_tempo) => tempo = new_tempo,
-            RawKind::Other => {}
+            RawKind::TimeSignature(_) | RawKind::KeySignature(_) | RawKind::Other => {}
         }
     }
     Ok(out)
+}
+
+/// The grid of a Standard MIDI File: its division, tempo changes and time and
+/// key signatures, at the ticks the note times are measured from (mido's
+/// merged ticks). Errors are those of [`midi_to_notes`] on the same bytes.
+pub fn midi_timing(bytes: &[u8]) -> Result<Timing, MidiError> {
+    let (division, mut events) = parse(bytes)?;
+    events.sort_by_key(|event| event.tick);
+    let field = be_u16(&bytes[12..]);
+    let mut timing = Timing {
+        division: match division {
+            Division::TicksPerBeat(ticks) => FileDivision::TicksPerBeat(ticks),
+            Division::Smpte { seconds_per_tick } => FileDivision::Smpte {
+                raw: field,
+                seconds_per_tick,
+            },
+        },
+        ..Timing::reference()
+    };
+    for event in events {
+        match event.kind {
+            RawKind::Tempo(tempo) => timing.tempos.push((event.tick, tempo)),
+            RawKind::TimeSignature(sig) => timing.time_signatures.push((event.tick, sig)),
+            RawKind::KeySignature(key) => timing.key_signatures.push((event.tick, key)),
+            RawKind::Channel { .. } | RawKind::Other => {}
+        }
+    }
+    Ok(timing)
+}
+
+/// [`midi_timing`] of a file.
+pub fn read_midi_timing(path: &Path) -> Result<Timing, MidiError> {
+    let bytes = crate::files::read_input(path, Some(crate::files::MAX_MIDI_BYTES), "MIDI")
+        .map_err(|source| MidiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    midi_timing(&bytes)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -200,6 +239,10 @@ enum RawKind {
         data2: u8,
     },
     Tempo(u32),
+    /// A time signature's first 4 payload bytes (kept only for [`midi_timing`]).
+    TimeSignature([u8; 4]),
+    /// A key signature's first 2 payload bytes (kept only for [`midi_timing`]).
+    KeySignature([u8; 2]),
     /// Any other event: it only matters because it splits delta times.
     Other,
 }
@@ -439,6 +482,10 @@ fn parse_track(
                     0x51 if payload.len() >= 3 => {
                         RawKind::Tempo(u32::from_be_bytes([0, payload[0], payload[1], payload[2]]))
                     }
+                    0x58 if payload.len() >= 4 => {
+                        RawKind::TimeSignature([payload[0], payload[1], payload[2], payload[3]])
+                    }
+                    0x59 if payload.len() >= 2 => RawKind::KeySignature([payload[0], payload[1]]),
                     _ => RawKind::Other,
                 }
             }

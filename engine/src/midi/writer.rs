@@ -47,6 +47,8 @@
 use std::path::Path;
 
 use super::error::{MidiError, NoteProblem};
+use super::reader::DEFAULT_TEMPO_US_PER_BEAT;
+use super::timing::{FileDivision, Timing};
 use super::tracker::{DRUMS, DRUM_CHANNEL};
 use crate::Note;
 
@@ -138,19 +140,127 @@ fn write_var_int(out: &mut Vec<u8>, value: u32) {
 
 /// Writes the notes as a Standard MIDI File (module docs for the layout).
 pub fn notes_to_midi(notes: &[Note]) -> Result<Vec<u8>, MidiError> {
-    if let Some((index, problem)) = notes
+    validate(notes)?;
+    let ticks = notes
+        .iter()
+        .map(|n| (n.onset, n.onset + n.duration))
+        .collect();
+    encode(notes, ticks, WRITER_TICKS_PER_BEAT, None)
+}
+
+/// Writes the notes on `timing`'s grid: its division in the header, a first
+/// (conductor) track with its tempo map and time and key signatures (the
+/// tempo in force at tick 0 always written), and every note moved to the
+/// nearest tick of the same time in seconds; a note keeps at least one tick.
+/// Then the tracks are laid out as in [`notes_to_midi`].
+///
+/// With [`Timing::reference()`] the bytes are exactly [`notes_to_midi`]'s.
+/// Otherwise every onset and end moves by at most half a tick of `timing`'s
+/// grid, so it reads back unchanged wherever half a tick is under 5 ms (any
+/// grid of 60 ticks per beat or more at 120 BPM), and notes read from a file
+/// on that grid go back onto their own ticks.
+pub fn notes_to_midi_timed(notes: &[Note], timing: &Timing) -> Result<Vec<u8>, MidiError> {
+    if *timing == Timing::reference() {
+        return notes_to_midi(notes);
+    }
+    validate(notes)?;
+    let tick = |t: i64| timing.seconds_to_tick(t as f64 * 0.01).round() as i64;
+    let mut ticks = Vec::with_capacity(notes.len());
+    for (index, note) in notes.iter().enumerate() {
+        let on = tick(note.onset);
+        let off = tick(note.onset + note.duration).max(on + 1);
+        if off > MAX_WRITABLE_TICK {
+            return Err(MidiError::InvalidNote {
+                index,
+                problem: NoteProblem::EndTooLate {
+                    end: i128::from(off),
+                    max: MAX_WRITABLE_TICK,
+                },
+            });
+        }
+        ticks.push((on, off));
+    }
+    let last = ticks.iter().map(|&(_, off)| off).max().unwrap_or(0);
+    let conductor = conductor_track(timing, last as u64);
+    encode(
+        notes,
+        ticks,
+        timing.division.header_field(),
+        Some(conductor),
+    )
+}
+
+/// The first track of a timed file: the tempo at tick 0, then every tempo,
+/// time signature and key signature up to `last` (the last note's end).
+fn conductor_track(timing: &Timing, last: u64) -> Vec<u8> {
+    let smpte = matches!(timing.division, FileDivision::Smpte { .. });
+    // (tick, order, bytes after the delta); at one tick: signatures, then the tempo.
+    let mut events: Vec<(u64, u8, Vec<u8>)> = Vec::new();
+    if !smpte {
+        let first = timing
+            .tempos
+            .iter()
+            .take_while(|&&(tick, _)| tick == 0)
+            .last()
+            .map_or(DEFAULT_TEMPO_US_PER_BEAT, |&(_, tempo)| tempo);
+        let tempo = |t: u32| {
+            let [_, a, b, c] = t.to_be_bytes();
+            vec![0xff, 0x51, 0x03, a, b, c]
+        };
+        events.push((0, 2, tempo(first)));
+        for &(tick, t) in &timing.tempos {
+            if tick > 0 && tick <= last {
+                events.push((tick, 2, tempo(t)));
+            }
+        }
+    }
+    for &(tick, [n, d, c, b]) in &timing.time_signatures {
+        if tick <= last {
+            events.push((tick, 0, vec![0xff, 0x58, 0x04, n, d, c, b]));
+        }
+    }
+    for &(tick, [sf, mi]) in &timing.key_signatures {
+        if tick <= last {
+            events.push((tick, 1, vec![0xff, 0x59, 0x02, sf, mi]));
+        }
+    }
+    events.sort_by_key(|&(tick, order, _)| (tick, order));
+    let mut data = Vec::new();
+    let mut previous = 0;
+    for (tick, _, bytes) in events {
+        write_var_int(&mut data, (tick - previous) as u32);
+        previous = tick;
+        data.extend_from_slice(&bytes);
+    }
+    data
+}
+
+/// The first invalid note, as an error.
+fn validate(notes: &[Note]) -> Result<(), MidiError> {
+    match notes
         .iter()
         .enumerate()
         .find_map(|(i, n)| note_problem(n).map(|p| (i, p)))
     {
-        return Err(MidiError::InvalidNote { index, problem });
+        Some((index, problem)) => Err(MidiError::InvalidNote { index, problem }),
+        None => Ok(()),
     }
+}
 
+/// The file: `ticks[i]` is note `i`'s (onset, end) in file ticks, non-negative,
+/// end after onset and at most [`MAX_WRITABLE_TICK`]; `conductor` is the body
+/// of a first track (without its end-of-track event).
+fn encode(
+    notes: &[Note],
+    ticks: Vec<(i64, i64)>,
+    division: u16,
+    conductor: Option<Vec<u8>>,
+) -> Result<Vec<u8>, MidiError> {
     // (tick, kind, note index); kind 0 = onset, 1 = offset. Keys are unique.
     let mut events: Vec<(i64, u8, usize)> = Vec::with_capacity(2 * notes.len());
-    for (index, note) in notes.iter().enumerate() {
-        events.push((note.onset, 0, index));
-        events.push((note.onset + note.duration, 1, index));
+    for (index, &(on, off)) in ticks.iter().enumerate() {
+        events.push((on, 0, index));
+        events.push((off, 1, index));
     }
     events.sort_unstable();
 
@@ -204,21 +314,36 @@ pub fn notes_to_midi(notes: &[Note]) -> Result<Vec<u8>, MidiError> {
         }
     }
 
+    let mut bodies: Vec<Vec<u8>> = conductor.into_iter().collect();
+    bodies.extend(tracks.into_iter().map(|t| t.data));
     let mut out = Vec::new();
     out.extend_from_slice(b"MThd");
     out.extend_from_slice(&6_u32.to_be_bytes());
     out.extend_from_slice(&1_u16.to_be_bytes());
-    // At most 16 tracks (one per channel).
-    out.extend_from_slice(&(tracks.len() as u16).to_be_bytes());
-    out.extend_from_slice(&WRITER_TICKS_PER_BEAT.to_be_bytes());
-    for mut track in tracks {
+    // At most 17 tracks (a conductor and one per channel).
+    out.extend_from_slice(&(bodies.len() as u16).to_be_bytes());
+    out.extend_from_slice(&division.to_be_bytes());
+    for mut data in bodies {
         // End of track, delta 0.
-        track.data.extend_from_slice(&[0x00, 0xff, 0x2f, 0x00]);
+        data.extend_from_slice(&[0x00, 0xff, 0x2f, 0x00]);
         out.extend_from_slice(b"MTrk");
-        out.extend_from_slice(&(track.data.len() as u32).to_be_bytes());
-        out.extend_from_slice(&track.data);
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(&data);
     }
     Ok(out)
+}
+
+/// [`notes_to_midi_timed`] written to a file.
+pub fn write_midi_file_timed(
+    path: &Path,
+    notes: &[Note],
+    timing: &Timing,
+) -> Result<(), MidiError> {
+    let bytes = notes_to_midi_timed(notes, timing)?;
+    crate::files::write_atomic(path, &bytes).map_err(|source| MidiError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// [`notes_to_midi`] written to a file.

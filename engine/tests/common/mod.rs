@@ -71,3 +71,58 @@ pub fn tmp(suite: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("a scratch folder");
     dir.join(name)
 }
+
+/// The `(absolute tick, key)` of every note-on with a velocity above 0 in a Standard MIDI
+/// File, track by track, and the header's division: a small reader written for the tests,
+/// independent of the engine's (it knows running status, meta and sysex events and nothing
+/// more).
+pub fn note_on_ticks(bytes: &[u8]) -> (u16, Vec<(u64, u8)>) {
+    fn var(b: &[u8], pos: &mut usize) -> u64 {
+        let mut v = 0;
+        loop {
+            let byte = b[*pos];
+            *pos += 1;
+            v = (v << 7) | u64::from(byte & 0x7f);
+            if byte < 0x80 {
+                return v;
+            }
+        }
+    }
+    assert_eq!(&bytes[..4], b"MThd");
+    let division = u16::from_be_bytes([bytes[12], bytes[13]]);
+    let mut pos = 14;
+    let mut out = Vec::new();
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let body = &bytes[pos + 8..pos + 8 + len];
+        pos += 8 + len;
+        let (mut p, mut tick, mut status) = (0, 0_u64, 0_u8);
+        while p < body.len() {
+            tick += var(body, &mut p);
+            if body[p] >= 0x80 {
+                status = body[p];
+                p += 1;
+            }
+            match status {
+                0xff => {
+                    p += 1;
+                    let n = var(body, &mut p) as usize;
+                    p += n;
+                }
+                0xf0 | 0xf7 => {
+                    let n = var(body, &mut p) as usize;
+                    p += n;
+                }
+                s if s & 0xf0 == 0xc0 || s & 0xf0 == 0xd0 => p += 1,
+                s => {
+                    if s & 0xf0 == 0x90 && body[p + 1] > 0 {
+                        out.push((tick, body[p]));
+                    }
+                    p += 2;
+                }
+            }
+        }
+    }
+    out.sort();
+    (division, out)
+}
