@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     let piece = midi::read_midi_file(&root.join("assets/examples/satie_gymnopedie_no1.mid"))?;
     let prompt = &piece[..64.min(piece.len())];
     let opts = GenerateOptions {
+        allow_stacked: false,
         max_notes: 64,
         max_duration_ticks: None,
         sampling: Sampling::Greedy,

@@ -541,6 +541,8 @@ pub struct EvalOptions {
     pub prompt_notes: usize,
     pub continuation_notes: usize,
     pub sampling: Sampling,
+    /// See [`GenerateOptions::allow_stacked`].
+    pub allow_stacked: bool,
     /// At most this many prompts: see [`prompt_windows`].
     pub max_prompts: usize,
     pub seed: u64,
@@ -606,6 +608,7 @@ pub fn evaluate(
         max_notes: opts.continuation_notes,
         max_duration_ticks: None,
         sampling: opts.sampling,
+        allow_stacked: opts.allow_stacked,
     };
     let mut generated = Vec::new();
     let (mut total, mut valid) = (0, 0);

@@ -217,6 +217,9 @@ pub struct Session<M: Deref<Target = Moonbeam> = Arc<Moonbeam>> {
     gru: GruScratch,
     rows: Vec<Row>,
     style: Style,
+    /// Scratch of [`Session::next_values_unstacked`]: the keys at the last onset, and logits.
+    struck: Vec<i64>,
+    masked: Vec<f32>,
 }
 
 impl<M: Deref<Target = Moonbeam>> Session<M> {
@@ -229,6 +232,8 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
             gru: GruScratch::new(&model),
             rows: Vec::with_capacity(capacity),
             style: Style::base(),
+            struck: Vec::with_capacity(16),
+            masked: Vec::with_capacity(model.cfg.decode_vocab_size),
             model,
         }
     }
@@ -338,9 +343,91 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
             .decode_note(&self.scratch.hidden, &mut self.gru, chooser, &self.style)?)
     }
 
+    /// [`Session::next_values`] for a note that cannot strike a key already struck at its onset:
+    /// when the note lands on the last row's onset (timeshift 0), the pitch classes that would
+    /// repeat a key of a row at that onset (any instrument) are taken out of the choice, unless
+    /// that leaves none. A piano key cannot be struck twice at one instant, and a model that
+    /// decodes greedily would otherwise repeat one row again and again (greedy collapse).
+    /// Whenever the unguarded choice stacks nothing, the result is the same as
+    /// [`Session::next_values`]'s, random draws included.
+    pub fn next_values_unstacked(
+        &mut self,
+        chooser: &mut dyn Chooser,
+    ) -> Result<[i64; 6], ModelError> {
+        if self.rows.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        self.struck.clear();
+        let last_onset = self.rows[self.rows.len() - 1][0];
+        for row in self.rows.iter().rev() {
+            if *row == SOS_ROW || row[0] != last_onset {
+                break;
+            }
+            self.struck.push(row[2] * 12 + row[3]);
+        }
+        let mut guarded = Unstacked {
+            inner: chooser,
+            struck: &self.struck,
+            masked: &mut self.masked,
+            timeshift: 0,
+            octave: 0,
+        };
+        Ok(self.model.decode_note(
+            &self.scratch.hidden,
+            &mut self.gru,
+            &mut guarded,
+            &self.style,
+        )?)
+    }
+
     /// Final normed hidden state of the last row in the context.
     pub fn last_hidden(&self) -> &[f32] {
         &self.scratch.hidden
+    }
+}
+
+/// The chooser of [`Session::next_values_unstacked`]: it remembers the timeshift and octave
+/// chosen for this note and masks the pitch classes of `struck` keys when the timeshift is 0.
+struct Unstacked<'a> {
+    inner: &'a mut dyn Chooser,
+    struck: &'a [i64],
+    masked: &'a mut Vec<f32>,
+    timeshift: usize,
+    octave: usize,
+}
+
+impl Chooser for Unstacked<'_> {
+    fn full_vocab(&self) -> bool {
+        self.inner.full_vocab()
+    }
+
+    fn choose(&mut self, attr: usize, allowed: Range<usize>, logits: &[f32]) -> usize {
+        // Attributes in decoding order: timeshift, duration, octave, pitch class, ...
+        if attr == 3 && self.timeshift == 0 && !self.struck.is_empty() {
+            let base = if self.inner.full_vocab() {
+                allowed.start
+            } else {
+                0
+            };
+            let octave = self.octave as i64;
+            let blocked = |pc: usize| self.struck.contains(&(octave * 12 + pc as i64));
+            let n_blocked = (0..12.min(allowed.len())).filter(|&pc| blocked(pc)).count();
+            if n_blocked > 0 && n_blocked < 12 {
+                self.masked.clear();
+                self.masked.extend_from_slice(logits);
+                for pc in (0..12.min(allowed.len())).filter(|&pc| blocked(pc)) {
+                    self.masked[base + pc] = f32::NEG_INFINITY;
+                }
+                return self.inner.choose(attr, allowed, self.masked);
+            }
+        }
+        let choice = self.inner.choose(attr, allowed, logits);
+        match attr {
+            0 => self.timeshift = choice,
+            2 => self.octave = choice,
+            _ => {}
+        }
+        choice
     }
 }
 
@@ -351,6 +438,9 @@ pub struct GenerateOptions {
     /// Stop before a note whose onset is more than this many 10 ms ticks after the last prompt onset.
     pub max_duration_ticks: Option<i64>,
     pub sampling: Sampling,
+    /// Let a note strike a key already struck at its onset, as the reference does. Off, every
+    /// note is decoded by [`Session::next_values_unstacked`].
+    pub allow_stacked: bool,
 }
 
 /// A continuation.
@@ -429,7 +519,11 @@ pub fn continue_notes(
             transformer = t.elapsed();
         }
         let t = Instant::now();
-        let values = session.next_values(chooser.as_mut())?;
+        let values = if opts.allow_stacked {
+            session.next_values(chooser.as_mut())?
+        } else {
+            session.next_values_unstacked(chooser.as_mut())?
+        };
         out.timings.push(NoteTiming {
             transformer,
             head: t.elapsed(),

@@ -385,6 +385,11 @@ struct SamplingArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Let a note strike a key that is already struck at its onset, as the reference's decoding
+    /// does. By default that choice is masked (a key cannot sound twice at one instant), which
+    /// stops greedy decoding from repeating one note at one onset.
+    #[arg(long)]
+    allow_stacked: bool,
 }
 
 impl SamplingArgs {
@@ -704,6 +709,7 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         max_notes: args.notes,
         max_duration_ticks: args.max_seconds.map(|s| (s * 100.0).round() as i64),
         sampling,
+        allow_stacked: args.sampling.allow_stacked,
     };
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
     let mut all = prompt.clone();
@@ -1516,6 +1522,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         prompt_notes: args.prompt_notes,
         continuation_notes: args.notes,
         sampling,
+        allow_stacked: args.sampling.allow_stacked,
         max_prompts: args.max_prompts,
         seed: args.sampling.seed,
     };
@@ -1600,6 +1607,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
             max_notes: args.notes,
             max_duration_ticks: None,
             sampling,
+            allow_stacked: args.sampling.allow_stacked,
         };
         let t = Instant::now();
         let mut first: Option<f64> = None;

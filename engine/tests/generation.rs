@@ -18,6 +18,7 @@ fn only_playable_notes_reach_the_midi_output() {
     for seed in 0..6u64 {
         let model = Moonbeam::random(&cfg, seed, Precision::F32).unwrap();
         let opts = GenerateOptions {
+            allow_stacked: false,
             max_notes: 48,
             max_duration_ticks: None,
             sampling: Sampling::TopP {
@@ -60,6 +61,7 @@ fn max_duration_stops_in_time() {
     let p = prompt();
     let last = p.last().unwrap().onset;
     let opts = GenerateOptions {
+        allow_stacked: false,
         max_notes: 200,
         max_duration_ticks: Some(100),
         sampling: Sampling::TopP {
@@ -82,6 +84,7 @@ fn context_limit_is_respected() {
     cfg.max_len = 30;
     let model = Moonbeam::random(&cfg, 1, Precision::F32).unwrap();
     let opts = GenerateOptions {
+        allow_stacked: false,
         max_notes: 100,
         max_duration_ticks: None,
         sampling: Sampling::Greedy,
@@ -235,4 +238,49 @@ fn a_batch_of_rows_gives_the_state_of_pushing_them_one_by_one() {
             }
         }
     }
+}
+
+/// A chooser that always takes the first allowed token the logits do not rule out: left to
+/// itself it strikes the same key at the same onset again and again, the worst greedy collapse.
+struct FirstAllowed;
+
+impl Chooser for FirstAllowed {
+    fn full_vocab(&self) -> bool {
+        false
+    }
+
+    fn choose(&mut self, _attr: usize, _allowed: std::ops::Range<usize>, logits: &[f32]) -> usize {
+        logits.iter().position(|l| l.is_finite()).unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_note_cannot_strike_a_key_already_struck_at_its_onset() {
+    let cfg = config();
+    let model = Moonbeam::random(&cfg, 3, Precision::F32).unwrap();
+    let decode = |unstacked: bool| {
+        let mut session = continuo_engine::generate::Session::new(&model, 64);
+        session.prefill(&prompt()).unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..14 {
+            let v = if unstacked {
+                session.next_values_unstacked(&mut FirstAllowed).unwrap()
+            } else {
+                session.next_values(&mut FirstAllowed).unwrap()
+            };
+            let onset = session.rows().last().unwrap()[0] + v[0];
+            keys.push((v[0], v[2] * 12 + v[3]));
+            session.push([onset, v[1], v[2], v[3], v[4], v[5]]).unwrap();
+        }
+        keys
+    };
+    // Unguarded, every note is timeshift 0 on key 0: stacked.
+    assert!(decode(false).iter().all(|&k| k == (0, 0)));
+    // Guarded, the 12 keys of the octave are struck once each at that onset; then, with none
+    // left, the guard gives way rather than refuse to decode.
+    let keys = decode(true);
+    let first: Vec<i64> = keys[..12].iter().map(|&(_, key)| key).collect();
+    assert!(keys.iter().all(|&(ts, _)| ts == 0));
+    assert_eq!(first, (0..12).collect::<Vec<i64>>());
+    assert_eq!(keys[12].1, 0);
 }

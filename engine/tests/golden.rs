@@ -269,6 +269,7 @@ fn greedy_case(file: &str, m: &Moonbeam, style: &Style) {
         .map(Note::from_row)
         .collect();
     let opts = GenerateOptions {
+        allow_stacked: true,
         max_notes: g["max_gen_len"].as_u64().unwrap() as usize,
         max_duration_ticks: None,
         sampling: Sampling::Greedy,

@@ -666,7 +666,7 @@ impl MoonbeamGenerator {
         let session = &mut engine.session;
         let values = pending
             .map_or(Ok(()), |row| session.push(row))
-            .and_then(|()| session.next_values(chooser.as_mut()))
+            .and_then(|()| session.next_values_unstacked(chooser.as_mut()))
             .map_err(|e| format!("generation stopped: {e}"))?;
         answer.decode_time += started.elapsed();
         answer.decoded += 1;

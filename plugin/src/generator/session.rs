@@ -151,7 +151,7 @@ fn decode_from_silence(session: &mut Session, notes: usize) -> Result<usize, Mod
     session.prefill(&[])?;
     let mut prev_onset = 0;
     for _ in 0..notes {
-        let values = session.next_values(chooser.as_mut())?;
+        let values = session.next_values_unstacked(chooser.as_mut())?;
         let note = Note::from_decoded(prev_onset, values);
         prev_onset = note.onset;
         session.push(note.to_row())?;
