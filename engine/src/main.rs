@@ -154,7 +154,7 @@ struct TrainStyleArgs {
     #[command(flatten)]
     common: TrainCommon,
     /// Output style file (`.safetensors`).
-    #[arg(long)]
+    #[arg(short, long)]
     out: PathBuf,
     /// LoRA rank (at least 1).
     #[arg(long, default_value_t = 8)]
@@ -218,7 +218,7 @@ struct TrainBaseArgs {
     #[command(flatten)]
     common: TrainCommon,
     /// Output weights (`.safetensors`, official parameter names).
-    #[arg(long)]
+    #[arg(short, long)]
     out: PathBuf,
     /// Start from these weights instead of a random initialisation.
     #[arg(long)]
@@ -231,7 +231,7 @@ struct TrainBaseArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// Where the MIDI files and pictures go.
-    #[arg(long, default_value = "demo-output")]
+    #[arg(short, long, default_value = "demo-output")]
     out: PathBuf,
     /// The project folder holding `assets/` and `lora-weights/` (default: this source tree).
     #[arg(long)]
@@ -349,7 +349,7 @@ struct QuantizeArgs {
     #[arg(long, value_parser = parse_qformat)]
     format: QFormat,
     /// The quantized model (`.safetensors`).
-    #[arg(long)]
+    #[arg(short, long)]
     out: PathBuf,
     /// Replace an existing file at --out.
     #[arg(long)]
@@ -434,7 +434,7 @@ struct ContinueArgs {
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Output MIDI: the prompt followed by the playable generated notes.
-    #[arg(long)]
+    #[arg(short, long)]
     out: PathBuf,
     /// Also write the prompt and generated rows (absolute onsets) as JSON.
     #[arg(long)]
@@ -445,6 +445,9 @@ struct ContinueArgs {
     /// (50 ticks per beat, no tempo event: 10 ms per tick, the prompt moved to start at 0).
     #[arg(long, value_enum, default_value_t = OutputTiming::Input)]
     timing: OutputTiming,
+    /// The same as `--timing reference`.
+    #[arg(long, conflicts_with = "timing")]
+    reference_writer: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -463,7 +466,7 @@ struct ForwardArgs {
     #[command(flatten)]
     prompt: PromptArgs,
     /// Output safetensors file.
-    #[arg(long)]
+    #[arg(short, long)]
     out: PathBuf,
 }
 
@@ -502,9 +505,9 @@ struct BenchArgs {
     /// Notes decoded (greedy) and timed.
     #[arg(long, default_value_t = 32)]
     notes: usize,
-    /// Print the report as JSON.
+    /// Also write the report (and the style report, with `--style-rank`) as JSON to this file.
     #[arg(long)]
-    json: bool,
+    json: Option<PathBuf>,
     /// Also measure styles: write a random LoRA style of this rank, then time its load and
     /// validation, the swap between two styles, and decoding with it active.
     #[arg(long)]
@@ -688,7 +691,12 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         .output_opt("--json", args.json.as_deref())
         .check()?;
     let sampling = args.sampling.sampling()?;
-    let timing = match args.timing {
+    let output_timing = if args.reference_writer {
+        OutputTiming::Reference
+    } else {
+        args.timing
+    };
+    let timing = match output_timing {
         OutputTiming::Input => midi::read_midi_timing(&args.midi)
             .with_context(|| format!("cannot read MIDI {}", args.midi.display()))?,
         OutputTiming::Reference => midi::Timing::reference(),
@@ -714,7 +722,7 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
     let mut all = prompt.clone();
     all.extend(gen.valid_notes());
-    match args.timing {
+    match output_timing {
         OutputTiming::Reference => midi::write_midi_file(&args.out, &all),
         OutputTiming::Input => {
             // Read before the work, like the prompt: the same file, so it cannot fail now
@@ -879,6 +887,12 @@ fn model_plan(args: &ModelArgs) -> Plan<'_> {
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
+    Plan::new()
+        .input_opt("--config", config_file(&args.config))
+        .input_opt("--weights", args.weights.as_deref())
+        .output_opt("--save", args.save.as_deref())
+        .output_opt("--json", args.json.as_deref())
+        .check()?;
     let cfg = load_config(&args.config)?;
     let t = Instant::now();
     let mut model = match (&args.weights, args.random_weights) {
@@ -897,6 +911,14 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     }
     if let Some(context) = args.train_context {
         let r = bench::run_train(&model, 8, context, 3)?;
+        if let Some(path) = &args.json {
+            let report = serde_json::json!({ "train": &r });
+            continuo_engine::files::write_atomic(
+                path,
+                serde_json::to_string_pretty(&report)?.as_bytes(),
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         println!(
             "config            {} ({} parameters, f32, loaded in {:.2} s)",
             args.config,
@@ -931,10 +953,16 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         )?),
         None => None,
     };
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({ "decode": &r, "style": &style_report });
+        continuo_engine::files::write_atomic(
+            path,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if let Some(s) = &style_report {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(s)?);
-        } else {
+        {
             println!("style file        {:.1} MB (rank {})", s.file_mb, s.rank);
             println!(
                 "style load        median {:.1} ms (read + validate)",
@@ -946,10 +974,6 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             );
             println!("per note (styled) median {:.2} ms", s.note_ms_median);
         }
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
     }
     println!(
         "config            {} ({} parameters, {})",
