@@ -232,7 +232,8 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
             gru: GruScratch::new(&model),
             rows: Vec::with_capacity(capacity),
             style: Style::base(),
-            struck: Vec::with_capacity(16),
+            // Every row of the context could share one onset: no reallocation while decoding.
+            struck: Vec::with_capacity(capacity),
             masked: Vec::with_capacity(model.cfg.decode_vocab_size),
             model,
         }
