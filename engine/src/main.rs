@@ -1646,7 +1646,17 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         let mut all = prompt.clone();
         all.extend(continuation.iter().copied());
         midi::write_midi_file_timed(&mid, &all, &timing)?;
-        continuo_engine::pianoroll::render(&prompt, &continuation, &png)?;
+        continuo_engine::pianoroll::render(
+            &prompt,
+            &continuation,
+            &format!(
+                "{name}: {} notes answering {} of {}",
+                continuation.len(),
+                prompt.len(),
+                prompt_path.display()
+            ),
+            &png,
+        )?;
         let per_note: f64 = gen
             .timings
             .iter()

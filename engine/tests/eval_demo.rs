@@ -96,23 +96,64 @@ fn statistics_are_distances() {
 }
 
 #[test]
-fn piano_roll_draws_both_parts() {
+fn piano_roll_draws_both_parts_with_labels() {
     let notes = midi::read_midi_file(&golden("input.mid")).unwrap();
     let path = tmp("roll.png");
-    continuo_engine::pianoroll::render(&notes[..12], &notes[12..], &path).unwrap();
+    continuo_engine::pianoroll::render(&notes[..12], &notes[12..], "golden prompt", &path).unwrap();
     let png = tiny_skia::Pixmap::load_png(&path).unwrap();
     assert_eq!(png.width(), 1600);
-    let orange = png
-        .pixels()
-        .iter()
-        .filter(|p| p.red() == 230 && p.green() == 120 && p.blue() == 30)
-        .count();
-    let blue = png
-        .pixels()
-        .iter()
-        .filter(|p| p.red() == 52 && p.green() == 101 && p.blue() == 164)
-        .count();
+    let layout = continuo_engine::pianoroll::RollLayout::of(&notes[..12], &notes[12..]);
+    assert_eq!((png.width(), png.height()), (layout.width, layout.height));
+    let split = layout.x(layout.answer_start.unwrap()) as u32;
+    // Below the title and legend (34 px), left of the answer: blue notes; right: orange.
+    let count = |x0: u32, x1: u32, hue: fn(u8, u8, u8) -> bool| {
+        (34..png.height())
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = png.pixel(x, y).unwrap();
+                hue(p.red(), p.green(), p.blue())
+            })
+            .count()
+    };
+    let blue = count(48, split, |r, _, b| i32::from(b) > i32::from(r) + 40);
+    let orange = count(split + 2, png.width(), |r, _, b| {
+        i32::from(r) > i32::from(b) + 80
+    });
     assert!(orange > 50 && blue > 50, "orange {orange}, blue {blue}");
+    // The pitch labels: dark text in the left margin.
+    let labels = count(0, 46, |r, g, b| r < 140 && g < 140 && b < 140);
+    assert!(labels > 20, "{labels} label pixels");
+}
+
+#[test]
+fn a_long_prompt_leaves_the_answer_half_of_the_picture() {
+    use continuo_engine::pianoroll::{note_name, RollLayout};
+    // 40 s of prompt, a 3 s answer.
+    let prompt: Vec<Note> = (0..200)
+        .map(|i| Note::from_pitch(i * 20, 20, 60 + (i % 12) as u8, 0, 80))
+        .collect();
+    let answer: Vec<Note> = (0..15)
+        .map(|i| Note::from_pitch(4000 + i * 20, 20, 64, 0, 80))
+        .collect();
+    let layout = RollLayout::of(&prompt, &answer);
+    let share =
+        (layout.x(layout.t1) - layout.x(4000)) / (layout.x(layout.t1) - layout.x(layout.t0));
+    assert!(share >= 0.5 - 1e-3, "the answer gets {share} of the width");
+    assert!(layout.prompt_notes_hidden > 150);
+    // A short prompt is shown whole.
+    let soon: Vec<Note> = answer
+        .iter()
+        .map(|n| Note {
+            onset: n.onset - 3800,
+            ..*n
+        })
+        .collect();
+    let layout = RollLayout::of(&prompt[..10], &soon);
+    assert_eq!((layout.t0, layout.prompt_notes_hidden), (0, 0));
+    assert_eq!(
+        (note_name(60), note_name(21), note_name(61)),
+        ("C4".into(), "A0".into(), "C#4".into())
+    );
 }
 
 #[test]
