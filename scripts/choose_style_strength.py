@@ -83,7 +83,7 @@ def main():
         link_files(dev["train_files"], pool, os.path.join(base, "fit"))
         adapter = os.path.join(base, "dev_adapter.safetensors")
         run([CONTINUO, "train-style", "--config", CONFIG, "--weights", a.weights, "--data", pool,
-             "--out", adapter, "--force", "--rank", "8", "--alpha", "32", "--epochs", str(epochs),
+             "--out", adapter, "--rank", "8", "--alpha", "32", "--epochs", str(epochs),
              "--lr", "1e-3", "--context", "256", "--batch-size", "1", "--val-fraction", "0.25",
              "--augment-copies", str(copies), "--seed", "5", *extra])
         results = []

@@ -16,8 +16,16 @@ $C train-base --config assets/configs/continuo_base.json --data $BASE_DATA \
     --out data/base_e1.safetensors --epochs 1 --context 512 --batch-size 4 --lr 1e-3 \
     --no-augment --val-fraction 0.05 --seed 7
 $C train-base --config assets/configs/continuo_base.json --init data/base_e1.safetensors \
-    --data $BASE_DATA --out assets/continuo_base.safetensors --force --epochs 1 --context 256 \
+    --data $BASE_DATA --out data/base_v2.safetensors --force --epochs 1 --context 256 \
     --batch-size 1 --lr 1e-3 --gamma 0.5 --no-augment --val-fraction 0.05 --seed 7
+# v3 (issue #15): from v2, with the wide augmentation that is train-base's default
+# (transposition over the piano, tempo x0.5-x2, velocity x0.6-x1.5 and +-20), so that pace,
+# register and dynamics can only be learned from the prompt. Stopped by Ctrl-C after the
+# epochs recorded in assets/MODEL_CARD.md; the best epoch by validation loss is kept, and an
+# interrupted run goes on with the same command and --resume.
+$C train-base --config assets/configs/continuo_base.json --init data/base_v2.safetensors \
+    --data $BASE_DATA --out assets/continuo_base.safetensors --force --epochs 6 --context 512 \
+    --batch-size 4 --lr 5e-4 --gamma 0.85 --val-fraction 0.05 --seed 7 --augment-copies 1
 
 # 2. The styles, each from its own small public-domain corpus (see lora-weights/*/README.md).
 S=../shared/midi-samples
@@ -30,12 +38,21 @@ train_style() { # name, folder, preset name, description, epochs, augmented copi
     $C train-style --config assets/configs/continuo_base.json --weights assets/continuo_base.safetensors \
         --data data/styles/$2 --out lora-weights/$1/$1.safetensors --rank 8 --alpha 32 \
         --epochs $5 --lr 1e-3 --context 256 --batch-size 1 --val-fraction 0.2 --augment-copies $6 --seed 3 \
-        --name "$3" --description "$4" --author "Continuo" --base-model continuo-base-v2 "${@:7}"
+        --name "$3" --description "$4" --author "Continuo" --base-model continuo-base-v3 "${@:7}"
 }
 train_style folk folk "Irish Folk Tune" "Tunes from O'Neill's Music of Ireland (1850)" 3 2
 train_style chorale chorale "Bach Chorale" "Four-part chorales by J. S. Bach" 3 2
 # The rag files carry several piano programs (acoustic, electric grand, honky-tonk): train them
 # all as program 0, and ship the style at strength 0.5 (alpha 16; see lora-weights/ragtime).
 train_style ragtime ragtime "Ragtime" "Scott Joplin rags and Berlin's Alexander's Ragtime Band" 2 1 --instrument 0
-python3 scripts/set_style_alpha.py lora-weights/ragtime/ragtime.safetensors lora-weights/ragtime/ragtime.safetensors 0.5 \
-    "strength 0.5 chosen on the two held-out files (see README.md)"
+# 3. Each style's shipped strength, chosen on development files carved out of its training
+#    files (never its held-out files), then written into the style file.
+python3 scripts/choose_style_strength.py | tee data/style-strength.md
+# e.g. python3 scripts/set_style_alpha.py lora-weights/ragtime/ragtime.safetensors \
+#     lora-weights/ragtime/ragtime.safetensors <strength> "chosen on development files"
+# 4. The quality figures of the cards: the base on its test split, each style on its
+#    held-out files, and the sampling defaults on the validation split.
+$C eval --config assets/configs/continuo_base.json --weights assets/continuo_base.safetensors \
+    --data data/manifest.json:test --train-data $BASE_DATA --max-prompts 32 --context 512
+python3 scripts/eval_styles.py
+python3 scripts/sweep_sampling.py
