@@ -323,12 +323,17 @@ struct ModelArgs {
     /// Weights: `.safetensors` with the official names, or the official `.pt` release checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// A style: a native style file (`.safetensors`) or a peft adapter folder.
+    /// A style: a native style file (`.safetensors`) or a peft adapter folder. Give it twice,
+    /// with `--blend`, to mix two styles.
     #[arg(long)]
-    lora: Option<PathBuf>,
-    /// Style strength (scales the adapter's alpha/r).
+    lora: Vec<PathBuf>,
+    /// Style strength (scales the adapter's alpha/r; with two styles, both).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     lora_strength: f32,
+    /// With two `--lora`: the share of the second, 0 to 1. The first plays at (1 - blend) of
+    /// the strength and the second at blend, as the plugin's Blend control does.
+    #[arg(long, allow_negative_numbers = true)]
+    blend: Option<f32>,
     /// Emulate the reference's bf16 element-wise rounding (spec §9); use with the released bf16 checkpoints.
     #[arg(long)]
     bf16_faithful: bool,
@@ -448,6 +453,9 @@ struct ContinueArgs {
     /// The same as `--timing reference`.
     #[arg(long, conflicts_with = "timing")]
     reference_writer: bool,
+    /// Also draw the prompt's end and the answer as a piano-roll picture (PNG), as `demo` does.
+    #[arg(long)]
+    png: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -591,28 +599,44 @@ fn precision(args: &ModelArgs) -> Precision {
     }
 }
 
-fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
+/// Each style's share of the strength: one style at 1, two at `1 - blend` and `blend`.
+fn style_shares(args: &ModelArgs) -> Result<Vec<f32>> {
     if !args.lora_strength.is_finite() {
         bail!(
             "--lora-strength {} must be a finite number",
             args.lora_strength
         );
     }
+    match (args.lora.len(), args.blend) {
+        (0, None) => Ok(vec![]),
+        (1, None) => Ok(vec![1.0]),
+        (2, Some(b)) if (0.0..=1.0).contains(&b) => Ok(vec![1.0 - b, b]),
+        (2, Some(b)) => bail!("--blend {b} must be between 0 and 1"),
+        (2, None) => bail!("two --lora styles need --blend: the share of the second, 0 to 1"),
+        (n, Some(_)) if n < 2 => bail!("--blend mixes two styles: give --lora twice"),
+        (n, _) => bail!("{n} --lora styles: at most two can be blended"),
+    }
+}
+
+fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
+    let shares = style_shares(args)?;
     let cfg = load_config(&args.config)?;
     let mut model = Moonbeam::load(&cfg, &args.weights, precision(args))
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
     if let Some(format) = args.quantize {
         model.quantize(format)?;
     }
-    let style = match &args.lora {
-        Some(path) => {
-            let fingerprint = model.fingerprint();
+    let mut style = Style::base();
+    if !args.lora.is_empty() {
+        let fingerprint = model.fingerprint();
+        for (path, share) in args.lora.iter().zip(shares) {
             let (adapter, _card) = style::load_any(path, &cfg, Some(&fingerprint))
                 .with_context(|| format!("cannot load style {}", path.display()))?;
-            Style::single(Arc::new(adapter), args.lora_strength)
+            style
+                .parts
+                .push((Arc::new(adapter), share * args.lora_strength));
         }
-        None => Style::base(),
-    };
+    }
     Ok((model, style))
 }
 
@@ -689,7 +713,9 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         .input("--midi", &args.midi)
         .output("--out", &args.out)
         .output_opt("--json", args.json.as_deref())
+        .output_opt("--png", args.png.as_deref())
         .check()?;
+    style_shares(&args.model)?;
     let sampling = args.sampling.sampling()?;
     let output_timing = if args.reference_writer {
         OutputTiming::Reference
@@ -722,6 +748,15 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
     let mut all = prompt.clone();
     all.extend(gen.valid_notes());
+    if let Some(png) = &args.png {
+        let title = format!(
+            "{} notes answering {} of {}",
+            gen.valid_notes().len(),
+            prompt.len(),
+            args.midi.display()
+        );
+        continuo_engine::pianoroll::render(&prompt, &gen.valid_notes(), &title, png)?;
+    }
     match output_timing {
         OutputTiming::Reference => midi::write_midi_file(&args.out, &all),
         OutputTiming::Input => {
@@ -883,7 +918,7 @@ fn model_plan(args: &ModelArgs) -> Plan<'_> {
     Plan::new()
         .input_opt("--config", config_file(&args.config))
         .input("--weights", &args.weights)
-        .input_opt("--lora", args.lora.as_deref())
+        .inputs("--lora", &args.lora)
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
@@ -1616,6 +1651,11 @@ fn run_demo(args: DemoArgs) -> Result<()> {
             }
             Err(e) => eprintln!("skipping style {}: {e}", path.display()),
         }
+    }
+    // One blend of the first two styles, half and half, as the plugin's Blend control makes.
+    if let [_, (a, sa), (b, sb), ..] = &styles[..] {
+        let parts = vec![(sa.parts[0].0.clone(), 0.5), (sb.parts[0].0.clone(), 0.5)];
+        styles.push((format!("{a} 50 % + {b} 50 %"), Style { parts }));
     }
     let pace = |notes: &[Note]| {
         continuo_engine::eval::Profile::of(notes).map_or(0.0, |p| p.notes_per_second)

@@ -876,3 +876,159 @@ fn a_continuation_is_written_on_the_prompt_files_grid_tempo_and_metre() {
     }
     assert!(out_ticks.len() > prompt_ticks.len());
 }
+
+/// `forward` with `extra` model flags: every tensor it writes.
+fn forward_tensors(
+    name: &str,
+    extra: &[&str],
+) -> std::collections::HashMap<String, candle_core::Tensor> {
+    let out_path = tmp(&format!("blend_{name}.safetensors"));
+    let (config, weights, midi) = (
+        golden("tiny_config.json"),
+        golden("tiny_model.safetensors"),
+        golden("input.mid"),
+    );
+    let mut args = vec![
+        "forward",
+        "--config",
+        path(&config),
+        "--weights",
+        path(&weights),
+        "--midi",
+        path(&midi),
+        "--out",
+        path(&out_path),
+    ];
+    args.extend_from_slice(extra);
+    let out = continuo(&args);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    candle_core::safetensors::load(&out_path, &Device::Cpu).unwrap()
+}
+
+/// The largest absolute difference between two sets of tensors with the same names.
+fn max_difference(
+    a: &std::collections::HashMap<String, candle_core::Tensor>,
+    b: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> f32 {
+    let mut worst = 0.0_f32;
+    for (name, x) in a {
+        let d = (x - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        worst = worst.max(d);
+    }
+    worst
+}
+
+#[test]
+fn two_styles_blend_linearly_and_bad_blends_are_refused() {
+    // Style B is the golden adapter at twice its alpha, so a blend has a closed form:
+    // (1 - b) A + b (2 A) = (1 + b) A.
+    let cfg = common::tiny_config();
+    let peft = golden("lora_adapter");
+    let mut doubled = continuo_engine::lora::Adapter::from_peft_dir(&peft, &cfg).unwrap();
+    doubled.alpha *= 2.0;
+    let b_path = tmp("doubled_style.safetensors");
+    continuo_engine::style::save_style(
+        &b_path,
+        &doubled,
+        &continuo_engine::style::StyleCard::new("Doubled", "the golden adapter at 2x alpha"),
+    )
+    .unwrap();
+    let (a, b) = (path(&peft), path(&b_path));
+    let (config, weights, midi, bad_out) = (
+        golden("tiny_config.json"),
+        golden("tiny_model.safetensors"),
+        golden("input.mid"),
+        tmp("bad_blend.mid"),
+    );
+    let base = forward_tensors("base", &[]);
+    let only_a = forward_tensors("a", &["--lora", a]);
+    let a_15 = forward_tensors("a15", &["--lora", a, "--lora-strength", "1.5"]);
+    let only_b = forward_tensors("b", &["--lora", b]);
+    let blend = |x: &str| {
+        forward_tensors(
+            &format!("blend{x}"),
+            &["--lora", a, "--lora", b, "--blend", x],
+        )
+    };
+    assert!(
+        max_difference(&base, &only_a) > 1e-3,
+        "the style changes the output"
+    );
+    assert!(max_difference(&blend("0"), &only_a) < 1e-5);
+    assert!(max_difference(&blend("1"), &only_b) < 1e-5);
+    let half = blend("0.5");
+    assert!(max_difference(&half, &a_15) < 1e-4);
+    assert!(max_difference(&half, &only_a) > 1e-4 && max_difference(&half, &only_b) > 1e-4);
+
+    for (bad, says) in [
+        (vec!["--lora", a, "--lora", b], "need --blend"),
+        (vec!["--lora", a, "--blend", "0.5"], "give --lora twice"),
+        (
+            vec!["--lora", a, "--lora", b, "--blend", "1.5"],
+            "between 0 and 1",
+        ),
+        (
+            vec!["--lora", a, "--lora", b, "--lora", a, "--blend", "0.5"],
+            "at most two",
+        ),
+    ] {
+        let mut args = vec![
+            "continue",
+            "--config",
+            path(&config),
+            "--weights",
+            path(&weights),
+            "--midi",
+            path(&midi),
+            "--out",
+            path(&bad_out),
+        ];
+        args.extend(bad.iter().copied());
+        let out = continuo(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{bad:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn continue_draws_a_piano_roll_on_request() {
+    let png = tmp("continue.png");
+    let out = continuo(&[
+        "continue",
+        "--config",
+        path(&golden("tiny_config.json")),
+        "--weights",
+        path(&golden("tiny_model.safetensors")),
+        "--midi",
+        path(&golden("input.mid")),
+        "--notes",
+        "8",
+        "--out",
+        path(&tmp("with_png.mid")),
+        "--png",
+        path(&png),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}

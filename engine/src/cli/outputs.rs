@@ -31,6 +31,11 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// Every path of a repeated input flag.
+    pub fn inputs(self, flag: &'a str, paths: &'a [PathBuf]) -> Self {
+        paths.iter().fold(self, |plan, p| plan.input(flag, p))
+    }
+
     /// A file the command will write.
     pub fn output(mut self, flag: &'a str, path: &'a Path) -> Self {
         self.outputs.push((flag, path));
