@@ -137,19 +137,42 @@ pub fn answer_to_midi(answer: &CapturedAnswer) -> Result<Vec<u8>, ExportError> {
     Ok(bytes)
 }
 
+/// When an export happens, for its file name: `2026-12-04_19-55-12` in local time, or with a
+/// `UTC` suffix where the operating system cannot say the local offset safely (Linux hosts
+/// run many threads, and the `time` crate refuses to read the offset there).
+pub fn export_stamp() -> String {
+    let (now, suffix) = match time::OffsetDateTime::now_local() {
+        Ok(local) => (local, ""),
+        Err(_) => (time::OffsetDateTime::now_utc(), "UTC"),
+    };
+    format!(
+        "{:04}-{:02}-{:02}_{:02}-{:02}-{:02}{suffix}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
 /// Writes the answer into `folder` (created if needed) as
-/// `continuo-answer-<number>-<style>.mid`, never overwriting a file: an existing name gets
-/// `-2`, `-3`, ... Returns the path written.
-pub fn export_answer(answer: &CapturedAnswer, folder: &Path) -> Result<PathBuf, ExportError> {
+/// `continuo_<style>_<stamp>_answer-<number>.mid` (the stamp from [`export_stamp`]), never
+/// overwriting a file: an existing name gets `-2`, `-3`, ... Returns the path written.
+pub fn export_answer(
+    answer: &CapturedAnswer,
+    folder: &Path,
+    stamp: &str,
+) -> Result<PathBuf, ExportError> {
     let bytes = answer_to_midi(answer)?;
     std::fs::create_dir_all(folder).map_err(|source| ExportError::Folder {
         path: folder.to_owned(),
         source,
     })?;
     let stem = format!(
-        "continuo-answer-{}-{}",
-        answer.number,
-        file_slug(&answer.style)
+        "continuo_{}_{stamp}_answer-{}",
+        file_slug(&answer.style),
+        answer.number
     );
     for n in 1.. {
         let name = if n == 1 {
@@ -272,18 +295,28 @@ mod tests {
     }
 
     #[test]
+    fn the_export_stamp_is_a_date_and_time_fit_for_a_file_name() {
+        let stamp = export_stamp();
+        let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!(digits.len(), 14, "{stamp}");
+        assert!(stamp.starts_with("20"), "{stamp}");
+        assert!(!stamp.contains([':', '/', '\\', ' ']), "{stamp}");
+    }
+
+    #[test]
     fn export_never_overwrites() {
         let dir = temp_path("capture");
         let a = answer(&[(0.0, 1.0, 60)]);
-        let first = export_answer(&a, &dir).unwrap();
-        let second = export_answer(&a, &dir).unwrap();
+        let stamp = "2026-12-04_19-55-12";
+        let first = export_answer(&a, &dir, stamp).unwrap();
+        let second = export_answer(&a, &dir, stamp).unwrap();
         assert_eq!(
             first.file_name().unwrap(),
-            "continuo-answer-3-irish-folk-tune.mid"
+            "continuo_irish-folk-tune_2026-12-04_19-55-12_answer-3.mid"
         );
         assert_eq!(
             second.file_name().unwrap(),
-            "continuo-answer-3-irish-folk-tune-2.mid"
+            "continuo_irish-folk-tune_2026-12-04_19-55-12_answer-3-2.mid"
         );
         assert_eq!(
             std::fs::read(&first).unwrap(),

@@ -52,7 +52,7 @@ use continuo_engine::{Adapter, Style};
 use crate::params::{ContinuoParams, ModelChoice, StyleChoice, MAX_STYLES};
 use crate::status::SharedStatus;
 use crate::sync::{lock, try_with};
-use capture::export_answer;
+use capture::{export_answer, export_stamp};
 
 /// Names the folder of shipped styles (default: the styles compiled into the plugin).
 pub const ENV_STYLES: &str = "CONTINUO_STYLES";
@@ -649,7 +649,11 @@ impl Loader {
     fn export(&mut self, number: u64) {
         let message = match self.status.captures.get(number) {
             None => format!("answer #{number} is no longer kept"),
-            Some(answer) => match export_answer(&answer, &answers_folder(&self.user_folder())) {
+            Some(answer) => match export_answer(
+                &answer,
+                &answers_folder(&self.user_folder()),
+                &export_stamp(),
+            ) {
                 Ok(path) => format!("exported answer #{number} to {}", path.display()),
                 Err(e) => {
                     let message = format!("could not export answer #{number}: {e}");
@@ -1089,9 +1093,19 @@ pub(crate) mod tests {
         rig.library.request_export(1);
         rig.library.request_export(7);
         rig.settle();
-        let written = answers_folder(&rig.user).join("continuo-answer-1-zed.mid");
-        assert!(written.is_file());
-        let notes = continuo_engine::midi::read_midi_file(&written).unwrap();
+        // One file, named after the style and the time, for answer #1.
+        let written: Vec<_> = std::fs::read_dir(answers_folder(&rig.user))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(written.len(), 1, "{written:?}");
+        let written = &written[0];
+        let name = written.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("continuo_zed_20") && name.ends_with("_answer-1.mid"),
+            "{name}"
+        );
+        let notes = continuo_engine::midi::read_midi_file(written).unwrap();
         assert_eq!(notes.len(), 1);
         assert!(rig.library.view().message.contains("#7 is no longer kept"));
     }
