@@ -823,6 +823,15 @@ fn ctrl_c_during_training_saves_a_checkpoint_that_resume_finishes() {
     assert_eq!(status.code(), Some(130), "{log}");
     assert!(log.contains("run the same command with --resume"), "{log}");
     assert!(checkpoint.is_file(), "{log}");
+    #[cfg(unix)]
+    {
+        // The checkpoint gets the same permissions as any file the user writes.
+        use std::os::unix::fs::PermissionsExt;
+        let plain = tmp("plain_file");
+        std::fs::write(&plain, b"").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode();
+        assert_eq!(mode(&checkpoint), mode(&plain));
+    }
 
     // Resuming (here for a run cut short to one epoch) finishes and writes the style.
     let run = continuo(&args("1", true));

@@ -472,8 +472,10 @@ fn write_checkpoint(
         ("recipe".to_string(), serde_json::to_string(recipe)?),
     ]
     .into();
-    let tmp = path.with_extension("partial");
+    let tmp = crate::files::partial_path(path);
     safetensors::serialize_to_file(state.iter().map(|(n, t)| (n.as_str(), t)), Some(meta), &tmp)?;
+    // safetensors writes through a private temporary file (0600): give it the usual mode.
+    crate::files::set_default_permissions(&tmp)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
