@@ -9,7 +9,7 @@ closer to the true continuation than the chain), their geometric mean, how many 
 figures beat the chain, and the share of stacked notes. The JSON reports go to --out.
 
 Usage: python3 scripts/sweep_sampling.py [--weights assets/continuo_base.safetensors]
-       [--temperatures 0.7,0.85,1.0] [--top-p 0.9,0.98] [--max-prompts 32]
+       [--temperatures 0.7,0.85,1.0,1.15] [--top-p 0.9,0.95,0.98] [--max-prompts 32]
 """
 import argparse
 import json
@@ -58,8 +58,8 @@ def main():
     p.add_argument("--weights", default="assets/continuo_base.safetensors")
     p.add_argument("--data", default="data/manifest.json:val")
     p.add_argument("--train-data", default="data/corpus/train/piano-performance")
-    p.add_argument("--temperatures", default="0.7,0.85,1.0")
-    p.add_argument("--top-p", default="0.9,0.98")
+    p.add_argument("--temperatures", default="0.7,0.85,1.0,1.15")
+    p.add_argument("--top-p", default="0.9,0.95,0.98")
     p.add_argument("--max-prompts", type=int, default=32)
     p.add_argument("--seed", default="11")
     p.add_argument("--out", default="data/sweep")
@@ -78,7 +78,7 @@ def main():
         if header is None:
             figures = " | ".join(report["coherence_figures"])
             header = (f"| setting | {figures} | geometric mean | beats Markov | stacked | unscored |\n"
-                      "|---" * (len(report["coherence_figures"]) + 5) + "|")
+                      + "|---" * (len(report["coherence_figures"]) + 5) + "|")
         geo, line = row(name, report)
         lines.append(line)
         print(line, file=sys.stderr)

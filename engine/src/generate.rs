@@ -347,7 +347,8 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
     /// [`Session::next_values`] for a note that cannot strike a key already struck at its onset:
     /// when the note lands on the last row's onset (timeshift 0), the pitch classes that would
     /// repeat a key of a row at that onset (any instrument) are taken out of the choice, unless
-    /// that leaves none. A piano key cannot be struck twice at one instant, and a model that
+    /// that leaves none; and once [`MAX_STRUCK_AT_ONCE`] rows start at that onset, a timeshift
+    /// of 0 is taken out too. A piano key cannot be struck twice at one instant, and a model that
     /// decodes greedily would otherwise repeat one row again and again (greedy collapse).
     /// Whenever the unguarded choice stacks nothing, the result is the same as
     /// [`Session::next_values`]'s, random draws included.
@@ -387,6 +388,10 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
     }
 }
 
+/// At most this many notes start at one onset in a note decoded by
+/// [`Session::next_values_unstacked`]: two hands' worth.
+pub const MAX_STRUCK_AT_ONCE: usize = 10;
+
 /// The chooser of [`Session::next_values_unstacked`]: it remembers the timeshift and octave
 /// chosen for this note and masks the pitch classes of `struck` keys when the timeshift is 0.
 struct Unstacked<'a> {
@@ -404,6 +409,20 @@ impl Chooser for Unstacked<'_> {
 
     fn choose(&mut self, attr: usize, allowed: Range<usize>, logits: &[f32]) -> usize {
         // Attributes in decoding order: timeshift, duration, octave, pitch class, ...
+        if attr == 0 && self.struck.len() >= MAX_STRUCK_AT_ONCE && allowed.len() > 1 {
+            // Ten notes already start at this onset: this one starts later.
+            let base = if self.inner.full_vocab() {
+                allowed.start
+            } else {
+                0
+            };
+            self.masked.clear();
+            self.masked.extend_from_slice(logits);
+            self.masked[base] = f32::NEG_INFINITY;
+            let choice = self.inner.choose(attr, allowed, self.masked);
+            self.timeshift = choice;
+            return choice;
+        }
         if attr == 3 && self.timeshift == 0 && !self.struck.is_empty() {
             let base = if self.inner.full_vocab() {
                 allowed.start
