@@ -381,12 +381,14 @@ struct SamplingArgs {
     /// Greedy decoding (argmax per attribute).
     #[arg(long, conflicts_with_all = ["temperature", "top_p"])]
     greedy: bool,
-    /// Sampling temperature (positive).
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    temperature: f32,
-    /// Nucleus (top-p) threshold over the full flat vocabulary, 0 to 1.
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
-    top_p: f32,
+    /// Sampling temperature (positive) [default: 0.9, the official README's; `demo`: 1.0, chosen
+    /// on the bundled model's validation split].
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f32>,
+    /// Nucleus (top-p) threshold over the full flat vocabulary, 0 to 1 [default: 0.95; `demo`:
+    /// 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    top_p: Option<f32>,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -397,25 +399,43 @@ struct SamplingArgs {
     allow_stacked: bool,
 }
 
+/// The official README's sampling defaults (`continue`, `eval`).
+const OFFICIAL_SAMPLING: (f32, f32) = (0.9, 0.95);
+/// The defaults chosen by the coherence figures on the bundled model's validation split
+/// (`scripts/sweep_sampling.py`; `demo` and the plugin).
+const CHOSEN_SAMPLING: (f32, f32) = (1.0, 0.9);
+
 impl SamplingArgs {
+    /// The temperature and top-p asked for, or `defaults`.
+    fn values(&self, defaults: (f32, f32)) -> (f32, f32) {
+        (
+            self.temperature.unwrap_or(defaults.0),
+            self.top_p.unwrap_or(defaults.1),
+        )
+    }
+
     fn sampling(&self) -> Result<Sampling> {
+        self.sampling_with(OFFICIAL_SAMPLING)
+    }
+
+    fn sampling_with(&self, defaults: (f32, f32)) -> Result<Sampling> {
         if self.greedy {
             return Ok(Sampling::Greedy);
         }
+        let (temperature, top_p) = self.values(defaults);
         // A NaN temperature is refused too.
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+        if !(temperature.is_finite() && temperature > 0.0) {
             bail!(
-                "--temperature must be positive and finite, not {} (use --greedy for argmax \
-                 decoding)",
-                self.temperature
+                "--temperature must be positive and finite, not {temperature} (use --greedy for \
+                 argmax decoding)"
             );
         }
-        if !(0.0..=1.0).contains(&self.top_p) {
+        if !(0.0..=1.0).contains(&top_p) {
             bail!("--top-p must be between 0 and 1");
         }
         Ok(Sampling::TopP {
-            temperature: self.temperature,
-            top_p: self.top_p,
+            temperature,
+            top_p,
             seed: self.seed,
         })
     }
@@ -778,8 +798,8 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
             "prompt_with_sos": prompt_with_sos,
             "n_prompt_notes": prompt.len(),
             "max_gen_len": args.notes,
-            "temperature": if args.sampling.greedy { 0.0 } else { args.sampling.temperature },
-            "top_p": args.sampling.top_p,
+            "temperature": if args.sampling.greedy { 0.0 } else { args.sampling.values(OFFICIAL_SAMPLING).0 },
+            "top_p": args.sampling.values(OFFICIAL_SAMPLING).1,
             "seed": args.sampling.seed,
             "output_tokens_prompt_plus_generated_no_sos":
                 prompt.iter().map(|n| n.to_row()).chain(generated.iter().copied()).collect::<Vec<_>>(),
@@ -1619,7 +1639,7 @@ fn shipped_styles(root: &Path) -> Vec<PathBuf> {
 }
 
 fn run_demo(args: DemoArgs) -> Result<()> {
-    let sampling = args.sampling.sampling()?;
+    let sampling = args.sampling.sampling_with(CHOSEN_SAMPLING)?;
     let root = args
         .root
         .clone()

@@ -158,7 +158,7 @@ impl Default for GenParams {
     fn default() -> Self {
         Self {
             temperature: 1.0,
-            top_p: 0.95,
+            top_p: 0.9,
             seed: 0,
             style_strength: 1.0,
             velocity_scale: 1.0,

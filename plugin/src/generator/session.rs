@@ -144,7 +144,7 @@ impl Timeline {
 fn decode_from_silence(session: &mut Session, notes: usize) -> Result<usize, ModelError> {
     let mut chooser = Sampling::TopP {
         temperature: 1.0,
-        top_p: 0.95,
+        top_p: 0.9,
         seed: 0,
     }
     .chooser();
