@@ -16,10 +16,10 @@ Usage: python3 scripts/choose_style_strength.py [--weights assets/continuo_base.
 """
 import argparse
 import json
-import math
 import os
-import subprocess
 import sys
+
+from runs import CONFIG, CONTINUO, closeness, link_files, run
 
 # name: (data folder, epochs, augmented copies, extra train-style options), as in train_bundled.sh
 STYLES = {
@@ -27,24 +27,10 @@ STYLES = {
     "chorale": ("data/styles/chorale", 3, 2, []),
     "ragtime": ("data/styles/ragtime", 2, 1, ["--instrument", "0"]),
 }
-CONTINUO = "target/release/continuo"
-CONFIG = "assets/configs/continuo_base.json"
 
 
-def run(args):
-    out = subprocess.run(args, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{out.stderr}")
-    return out.stdout
 
 
-def link_files(files, root, folder):
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
-    for f in files:
-        src = os.path.realpath(os.path.join(root, f))
-        os.symlink(src, os.path.join(folder, os.path.basename(f)))
 
 
 def split(weights, folder, fraction, seed, extra):
@@ -54,13 +40,6 @@ def split(weights, folder, fraction, seed, extra):
                            *extra]))["split"]
 
 
-def closeness(report):
-    """Geometric mean over the coherence figures of model / Markov (lower is closer)."""
-    coh = {c["name"]: c for c in report["coherence"]}
-    logs = [math.log((m + 1e-3) / (k + 1e-3))
-            for m, k in zip(coh["model"]["medians"], coh["markov"]["medians"])
-            if m is not None and k is not None]
-    return math.exp(sum(logs) / len(logs)) if logs else float("inf")
 
 
 def main():

@@ -12,32 +12,18 @@ Usage: python3 scripts/eval_styles.py [--weights assets/continuo_base.safetensor
 import argparse
 import json
 import os
-import subprocess
-import sys
+
+from runs import CONFIG, CONTINUO, link_files, run
 
 STYLES = {  # name: (data folder, extra train-style options)
     "folk": ("data/styles/folk", []),
     "chorale": ("data/styles/chorale", []),
     "ragtime": ("data/styles/ragtime", ["--instrument", "0"]),
 }
-CONTINUO = "target/release/continuo"
-CONFIG = "assets/configs/continuo_base.json"
 
 
-def run(args):
-    out = subprocess.run(args, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{out.stderr}")
-    return out.stdout
 
 
-def link_files(files, root, folder):
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        os.remove(os.path.join(folder, name))
-    for f in files:
-        src = os.path.abspath(os.path.join(root, f))
-        os.symlink(src, os.path.join(folder, os.path.basename(f)))
 
 
 def main():

@@ -12,6 +12,8 @@ import glob
 import json
 import os
 
+from runs import closeness
+
 FIGURES = ["\\|ln nps\\|", "mean pitch", "pitch range", "pitch class", "mean velocity", "inter-onset"]
 
 
@@ -71,11 +73,7 @@ def quality(name):
     for path in sorted(glob.glob(f"data/style-strength/{name}/strength_*.json")):
         s = float(os.path.basename(path)[len("strength_"):-len(".json")])
         r = load(path)
-        c = coh(r)
-        import math
-        logs = [math.log((m + 1e-3) / (k + 1e-3)) for m, k in
-                zip(c["model"]["medians"], c["markov"]["medians"]) if m is not None and k is not None]
-        rows.append((s, math.exp(sum(logs) / len(logs)), loss(r, "model"), r["prompts"]))
+        rows.append((s, closeness(r), loss(r, "model"), r["prompts"]))
     rows.sort()
     if rows:
         best = min((r for r in rows if r[0] > 0), key=lambda r: r[1])[0]

@@ -18,8 +18,8 @@ import os
 import subprocess
 import sys
 
-CONTINUO = "target/release/continuo"
-CONFIG = "assets/configs/continuo_base.json"
+from runs import CONFIG, CONTINUO, closeness, markov_ratios
+
 
 
 def evaluate(args, name, sampling):
@@ -36,17 +36,10 @@ def evaluate(args, name, sampling):
 
 
 def row(name, report):
-    by_name = {c["name"]: c for c in report["coherence"]}
-    model, markov = report["coherence"][0], by_name["markov"]
-    ratios = []
-    for m, b in zip(model["medians"], markov["medians"]):
-        if m is None or b is None:
-            ratios.append(float("nan"))
-        else:
-            # A figure of 0 on both sides is a tie.
-            ratios.append((m + 1e-3) / (b + 1e-3))
+    model = report["coherence"][0]
+    ratios = markov_ratios(report)
     finite = [r for r in ratios if not math.isnan(r)]
-    geo = math.exp(sum(math.log(r) for r in finite) / len(finite)) if finite else float("nan")
+    geo = closeness(report)
     wins = sum(1 for r in finite if r < 1)
     cells = " | ".join(f"{r:.2f}" for r in ratios)
     return geo, (f"| {name} | {cells} | {geo:.3f} | {wins}/6 | "
