@@ -123,12 +123,17 @@ pub fn midi_to_notes(bytes: &[u8]) -> Result<Vec<Note>, MidiError> {
 
 /// [`midi_to_notes`] on the contents of a file.
 pub fn read_midi_file(path: &Path) -> Result<Vec<Note>, MidiError> {
-    let bytes = crate::files::read_input(path, Some(crate::files::MAX_MIDI_BYTES), "MIDI")
-        .map_err(|source| MidiError::Io {
+    midi_to_notes(&read_midi_bytes(path)?)
+}
+
+/// The bytes of a MIDI file, checked as every input is (regular file, size cap).
+fn read_midi_bytes(path: &Path) -> Result<Vec<u8>, MidiError> {
+    crate::files::read_input(path, Some(crate::files::MAX_MIDI_BYTES), "MIDI").map_err(|source| {
+        MidiError::Io {
             path: path.to_owned(),
             source,
-        })?;
-    midi_to_notes(&bytes)
+        }
+    })
 }
 
 /// The note-on, note-off and program-change events of a Standard MIDI File
@@ -217,12 +222,7 @@ pub fn midi_timing(bytes: &[u8]) -> Result<Timing, MidiError> {
 
 /// [`midi_timing`] of a file.
 pub fn read_midi_timing(path: &Path) -> Result<Timing, MidiError> {
-    let bytes = crate::files::read_input(path, Some(crate::files::MAX_MIDI_BYTES), "MIDI")
-        .map_err(|source| MidiError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    midi_timing(&bytes)
+    midi_timing(&read_midi_bytes(path)?)
 }
 
 #[derive(Clone, Copy, Debug)]
