@@ -75,35 +75,25 @@ impl Timing {
         }))
     }
 
+    /// The last tempo segment whose start (tick, seconds) is `reached`; segments start in
+    /// order of both, and the first starts at 0.
+    fn last_segment(&self, reached: impl Fn(u64, f64) -> bool) -> (u64, f64, u32) {
+        self.segments()
+            .take_while(|&(start, at, _)| reached(start, at))
+            .last()
+            .unwrap_or((0, 0.0, DEFAULT_TEMPO_US_PER_BEAT))
+    }
+
     /// The time of `tick` in seconds from the start of the file.
     pub fn tick_to_seconds(&self, tick: u64) -> f64 {
-        let (start, seconds, tempo) = self
-            .segments()
-            .take_while(|&(start, _, _)| start <= tick)
-            .last()
-            .unwrap_or((0, 0.0, DEFAULT_TEMPO_US_PER_BEAT));
+        let (start, seconds, tempo) = self.last_segment(|start, _| start <= tick);
         seconds + (tick - start) as f64 * self.seconds_per_tick(tempo)
     }
 
     /// The (fractional) tick at `seconds` from the start of the file; the
     /// inverse of [`Timing::tick_to_seconds`]. Negative times give tick 0.
     pub fn seconds_to_tick(&self, seconds: f64) -> f64 {
-        let (start, at, tempo) = self
-            .segments()
-            .take_while(|&(_, at, _)| at <= seconds)
-            .last()
-            .unwrap_or((0, 0.0, DEFAULT_TEMPO_US_PER_BEAT));
+        let (start, at, tempo) = self.last_segment(|_, at| at <= seconds);
         (start as f64 + (seconds - at) / self.seconds_per_tick(tempo)).max(0.0)
-    }
-
-    /// The tempo in force at `tick`, in beats per minute (120 before any
-    /// tempo event and under SMPTE timing).
-    pub fn bpm_at(&self, tick: u64) -> f64 {
-        let tempo = self
-            .segments()
-            .take_while(|&(start, _, _)| start <= tick)
-            .last()
-            .map_or(DEFAULT_TEMPO_US_PER_BEAT, |(_, _, tempo)| tempo);
-        60e6 / f64::from(tempo)
     }
 }

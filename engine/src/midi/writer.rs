@@ -348,9 +348,5 @@ pub fn write_midi_file_timed(
 
 /// [`notes_to_midi`] written to a file.
 pub fn write_midi_file(path: &Path, notes: &[Note]) -> Result<(), MidiError> {
-    let bytes = notes_to_midi(notes)?;
-    crate::files::write_atomic(path, &bytes).map_err(|source| MidiError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    write_midi_file_timed(path, notes, &Timing::reference())
 }
