@@ -411,34 +411,18 @@ impl Chooser for Unstacked<'_> {
         // Attributes in decoding order: timeshift, duration, octave, pitch class, ...
         if attr == 0 && self.struck.len() >= MAX_STRUCK_AT_ONCE && allowed.len() > 1 {
             // Ten notes already start at this onset: this one starts later.
-            let base = if self.inner.full_vocab() {
-                allowed.start
-            } else {
-                0
-            };
-            self.masked.clear();
-            self.masked.extend_from_slice(logits);
-            self.masked[base] = f32::NEG_INFINITY;
-            let choice = self.inner.choose(attr, allowed, self.masked);
+            let choice = self.choose_without(attr, allowed, logits, [0]);
             self.timeshift = choice;
             return choice;
         }
         if attr == 3 && self.timeshift == 0 && !self.struck.is_empty() {
-            let base = if self.inner.full_vocab() {
-                allowed.start
-            } else {
-                0
-            };
-            let octave = self.octave as i64;
-            let blocked = |pc: usize| self.struck.contains(&(octave * 12 + pc as i64));
-            let n_blocked = (0..12.min(allowed.len())).filter(|&pc| blocked(pc)).count();
+            // Counted, then masked, without allocating: this runs for every decoded note.
+            let (struck, octave) = (self.struck, self.octave as i64);
+            let blocked = move |pc: &usize| struck.contains(&(octave * 12 + *pc as i64));
+            let pitch_classes = 0..12.min(allowed.len());
+            let n_blocked = pitch_classes.clone().filter(blocked).count();
             if n_blocked > 0 && n_blocked < 12 {
-                self.masked.clear();
-                self.masked.extend_from_slice(logits);
-                for pc in (0..12.min(allowed.len())).filter(|&pc| blocked(pc)) {
-                    self.masked[base + pc] = f32::NEG_INFINITY;
-                }
-                return self.inner.choose(attr, allowed, self.masked);
+                return self.choose_without(attr, allowed, logits, pitch_classes.filter(blocked));
             }
         }
         let choice = self.inner.choose(attr, allowed, logits);
@@ -448,6 +432,30 @@ impl Chooser for Unstacked<'_> {
             _ => {}
         }
         choice
+    }
+}
+
+impl Unstacked<'_> {
+    /// The inner chooser's pick with the ids `blocked` (relative to `allowed.start`) ruled out.
+    fn choose_without(
+        &mut self,
+        attr: usize,
+        allowed: Range<usize>,
+        logits: &[f32],
+        blocked: impl IntoIterator<Item = usize>,
+    ) -> usize {
+        // The logits are the whole vocabulary or only the allowed slice (`Chooser::choose`).
+        let base = if self.inner.full_vocab() {
+            allowed.start
+        } else {
+            0
+        };
+        self.masked.clear();
+        self.masked.extend_from_slice(logits);
+        for id in blocked {
+            self.masked[base + id] = f32::NEG_INFINITY;
+        }
+        self.inner.choose(attr, allowed, self.masked)
     }
 }
 
