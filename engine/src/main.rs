@@ -701,6 +701,12 @@ fn prompt_too_long(notes: usize, rows_needed: usize, cfg: &Config) -> anyhow::Er
     )
 }
 
+/// Writes `value` as pretty JSON to `path` (atomically), for every `--json <file>`.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    continuo_engine::files::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn rows_json(rows: impl IntoIterator<Item = [i64; 6]>) -> String {
     let rows: Vec<String> = rows
         .into_iter()
@@ -735,13 +741,13 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         .output_opt("--json", args.json.as_deref())
         .output_opt("--png", args.png.as_deref())
         .check()?;
-    style_shares(&args.model)?;
     let sampling = args.sampling.sampling()?;
     let output_timing = if args.reference_writer {
         OutputTiming::Reference
     } else {
         args.timing
     };
+    // The output's grid, read before the work like every input.
     let timing = match output_timing {
         OutputTiming::Input => midi::read_midi_timing(&args.midi)
             .with_context(|| format!("cannot read MIDI {}", args.midi.display()))?,
@@ -766,22 +772,22 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         allow_stacked: args.sampling.allow_stacked,
     };
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
+    let answer = gen.valid_notes();
     let mut all = prompt.clone();
-    all.extend(gen.valid_notes());
+    all.extend(answer.iter().copied());
     if let Some(png) = &args.png {
         let title = format!(
             "{} notes answering {} of {}",
-            gen.valid_notes().len(),
+            answer.len(),
             prompt.len(),
             args.midi.display()
         );
-        continuo_engine::pianoroll::render(&prompt, &gen.valid_notes(), &title, png)?;
+        continuo_engine::pianoroll::render(&prompt, &answer, &title, png)?;
     }
     match output_timing {
         OutputTiming::Reference => midi::write_midi_file(&args.out, &all),
         OutputTiming::Input => {
-            // Read before the work, like the prompt: the same file, so it cannot fail now
-            // unless it changed meanwhile.
+            // Back at the prompt's place in the piece (`--prompt-from end` moved it to 0).
             for note in &mut all {
                 note.onset += origin;
             }
@@ -790,6 +796,7 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
     }
     .with_context(|| format!("cannot write {}", args.out.display()))?;
     if let Some(path) = &args.json {
+        let (temperature, top_p) = args.sampling.values(OFFICIAL_SAMPLING);
         let prompt_with_sos: Vec<[i64; 6]> = std::iter::once(vocab::SOS_ROW)
             .chain(prompt.iter().map(|n| n.to_row()))
             .collect();
@@ -798,8 +805,8 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
             "prompt_with_sos": prompt_with_sos,
             "n_prompt_notes": prompt.len(),
             "max_gen_len": args.notes,
-            "temperature": if args.sampling.greedy { 0.0 } else { args.sampling.values(OFFICIAL_SAMPLING).0 },
-            "top_p": args.sampling.values(OFFICIAL_SAMPLING).1,
+            "temperature": if args.sampling.greedy { 0.0 } else { temperature },
+            "top_p": top_p,
             "seed": args.sampling.seed,
             "output_tokens_prompt_plus_generated_no_sos":
                 prompt.iter().map(|n| n.to_row()).chain(generated.iter().copied()).collect::<Vec<_>>(),
@@ -807,8 +814,7 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
             "invalid_rows": gen.invalid,
             "stop_reason": gen.stop,
         });
-        continuo_engine::files::write_atomic(path, serde_json::to_string_pretty(&out)?.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_json(path, &out)?;
     }
     let decode: f64 = gen
         .timings
@@ -967,12 +973,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     if let Some(context) = args.train_context {
         let r = bench::run_train(&model, 8, context, 3)?;
         if let Some(path) = &args.json {
-            let report = serde_json::json!({ "train": &r });
-            continuo_engine::files::write_atomic(
-                path,
-                serde_json::to_string_pretty(&report)?.as_bytes(),
-            )
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            write_json(path, &serde_json::json!({ "train": &r }))?;
         }
         println!(
             "config            {} ({} parameters, f32, loaded in {:.2} s)",
@@ -1009,26 +1010,22 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         None => None,
     };
     if let Some(path) = &args.json {
-        let report = serde_json::json!({ "decode": &r, "style": &style_report });
-        continuo_engine::files::write_atomic(
+        write_json(
             path,
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )
-        .with_context(|| format!("cannot write {}", path.display()))?;
+            &serde_json::json!({ "decode": &r, "style": &style_report }),
+        )?;
     }
     if let Some(s) = &style_report {
-        {
-            println!("style file        {:.1} MB (rank {})", s.file_mb, s.rank);
-            println!(
-                "style load        median {:.1} ms (read + validate)",
-                s.load_ms_median
-            );
-            println!(
-                "style swap        median {:.3} us, max {:.3} us",
-                s.swap_us_median, s.swap_us_max
-            );
-            println!("per note (styled) median {:.2} ms", s.note_ms_median);
-        }
+        println!("style file        {:.1} MB (rank {})", s.file_mb, s.rank);
+        println!(
+            "style load        median {:.1} ms (read + validate)",
+            s.load_ms_median
+        );
+        println!(
+            "style swap        median {:.3} us, max {:.3} us",
+            s.swap_us_median, s.swap_us_max
+        );
+        println!("per note (styled) median {:.2} ms", s.note_ms_median);
     }
     println!(
         "config            {} ({} parameters, {})",
@@ -1611,8 +1608,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     println!("{}", r.table());
     println!("generation: {:.2} ms per note", r.ms_per_generated_note);
     if let Some(path) = &args.json {
-        continuo_engine::files::write_atomic(path, serde_json::to_string_pretty(&r)?.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        write_json(path, &r)?;
     }
     Ok(())
 }
