@@ -30,6 +30,25 @@ pub struct StyleChoice {
     pub name: String,
 }
 
+/// One of the two style slots: A (the `style` parameter) and B (`styleb`); `blend` sets B's
+/// share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub const BOTH: [Slot; 2] = [Slot::A, Slot::B];
+
+    pub fn index(self) -> usize {
+        match self {
+            Slot::A => 0,
+            Slot::B => 1,
+        }
+    }
+}
+
 /// The chosen base model, saved with the plugin state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelChoice {
@@ -150,10 +169,21 @@ pub struct ContinuoParams {
     /// wins on restore.
     #[id = "style"]
     pub style: IntParam,
+    /// The second style slot (B), from the same menu as [`Self::style`]; 0 = the plain base.
+    /// Its path is saved apart ([`Self::style_b_choice`]).
+    #[id = "styleb"]
+    pub style_b: IntParam,
+    /// The share of style B: A plays at `1 - blend` and B at `blend`, each at its own strength
+    /// (times the style strength). Moving it during an answer lands between two notes.
+    #[id = "blend"]
+    pub blend: FloatParam,
 
-    /// The chosen style by path and name.
+    /// The chosen style (slot A) by path and name.
     #[persist = "style-choice"]
     pub style_choice: Arc<Mutex<StyleChoice>>,
+    /// The chosen style of slot B by path and name.
+    #[persist = "style-b-choice"]
+    pub style_b_choice: Arc<Mutex<StyleChoice>>,
     /// The user's folder of styles and exported answers; `None`: the default folder.
     #[persist = "user-folder"]
     pub user_folder: Arc<Mutex<Option<PathBuf>>>,
@@ -422,10 +452,47 @@ impl Default for ContinuoParams {
                 .with_value_to_string(Arc::new(move |v| style_name(&to_text, v)))
                 .with_string_to_value(Arc::new(move |t| style_value(&from_text, t)))
             },
+            style_b: {
+                let (to_text, from_text) = (style_names.clone(), style_names.clone());
+                IntParam::new(
+                    "Style B",
+                    0,
+                    IntRange::Linear {
+                        min: 0,
+                        max: MAX_STYLES as i32,
+                    },
+                )
+                .with_value_to_string(Arc::new(move |v| style_name(&to_text, v)))
+                .with_string_to_value(Arc::new(move |t| style_value(&from_text, t)))
+            },
+            blend: FloatParam::new("Blend", 0.0, FloatRange::Linear { min: 0.0, max: 1.0 })
+                .with_step_size(0.01)
+                .with_unit(" %")
+                .with_value_to_string(formatters::v2s_f32_percentage(0))
+                .with_string_to_value(formatters::s2v_f32_percentage()),
             style_choice: Arc::default(),
+            style_b_choice: Arc::default(),
             user_folder: Arc::default(),
             model: Arc::default(),
             style_names,
+        }
+    }
+}
+
+impl ContinuoParams {
+    /// The parameter that picks `slot`'s style from the menu.
+    pub fn style_param(&self, slot: Slot) -> &IntParam {
+        match slot {
+            Slot::A => &self.style,
+            Slot::B => &self.style_b,
+        }
+    }
+
+    /// `slot`'s saved choice by path and name.
+    pub fn style_choice_of(&self, slot: Slot) -> &Mutex<StyleChoice> {
+        match slot {
+            Slot::A => &self.style_choice,
+            Slot::B => &self.style_b_choice,
         }
     }
 }
@@ -512,6 +579,7 @@ impl ContinuoParams {
                 top_p: self.top_p.value(),
                 seed: self.seed.value().max(0) as u32,
                 style_strength: self.style_strength.value(),
+                blend: self.blend.value(),
                 velocity_scale: self.velocity_scale.value(),
                 pitch_low: self.pitch_low.value().clamp(0, 127) as u8,
                 pitch_high: self.pitch_high.value().clamp(0, 127) as u8,
@@ -542,7 +610,7 @@ mod tests {
             .into_iter()
             .map(|(id, _, _)| id)
             .collect();
-        assert_eq!(ids.len(), 24);
+        assert_eq!(ids.len(), 26);
         for id in &ids {
             assert!(id.len() <= 6, "{id}");
         }

@@ -136,6 +136,8 @@ pub struct GenParams {
     pub seed: u32,
     /// Style (LoRA) strength, `0.0` = base model only.
     pub style_strength: f32,
+    /// The share of the second style slot, `0.0..=1.0` (see `ContinuoParams::blend`).
+    pub blend: f32,
     /// Multiplies generated velocities.
     pub velocity_scale: f32,
     /// Lowest key the generator may play.
@@ -161,6 +163,7 @@ impl Default for GenParams {
             top_p: 0.9,
             seed: 0,
             style_strength: 1.0,
+            blend: 0.0,
             velocity_scale: 1.0,
             pitch_low: 0,
             pitch_high: 127,
@@ -289,7 +292,7 @@ mod tests {
         assert_copy::<ToEngine>();
         assert_copy::<FromEngine>();
         assert!(
-            std::mem::size_of::<GenParams>() <= 32,
+            std::mem::size_of::<GenParams>() <= 40,
             "{}",
             std::mem::size_of::<GenParams>()
         );

@@ -11,10 +11,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Every parameter id the plugin must keep (host-facing: never renamed).
-const PARAM_IDS: [&str; 24] = [
+const PARAM_IDS: [&str; 26] = [
     "bypass", "mode", "thru", "voice", "outch", "bars", "silenc", "temp", "topp", "seed", "stystr",
     "velsc", "pitlo", "pithi", "dens", "trig", "quant", "swing", "key", "scale", "trgsrc",
-    "trgnot", "trgcc", "style",
+    "trgnot", "trgcc", "style", "styleb", "blend",
 ];
 
 /// CLAP values of the `mode` enum (stepped: the variant index).

@@ -132,3 +132,78 @@ fn style_choice_round_trips_and_a_missing_file_falls_back() -> Result<()> {
     assert!(out.iter().any(|n| n.is_on && n.key != 60), "{out:?}");
     Ok(())
 }
+
+/// Plays the same phrase into a fresh instance with Tiny A in slot A and Tiny B in slot B, and
+/// triggers two answers. During the first, the blend follows `ramp` (one value per block, the
+/// automation a host sends); the second is played at the ramp's last value. Returns the
+/// second answer's notes `(time from its trigger, key, on)` and the whole output.
+fn blended_answers(ramp: &[f64]) -> Result<(Vec<(u32, i16, bool)>, Vec<Out>, Harness)> {
+    let mut harness = Harness::start(48_000.0, 480)?;
+    harness.process(
+        480,
+        &[
+            In::param(0, "mode", MODE_MANUAL),
+            In::param(0, "thru", 0.0),
+            In::param(0, "voice", 0.0),
+            In::param(0, "bars", 1.0),
+            In::param(0, "dens", 1.0), // normalized: the highest density cap
+            In::param(0, "seed", 7.0),
+            In::param(0, "style", 1.0),
+            In::param(0, "styleb", 2.0),
+        ],
+    )?;
+    wait_for_choice(&mut harness, Some(TEST_STYLES[0]))?;
+    let started = Instant::now();
+    while harness.state_field("style-b-choice")?["name"] != TEST_STYLES[1] {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("slot B never got {}", TEST_STYLES[1]);
+        }
+        run_real_time(&mut harness, 480, 5)?;
+    }
+    for (key, at) in [(60, 0), (64, 1), (67, 2), (72, 3), (71, 4), (67, 5)] {
+        harness.process(480, &[In::on(at, key)])?;
+        harness.process(480, &[In::off(at, key)])?;
+    }
+    let mut all = Vec::new();
+    all.extend(harness.process(480, &[In::param(0, "trig", 1.0)])?);
+    all.extend(harness.process(480, &[In::param(0, "trig", 0.0)])?);
+    for &blend in ramp {
+        all.extend(harness.process(480, &[In::param(0, "blend", blend)])?);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    all.extend(run_real_time(&mut harness, 480, 300)?);
+    all.extend(harness.process(480, &[In::param(0, "trig", 1.0)])?);
+    let second = run_real_time(&mut harness, 480, 400)?;
+    all.extend(second.iter().copied());
+    let notes = second.iter().map(|n| (n.time, n.key, n.is_on)).collect();
+    Ok((notes, all, harness))
+}
+
+/// The blend automated from A to B while an answer plays leaves no stuck notes, and the
+/// blend reaches the model: the next answer at B differs from the same answer at A, while two
+/// instances at A answer alike (so the difference is the blend's, not chance's).
+#[test]
+fn blend_automation_from_a_to_b_during_an_answer() -> Result<()> {
+    let at_a = vec![0.0; 40];
+    let a_to_b: Vec<f64> = (0..40).map(|i| f64::from(i + 1) / 40.0).collect();
+    let (first, _, _) = blended_answers(&at_a)?;
+    let (again, _, _) = blended_answers(&at_a)?;
+    let (moved, out, mut harness) = blended_answers(&a_to_b)?;
+    assert!(generated_ons(&out) > 0, "nothing was generated");
+    assert!(first.iter().any(|n| n.2), "the second answer at A is empty");
+    assert_eq!(
+        first, again,
+        "two instances at blend 0 answered differently"
+    );
+    assert_ne!(first, moved, "the blend did not change the answer");
+    assert!(
+        harness.stuck_notes().is_empty(),
+        "{:?}",
+        harness.stuck_notes()
+    );
+    assert_eq!(harness.unmatched_note_offs, 0);
+    assert_eq!(harness.param_value("blend")?, 1.0);
+    let label = harness.state_field("style-b-choice")?;
+    assert_eq!(label["name"], TEST_STYLES[1]);
+    Ok(())
+}

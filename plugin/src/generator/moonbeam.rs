@@ -62,9 +62,11 @@
 //! * **Sampling.** Temperature 0 (or less) is greedy; otherwise top-p with the temperature, and
 //!   the seed `(seed << 32) | answer_id`, so a seed gives reproducible answers and "regenerate"
 //!   (a new answer id) a different one.
-//! * **Style.** [`StyleSlot`] is the hook for the style menu: whoever holds it sets a ready
-//!   [`Style`] (made for the loaded base, see [`ModelCache::current`]) and the thread swaps it in
-//!   between decode steps (O(1), the base is untouched), scaled by `style_strength`.
+//! * **Style.** [`StyleSlot`] is the hook for the style menu: whoever holds it sets the ready
+//!   styles of slots A and B (made for the loaded base, see [`ModelCache::current`]) and the
+//!   thread swaps them in between decode steps (O(1), the base is untouched): A at
+//!   `1 - blend`, B at `blend`, both scaled by `style_strength` ([`NamedStyle::blended`]). A
+//!   moving `blend` rebuilds that style between two notes, with no reload.
 //! * **Measurements** go to [`SharedStatus`]: decode time per generated note (transformer step +
 //!   GRU head, averaged over the answer) and the time from the trigger reaching the generator to
 //!   its first note being sent.
@@ -156,7 +158,9 @@ pub struct MoonbeamGenerator {
     params: GenParams,
     style_seen: u64,
     style: Option<NamedStyle>,
-    /// The session's style must be rebuilt (new style or strength).
+    /// What the style in use is called (`None`: the plain base), at the current blend.
+    style_label: Option<String>,
+    /// The session's style must be rebuilt (new style, strength or blend).
     style_dirty: bool,
 
     answer: Option<Answer>,
@@ -208,6 +212,7 @@ impl MoonbeamGenerator {
             params: GenParams::default(),
             style_seen: 0,
             style: None,
+            style_label: None,
             style_dirty: false,
             answer: None,
             model_version: 0,
@@ -260,14 +265,11 @@ impl MoonbeamGenerator {
         self.context_batches
     }
 
-    /// The name of the style in use (`None`: the plain base, also while the style asked for was
-    /// made for another base than the one running).
+    /// The name of the style in use, e.g. "Ragtime" or "Ragtime 70 % + Folk 30 %" (`None`: the
+    /// plain base, also while the style asked for was made for another base than the one
+    /// running).
     pub fn style_name(&self) -> Option<&str> {
-        let model = self.engine.as_ref().map(|e| e.session.model());
-        self.style
-            .as_ref()
-            .filter(|s| model.is_none_or(|m| s.fits(m)))
-            .map(|s| s.name.as_str())
+        self.style_label.as_deref()
     }
 
     /// The model running, if any.
@@ -488,21 +490,16 @@ impl MoonbeamGenerator {
             1.0
         };
         let model = engine.session.model();
-        let style = match self.style.as_ref().filter(|named| named.fits(model)) {
-            Some(named) => Style {
-                parts: named
-                    .style
-                    .parts
-                    .iter()
-                    .map(|(adapter, s)| (adapter.clone(), s * strength))
-                    .collect(),
-            },
-            None => Style::base(),
+        let blend = self.params.blend;
+        let (style, label) = match self.style.as_ref().filter(|named| named.fits(model)) {
+            Some(named) => (named.blended(blend, strength), named.label(blend)),
+            None => (Style::base(), None),
         };
         engine.session.set_style(style);
         self.style_dirty = false;
-        let label = self.style_name().unwrap_or("").to_string();
-        self.status.set_style_label(&label);
+        self.status
+            .set_style_label(label.as_deref().unwrap_or_default());
+        self.style_label = label;
     }
 
     /// Starts an answer (ending the one in progress, if any).
@@ -783,7 +780,9 @@ impl Generator for MoonbeamGenerator {
         match message {
             ToEngine::Note(note) => self.record(note),
             ToEngine::Params(params) => {
-                if params.style_strength != self.params.style_strength {
+                if params.style_strength != self.params.style_strength
+                    || params.blend != self.params.blend
+                {
                     self.style_dirty = true;
                 }
                 self.params = params;
@@ -838,7 +837,7 @@ mod tests {
 
     use super::super::session::{ANSWER_MAX_NOTES, CONTEXT_KEEP, CONTEXT_SLACK, PENDING_MAX};
     use crate::generator::GeneratorThread;
-    use crate::library::{ConfigSpec, ModelOrigin};
+    use crate::library::{ConfigSpec, ModelOrigin, SlotStyle};
     use crate::protocol::{NoteTime, Stamp, MAX_ANSWER_MS, TEMPO_RANGE_BPM};
     use crate::protocol::{Quantize, Scale};
     use crate::testing::{golden, tiny_test_model};
@@ -1664,6 +1663,82 @@ mod tests {
         rig.generator.styles.clear();
         rig.step();
         assert_eq!(rig.generator.style_name(), None);
+    }
+
+    /// The blend of slots A and B: at 0 the answer is A's alone and at 1 B's alone (the same
+    /// notes as with only that style chosen); moved in the middle of an answer it lands
+    /// between two notes (the notes before it are A's) and changes the notes after it.
+    #[test]
+    fn the_blend_lands_between_notes_and_plays_each_slot_at_its_share() {
+        let model = Rig::new().generator.models.current().unwrap();
+        let adapter = |alpha_factor: f64| {
+            let dir = golden().join("lora_adapter");
+            let mut adapter = continuo_engine::Adapter::from_peft_dir(&dir, &model.cfg).unwrap();
+            adapter.alpha *= alpha_factor;
+            SlotStyle {
+                name: format!("x{alpha_factor}"),
+                style: Style::single(Arc::new(adapter), 1.0),
+            }
+        };
+        let (a, b) = (adapter(1.0), adapter(-4.0));
+        // Greedy answers to one phrase; `mid`: the blend moves to 1 after that many notes.
+        let answer =
+            |slots: (Option<SlotStyle>, Option<SlotStyle>), blend: f32, mid: Option<usize>| {
+                let mut rig = Rig::new();
+                let model = rig.generator.models.current().unwrap();
+                rig.generator.styles.set_pair_for(&model, slots.0, slots.1);
+                let params = GenParams {
+                    temperature: 0.0,
+                    blend,
+                    ..GenParams::default()
+                };
+                rig.params(params);
+                rig.play(&phrase(10, 0.0));
+                rig.handle(ToEngine::Trigger(request(1, 4000.0, None, 64.0)));
+                if let Some(mid) = mid {
+                    while rig.notes(1).len() < mid {
+                        assert!(rig.step(), "the answer ended before note {mid}");
+                    }
+                    rig.params(GenParams {
+                        blend: 1.0,
+                        ..params
+                    });
+                    rig.step();
+                    assert_eq!(rig.generator.style_name(), Some("x-4"));
+                }
+                rig.settle();
+                assert_eq!(rig.ended(1), 1);
+                let label = rig.generator.style_name().map(str::to_string);
+                let notes: Vec<(f64, u8)> = rig
+                    .notes(1)
+                    .iter()
+                    .map(|n| (time_ms(n.start), n.key))
+                    .collect();
+                (notes, label)
+            };
+        let (only_a, _) = answer((Some(a.clone()), None), 0.0, None);
+        let (only_b, _) = answer((Some(b.clone()), None), 0.0, None);
+        assert_ne!(
+            only_a, only_b,
+            "the two test styles must answer differently"
+        );
+        let pair = || (Some(a.clone()), Some(b.clone()));
+        assert_eq!(
+            answer(pair(), 0.0, None),
+            (only_a.clone(), Some("x1".into()))
+        );
+        assert_eq!(
+            answer(pair(), 1.0, None),
+            (only_b.clone(), Some("x-4".into()))
+        );
+        let (half, label) = answer(pair(), 0.5, None);
+        assert_eq!(label.as_deref(), Some("x1 50 % + x-4 50 %"));
+        assert!(half != only_a && half != only_b);
+        // Moved after the third note: those three are A's, what follows is not.
+        let (moved, _) = answer(pair(), 0.0, Some(3));
+        assert!(only_a.len() > 4 && moved.len() > 3, "{only_a:?} {moved:?}");
+        assert_eq!(moved[..3], only_a[..3]);
+        assert_ne!(moved[3..], only_a[3..]);
     }
 
     /// A model the loader installs is taken between answers (never in the middle of one); the

@@ -261,11 +261,19 @@ impl ModelCache {
 // The style hook
 // ---------------------------------------------------------------------------------------------
 
-/// A style and its name.
+/// A style of one slot and its name.
 #[derive(Debug, Clone)]
-pub struct NamedStyle {
+pub struct SlotStyle {
     pub name: String,
     pub style: Style,
+}
+
+/// What the two style slots hold: A, and B, which plays at the `blend` share (A at the rest).
+/// `None` in a slot is the plain base model.
+#[derive(Debug, Clone)]
+pub struct NamedStyle {
+    pub a: Option<SlotStyle>,
+    pub b: Option<SlotStyle>,
     /// The base it was made for; the generator uses the style only with that base (a style
     /// for a previous model waits for the loader to bring one for the new model). `None`: any
     /// base of the right shapes.
@@ -277,6 +285,53 @@ impl NamedStyle {
         self.model
             .as_ref()
             .is_none_or(|made_for| std::ptr::eq(made_for.as_ptr(), Arc::as_ptr(model)))
+    }
+
+    /// The style that plays at `blend` (clamped to `0..=1`; not finite: 0) and `strength`: A's
+    /// adapters at `(1 - blend) * strength` times their own, B's at `blend * strength` times
+    /// theirs. Adapters at strength 0 are left out.
+    pub fn blended(&self, blend: f32, strength: f32) -> Style {
+        let blend = if blend.is_finite() {
+            blend.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let slots = [(&self.a, 1.0 - blend), (&self.b, blend)];
+        Style {
+            parts: slots
+                .into_iter()
+                .filter_map(|(slot, share)| slot.as_ref().map(|s| (s, share * strength)))
+                .flat_map(|(slot, scale)| {
+                    slot.style
+                        .parts
+                        .iter()
+                        .map(move |(adapter, own)| (adapter.clone(), own * scale))
+                })
+                .filter(|(_, s)| *s != 0.0)
+                .collect(),
+        }
+    }
+
+    /// What the editor and the captured answers call it at `blend`: `None` for the plain base,
+    /// one name when the blend is all one slot (to the percent), else
+    /// "A 70 % + B 30 %" (a slot without a style is "base").
+    pub fn label(&self, blend: f32) -> Option<String> {
+        let percent_b = if blend.is_finite() {
+            (blend.clamp(0.0, 1.0) * 100.0).round() as u32
+        } else {
+            0
+        };
+        let name = |slot: &Option<SlotStyle>| slot.as_ref().map(|s| s.name.clone());
+        match percent_b {
+            0 => name(&self.a),
+            100 => name(&self.b),
+            _ if self.a.is_none() && self.b.is_none() => None,
+            _ => {
+                let a = name(&self.a).unwrap_or_else(|| "base".into());
+                let b = name(&self.b).unwrap_or_else(|| "base".into());
+                Some(format!("{a} {} % + {b} {percent_b} %", 100 - percent_b))
+            }
+        }
     }
 }
 
@@ -291,21 +346,40 @@ pub struct StyleSlot {
 }
 
 impl StyleSlot {
-    /// Asks for `style` (made for the loaded base, see [`ModelCache::current`]; its adapters'
-    /// strengths are further scaled by the style strength parameter).
+    /// Asks for `style` in slot A, slot B empty (made for the loaded base, see
+    /// [`ModelCache::current`]; its adapters' strengths are further scaled by the style
+    /// strength parameter).
     pub fn set(&self, name: impl Into<String>, style: Style) {
         self.put(NamedStyle {
-            name: name.into(),
-            style,
+            a: Some(SlotStyle {
+                name: name.into(),
+                style,
+            }),
+            b: None,
             model: None,
         });
     }
 
-    /// Asks for `style`, made for `model`; the generator uses it only with that model.
+    /// Asks for `style` in slot A, made for `model`; the generator uses it only with that model.
     pub fn set_for(&self, model: &Arc<Moonbeam>, name: impl Into<String>, style: Style) {
+        self.set_pair_for(
+            model,
+            Some(SlotStyle {
+                name: name.into(),
+                style,
+            }),
+            None,
+        );
+    }
+
+    /// Asks for both slots, made for `model` (both `None`: the plain base).
+    pub fn set_pair_for(&self, model: &Arc<Moonbeam>, a: Option<SlotStyle>, b: Option<SlotStyle>) {
+        if a.is_none() && b.is_none() {
+            return self.clear();
+        }
         self.put(NamedStyle {
-            name: name.into(),
-            style,
+            a,
+            b,
             model: Some(Arc::downgrade(model)),
         });
     }
@@ -315,11 +389,15 @@ impl StyleSlot {
         self.version.fetch_add(1, Ordering::Release);
     }
 
-    /// The name of the style asked for (`None`: the plain base), and the base it was made for.
-    pub fn requested(&self) -> Option<(String, Option<Weak<Moonbeam>>)> {
-        lock(&self.style)
-            .as_ref()
-            .map(|named| (named.name.clone(), named.model.clone()))
+    /// The names of the styles asked for in slots A and B (`None`: the plain base), and the
+    /// base they were made for (`None` when both slots are empty).
+    pub fn requested(&self) -> (Option<String>, Option<String>, Option<Weak<Moonbeam>>) {
+        let named = lock(&self.style);
+        let name = |slot: &Option<SlotStyle>| slot.as_ref().map(|s| s.name.clone());
+        match named.as_ref() {
+            Some(named) => (name(&named.a), name(&named.b), named.model.clone()),
+            None => (None, None, None),
+        }
     }
 
     /// Back to the plain base model.
@@ -344,6 +422,52 @@ impl StyleSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blend plays A's adapters at `1 - blend` and B's at `blend`, times their own strength
+    /// and the style strength, and is named after what plays.
+    #[test]
+    fn blends_scale_each_slot_and_name_what_plays() {
+        let cfg =
+            continuo_engine::Config::from_file(&crate::testing::golden().join("tiny_config.json"))
+                .unwrap();
+        let adapter = Arc::new(
+            continuo_engine::Adapter::from_peft_dir(
+                &crate::testing::golden().join("lora_adapter"),
+                &cfg,
+            )
+            .unwrap(),
+        );
+        let slot = |name: &str, own: f32| SlotStyle {
+            name: name.into(),
+            style: Style::single(adapter.clone(), own),
+        };
+        let pair = NamedStyle {
+            a: Some(slot("Ragtime", 0.75)),
+            b: Some(slot("Folk", 1.0)),
+            model: None,
+        };
+        let strengths = |style: Style| style.parts.iter().map(|(_, s)| *s).collect::<Vec<_>>();
+        assert_eq!(strengths(pair.blended(0.3, 1.0)), [0.75 * 0.7, 0.3]);
+        assert_eq!(strengths(pair.blended(0.3, 0.5)), [0.75 * 0.7 * 0.5, 0.15]);
+        assert_eq!(strengths(pair.blended(0.0, 1.0)), [0.75]);
+        assert_eq!(strengths(pair.blended(1.0, 1.0)), [1.0]);
+        assert_eq!(strengths(pair.blended(7.0, 1.0)), [1.0]);
+        assert_eq!(strengths(pair.blended(f32::NAN, 1.0)), [0.75]);
+        assert_eq!(pair.label(0.3).as_deref(), Some("Ragtime 70 % + Folk 30 %"));
+        assert_eq!(pair.label(0.001).as_deref(), Some("Ragtime"));
+        assert_eq!(pair.label(1.0).as_deref(), Some("Folk"));
+        let to_base = NamedStyle {
+            b: None,
+            ..pair.clone()
+        };
+        assert_eq!(strengths(to_base.blended(0.3, 1.0)), [0.75 * 0.7]);
+        assert_eq!(
+            to_base.label(0.3).as_deref(),
+            Some("Ragtime 70 % + base 30 %")
+        );
+        assert_eq!(to_base.label(1.0), None);
+        assert!(to_base.blended(1.0, 1.0).is_base());
+    }
 
     #[test]
     fn locates_the_model_in_order() {

@@ -20,8 +20,9 @@
 //!   computer), else the base model plays; either way the editor says so.
 //! * **Loader thread**, one per plugin instance, started when the editor opens or on
 //!   `activate()`, and stopped on drop. It polls every [`POLL`] (and wakes at once on requests from the editor). It
-//!   follows the `style` parameter, loads the chosen style for the running base (checking the
-//!   base fingerprint and shapes) and hands it to the generator through [`StyleSlot`], which
+//!   follows the `style` and `styleb` parameters (style slots A and B, which the generator
+//!   blends by the `blend` parameter), loads the chosen styles for the running base (checking
+//!   the base fingerprint and shapes) and hands them to the generator through [`StyleSlot`], which
 //!   swaps it in between two decode steps. Loaded styles are kept (up to [`STYLE_CACHE`]) and
 //!   the catalog's styles are preloaded one by one while nothing else is asked for, so a
 //!   switch is usually a pointer swap. It also loads a newly chosen base model while the
@@ -41,15 +42,15 @@ pub mod capture;
 pub mod factory;
 
 pub use cache::{
-    locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, NamedStyle, StyleSlot,
-    ENV_CONFIG, ENV_MODEL,
+    locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, NamedStyle, SlotStyle,
+    StyleSlot, ENV_CONFIG, ENV_MODEL,
 };
 
 use continuo_engine::style::{load_any, read_card};
 use continuo_engine::Moonbeam;
 use continuo_engine::{Adapter, Style};
 
-use crate::params::{ContinuoParams, ModelChoice, StyleChoice, MAX_STYLES};
+use crate::params::{ContinuoParams, ModelChoice, Slot, StyleChoice, MAX_STYLES};
 use crate::status::SharedStatus;
 use crate::sync::{lock, try_with};
 use capture::{export_answer, export_stamp};
@@ -258,8 +259,10 @@ struct Requests {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LibraryView {
     pub catalog: Catalog,
-    /// The style that plays (its preset name), or "base model".
+    /// The style of slot A (its preset name), or "base model".
     pub active_style: String,
+    /// The style of slot B (its preset name), or "base model".
+    pub active_style_b: String,
     /// The last thing the loader did or could not do, for the editor (e.g. a fallback on
     /// restore, an exported file).
     pub message: String,
@@ -288,6 +291,7 @@ impl Library {
             }),
             view: Mutex::new(LibraryView {
                 active_style: "base model".into(),
+                active_style_b: "base model".into(),
                 ..LibraryView::default()
             }),
             names,
@@ -345,11 +349,11 @@ pub struct Loader {
     models: Arc<ModelCache>,
     styles: Arc<StyleSlot>,
     status: Arc<SharedStatus>,
-    /// The `style` parameter value last acted on.
-    seen_index: i32,
+    /// The `style` and `styleb` parameter values last acted on (by [`Slot::index`]).
+    seen_index: [i32; 2],
     /// The saved choices last acted on. A saved choice that differs was restored from a
     /// project (nice-plug has no hook for that), and is acted on.
-    applied_choice: Option<StyleChoice>,
+    applied_choice: [Option<StyleChoice>; 2],
     applied_model: Option<ModelChoice>,
     applied_folder: Option<Option<PathBuf>>,
     /// The model version the style in the slot was made for.
@@ -373,8 +377,9 @@ impl Loader {
         styles: Arc<StyleSlot>,
         status: Arc<SharedStatus>,
     ) -> Self {
-        let seen_index = params.style.value();
-        let applied_choice = Some(lock(&params.style_choice).clone());
+        let seen_index = Slot::BOTH.map(|slot| params.style_param(slot).value());
+        let applied_choice =
+            Slot::BOTH.map(|slot| Some(lock(params.style_choice_of(slot)).clone()));
         Self {
             params,
             library,
@@ -436,15 +441,18 @@ impl Loader {
             busy = true;
         }
         // The saved path wins over the parameter value when both change (a restored project).
-        let saved_choice = lock(&self.params.style_choice).clone();
-        let index = self.params.style.value();
-        if self.applied_choice.as_ref() != Some(&saved_choice) {
-            self.seen_index = index;
-            self.style_dirty = true;
-        } else if index != self.seen_index {
-            self.seen_index = index;
-            self.choose_index(index);
-            busy = true;
+        for slot in Slot::BOTH {
+            let i = slot.index();
+            let saved_choice = lock(self.params.style_choice_of(slot)).clone();
+            let index = self.params.style_param(slot).value();
+            if self.applied_choice[i].as_ref() != Some(&saved_choice) {
+                self.seen_index[i] = index;
+                self.style_dirty = true;
+            } else if index != self.seen_index[i] {
+                self.seen_index[i] = index;
+                self.choose_index(slot, index);
+                busy = true;
+            }
         }
         let version = self.models.version();
         if self.style_model_version != Some(version) && self.models.current().is_some() {
@@ -479,8 +487,8 @@ impl Loader {
         lock(&self.library.view).catalog = catalog;
     }
 
-    /// The `style` parameter moved: choose that entry (0 = base).
-    fn choose_index(&mut self, index: i32) {
+    /// The `style` (or `styleb`) parameter moved: choose that entry for `slot` (0 = base).
+    fn choose_index(&mut self, slot: Slot, index: i32) {
         let catalog = self.catalog();
         let choice = match catalog.entry(index.max(0) as usize) {
             Some(entry) => StyleChoice {
@@ -496,7 +504,7 @@ impl Loader {
             }
             None => StyleChoice::default(),
         };
-        *lock(&self.params.style_choice) = choice;
+        *lock(self.params.style_choice_of(slot)) = choice;
         self.style_dirty = true;
     }
 
@@ -527,14 +535,38 @@ impl Loader {
         }
     }
 
-    /// Hands the chosen style to the generator, loading it if needed. Returns whether it did.
+    /// Hands the chosen styles of both slots to the generator, loading them if needed.
+    /// Returns whether it did.
     fn apply_choice(&mut self) -> bool {
         let Some(model) = self.models.current() else {
             // No base yet: the generator is still loading it.
             return false;
         };
         let version = self.models.version();
-        let mut choice = lock(&self.params.style_choice).clone();
+        let [a, b] = Slot::BOTH.map(|slot| self.resolve(&model, slot));
+        let active = |slot: &Option<SlotStyle>| {
+            slot.as_ref()
+                .map_or_else(|| "base model".to_string(), |s| s.name.clone())
+        };
+        {
+            let mut view = lock(&self.library.view);
+            view.active_style = active(&a);
+            view.active_style_b = active(&b);
+        }
+        self.styles.set_pair_for(&model, a, b);
+        self.applied_choice =
+            Slot::BOTH.map(|slot| Some(lock(self.params.style_choice_of(slot)).clone()));
+        self.style_model_version = Some(version);
+        self.style_dirty = false;
+        true
+    }
+
+    /// `slot`'s chosen style, loaded for `model`; `None` for the plain base, also when the
+    /// choice cannot be played (then reported, and the choice reset to the base).
+    fn resolve(&mut self, model: &Arc<Moonbeam>, slot: Slot) -> Option<SlotStyle> {
+        let params = self.params.clone();
+        let saved = params.style_choice_of(slot);
+        let mut choice = lock(saved).clone();
         // A project saved on another computer (or by another version) names a shipped style
         // by a path that is not here: the shipped style of the same name stands in for it.
         if let Some(path) = choice.path.as_ref().filter(|p| !p.exists()) {
@@ -550,7 +582,7 @@ impl Loader {
                     path.display()
                 ));
                 choice.path = Some(entry.path.clone());
-                *lock(&self.params.style_choice) = choice.clone();
+                *lock(saved) = choice.clone();
             }
         }
         // `Err(message)`: the chosen style cannot be played; fall back to the base.
@@ -561,36 +593,25 @@ impl Loader {
                 choice.name,
                 path.display()
             )),
-            Some(path) => self.adapter(&model, path).map(Some).map_err(|e| {
+            Some(path) => self.adapter(model, path).map(Some).map_err(|e| {
                 format!(
                     "style “{}” cannot be used: {e}; playing the base model",
                     choice.name
                 )
             }),
         };
-        let active = match outcome {
-            Ok(Some(adapter)) => {
-                self.styles
-                    .set_for(&model, choice.name.clone(), Style::single(adapter, 1.0));
-                choice.name.clone()
-            }
-            Ok(None) => {
-                self.styles.clear();
-                "base model".to_string()
-            }
+        match outcome {
+            Ok(adapter) => adapter.map(|adapter| SlotStyle {
+                name: choice.name.clone(),
+                style: Style::single(adapter, 1.0),
+            }),
             Err(message) => {
                 self.status.set_last_error(&message);
                 self.library.set_message(message);
-                *lock(&self.params.style_choice) = StyleChoice::default();
-                self.styles.clear();
-                "base model".to_string()
+                *lock(saved) = StyleChoice::default();
+                None
             }
-        };
-        lock(&self.library.view).active_style = active;
-        self.applied_choice = Some(lock(&self.params.style_choice).clone());
-        self.style_model_version = Some(version);
-        self.style_dirty = false;
-        true
+        }
     }
 
     /// Loads a base model in the background; the generator switches to it between answers.
@@ -863,15 +884,21 @@ pub(crate) mod tests {
         }
 
         fn set_style_param(&self, value: i32) {
-            let normalized = self.params.style.preview_normalized(value);
+            self.set_slot_param(Slot::A, value);
+        }
+
+        fn set_slot_param(&self, slot: Slot, value: i32) {
+            let param = self.params.style_param(slot);
+            let normalized = param.preview_normalized(value);
             // SAFETY: the pointer comes from `self.params`, which is alive.
-            unsafe {
-                self.params
-                    .style
-                    .as_ptr()
-                    ._internal_set_normalized_value(normalized)
-            };
-            assert_eq!(self.params.style.value(), value);
+            unsafe { param.as_ptr()._internal_set_normalized_value(normalized) };
+            assert_eq!(param.value(), value);
+        }
+
+        /// The names of the styles asked for in slots A and B.
+        fn requested_pair(&self) -> (Option<String>, Option<String>) {
+            let (a, b, _) = self.styles.requested();
+            (a, b)
         }
 
         /// Ticks until the loader is idle.
@@ -884,8 +911,9 @@ pub(crate) mod tests {
             panic!("the loader never settled");
         }
 
+        /// The name of slot A's style asked for.
         fn requested(&self) -> Option<String> {
-            self.styles.requested().map(|(name, _)| name)
+            self.styles.requested().0
         }
     }
 
@@ -917,7 +945,7 @@ pub(crate) mod tests {
         assert_eq!(choice.name, "Zed");
         assert_eq!(rig.library.view().active_style, "Zed");
         // Made for the loaded base.
-        let (_, made_for) = rig.styles.requested().unwrap();
+        let (_, _, made_for) = rig.styles.requested();
         assert!(std::ptr::eq(
             made_for.unwrap().as_ptr(),
             Arc::as_ptr(&rig.models.current().unwrap())
@@ -927,6 +955,58 @@ pub(crate) mod tests {
         rig.settle();
         assert_eq!(rig.requested(), None);
         assert_eq!(*lock(&rig.params.style_choice), StyleChoice::default());
+    }
+
+    /// Slot B follows its own parameter from the same menu, is saved apart, and falls back to
+    /// the base on its own when its file is gone (slot A keeps playing).
+    #[test]
+    fn slot_b_follows_its_parameter_and_falls_back_on_its_own() {
+        let mut rig = Rig::new("slotb");
+        rig.settle();
+        rig.set_slot_param(Slot::A, 4);
+        rig.set_slot_param(Slot::B, 6);
+        rig.settle();
+        assert_eq!(
+            rig.requested_pair(),
+            (Some("Alpha".into()), Some("Zed".into()))
+        );
+        assert_eq!(
+            lock(&rig.params.style_b_choice).path,
+            Some(rig.user.join("zed.safetensors"))
+        );
+        let view = rig.library.view();
+        assert_eq!(
+            (view.active_style.as_str(), view.active_style_b.as_str()),
+            ("Alpha", "Zed")
+        );
+        // Both were loaded once and are kept: choosing them again loads nothing.
+        assert!(rig
+            .loader
+            .cache
+            .contains_key(&rig.user.join("a.safetensors")));
+        assert!(rig
+            .loader
+            .cache
+            .contains_key(&rig.user.join("zed.safetensors")));
+
+        *lock(&rig.params.style_b_choice) = StyleChoice {
+            path: Some(rig.user.join("gone.safetensors")),
+            name: "Gone".into(),
+        };
+        rig.settle();
+        assert_eq!(rig.requested_pair(), (Some("Alpha".into()), None));
+        assert_eq!(*lock(&rig.params.style_b_choice), StyleChoice::default());
+        assert!(rig.library.view().message.contains("“Gone” is missing"));
+        assert_eq!(rig.library.view().active_style_b, "base model");
+
+        // B alone, A the plain base.
+        rig.set_slot_param(Slot::A, 0);
+        rig.set_slot_param(Slot::B, 4);
+        rig.settle();
+        assert_eq!(rig.requested_pair(), (None, Some("Alpha".into())));
+        rig.set_slot_param(Slot::B, 0);
+        rig.settle();
+        assert_eq!(rig.requested_pair(), (None, None));
     }
 
     /// The shipped styles belong to the bundled base; with the tiny model they are refused
@@ -1069,8 +1149,8 @@ pub(crate) mod tests {
         let new = rig.models.current().unwrap();
         assert!(!Arc::ptr_eq(&old, &new));
         assert_eq!(*lock(&rig.params.model), choice);
-        let (name, made_for) = rig.styles.requested().unwrap();
-        assert_eq!(name, "Alpha");
+        let (name, _, made_for) = rig.styles.requested();
+        assert_eq!(name.as_deref(), Some("Alpha"));
         assert!(std::ptr::eq(made_for.unwrap().as_ptr(), Arc::as_ptr(&new)));
         assert!(rig.library.view().message.starts_with("loaded"));
     }
