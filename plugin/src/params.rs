@@ -10,6 +10,7 @@
 //! every default exact, where the 127 steps of `0..=127` make none but 0 and 127 exact.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use nice_plug::prelude::*;
@@ -190,6 +191,10 @@ pub struct ContinuoParams {
     /// The chosen base model.
     #[persist = "model"]
     pub model: Arc<Mutex<ModelChoice>>,
+    /// The editor window's size in logical points ([`crate::editor::pack_size`]); 0 until the
+    /// window was resized.
+    #[persist = "editor-size"]
+    pub editor_size: Arc<AtomicU64>,
     /// The style menu's names, for the `style` parameter's text. Filled by the loader thread.
     pub style_names: Arc<RwLock<Vec<String>>>,
 }
@@ -474,6 +479,7 @@ impl Default for ContinuoParams {
             style_b_choice: Arc::default(),
             user_folder: Arc::default(),
             model: Arc::default(),
+            editor_size: Arc::default(),
             style_names,
         }
     }

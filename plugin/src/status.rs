@@ -288,6 +288,10 @@ pub struct EditorSnapshot {
     pub upcoming: NoteRing<UPCOMING_NOTES>,
     /// Answers with a lower id were cancelled: their upcoming notes will not play.
     pub accept_from_answer: u32,
+    /// While answering: where the answer plays, on the plugin clock in samples (start, end).
+    pub answer_span: Option<(i64, i64)>,
+    /// While answering with the transport playing: the song position of its first beat.
+    pub answer_start_beats: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------

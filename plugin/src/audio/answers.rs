@@ -247,6 +247,12 @@ impl Core {
         }
         self.next_answer_id += 1;
         self.current_answer = Some(answer_id);
+        let to_samples = |ms: f64| (ms * self.sample_rate / 1000.0).round() as i64;
+        self.answer_span = Some((
+            to_samples(start.clock_ms),
+            to_samples(start.clock_ms + answer_ms),
+        ));
+        self.answer_start_beats = start.beats;
         self.engine_done = false;
         self.phrase_pending = false;
         if kind == TriggerKind::Continuous {

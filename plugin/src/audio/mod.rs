@@ -124,6 +124,11 @@ pub struct Core {
     last_player_activity: i64,
     /// Continuous mode: where the stream generated so far ends, in beats.
     continuous_next_beat: Option<f64>,
+    /// Where the answer last requested plays, on the plugin clock in samples (start, end), and
+    /// its first beat while the transport plays: the editor's planned span and "waiting for
+    /// beat N".
+    answer_span: Option<(i64, i64)>,
+    answer_start_beats: Option<f64>,
     previous_trigger_param: bool,
     /// The controller `trigger_cc_down` follows; when the setting changes it starts over.
     trigger_cc_tracked: Option<u8>,
@@ -170,6 +175,8 @@ impl Core {
             has_context: false,
             last_player_activity: i64::MIN / 4,
             continuous_next_beat: None,
+            answer_span: None,
+            answer_start_beats: None,
             previous_trigger_param: false,
             trigger_cc_tracked: None,
             trigger_cc_down: [false; 16],
@@ -412,6 +419,7 @@ impl Core {
         } else {
             AnswerState::Listening
         };
+        let answering = answer_state == AnswerState::Answering;
         let now_samples = self.clock + i64::from(len);
         let Some(input) = &mut self.snapshot else {
             return;
@@ -440,6 +448,8 @@ impl Core {
             recent: self.recent,
             upcoming: self.upcoming,
             accept_from_answer: self.accept_from_id,
+            answer_span: self.answer_span.filter(|_| answering),
+            answer_start_beats: self.answer_start_beats.filter(|_| answering && now.playing),
         };
         input.publish();
     }

@@ -2,9 +2,9 @@
 //! captured answers.
 //!
 //! Runs on the GUI thread and never waits: it reads the loader's view with `try_lock` (keeping
-//! the previous copy when the loader is writing), changes the style through the automatable
-//! `style` parameter (so hosts record it), and hands everything slow (loading a model,
-//! rescanning, writing MIDI files) to the loader thread as requests.
+//! the previous copy when the loader is writing), changes the styles through the automatable
+//! `style` and `styleb` parameters (so hosts record them), and hands everything slow (loading
+//! a model, rescanning, writing MIDI files) to the loader thread as requests.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use nice_plug::prelude::ParamSetter;
 
 use crate::library::{answers_folder, default_user_folder, Library, LibraryView, StyleOrigin};
-use crate::params::{ContinuoParams, ModelChoice};
+use crate::params::{ContinuoParams, ModelChoice, Slot};
 use crate::status::{CapturedAnswer, SharedStatus};
 
 /// The panel's own state: text being edited and the last copies of shared state.
@@ -59,71 +59,88 @@ impl LibraryPanel {
         self.filled = true;
     }
 
-    pub fn ui(
-        &mut self,
-        ui: &mut egui::Ui,
-        params: &ContinuoParams,
-        setter: &ParamSetter,
-        status: &SharedStatus,
-    ) {
+    /// Takes the loader's and the capture log's latest copies (keeps the old ones when they
+    /// are being written). Called once a frame.
+    pub fn refresh(&mut self, status: &SharedStatus) {
         if let Some(view) = self.library.try_view() {
             self.view = view;
         }
         if let Some(captures) = status.captures.try_list() {
             self.captures = captures;
         }
+    }
+
+    /// Whether the loader is loading a base model.
+    pub fn loading_model(&self) -> bool {
+        self.view.loading_model
+    }
+
+    /// The style menu of `slot`, which sets its automatable parameter (`style` or `styleb`).
+    pub fn style_menu(
+        &mut self,
+        ui: &mut egui::Ui,
+        params: &ContinuoParams,
+        setter: &ParamSetter,
+        slot: Slot,
+    ) {
+        let param = params.style_param(slot);
+        let (label, active) = match slot {
+            Slot::A => ("Style A", &self.view.active_style),
+            Slot::B => ("Style B", &self.view.active_style_b),
+        };
+        ui.label(label);
+        let current = param.value();
+        let selected = if current == 0 {
+            "Base model (no style)".to_string()
+        } else {
+            active.clone()
+        };
+        let mut choose = None;
+        egui::ComboBox::from_id_salt(("continuo-style", slot.index()))
+            .width(170.0)
+            .selected_text(selected)
+            .show_ui(ui, |ui| {
+                if ui
+                    .selectable_label(current == 0, "Base model (no style)")
+                    .clicked()
+                {
+                    choose = Some(0);
+                }
+                for (i, entry) in self.view.catalog.entries.iter().enumerate() {
+                    let value = i as i32 + 1;
+                    let tag = match entry.origin {
+                        StyleOrigin::Shipped => "",
+                        StyleOrigin::User => "  (yours)",
+                    };
+                    let response = ui
+                        .selectable_label(current == value, format!("{}{tag}", entry.name))
+                        .on_hover_text(format!(
+                            "{}\n{}\nfor base: {}",
+                            entry.description,
+                            entry.path.display(),
+                            if entry.base_model.is_empty() {
+                                "?"
+                            } else {
+                                &entry.base_model
+                            }
+                        ));
+                    if response.clicked() {
+                        choose = Some(value);
+                    }
+                }
+            });
+        if let Some(value) = choose {
+            setter.begin_set_parameter(param);
+            setter.set_parameter(param, value);
+            setter.end_set_parameter(param);
+        }
+    }
+
+    /// The user folder, the base model, the last answers and the loader's last message.
+    pub fn ui(&mut self, ui: &mut egui::Ui, params: &ContinuoParams) {
         if !self.filled {
             self.fill_texts(params);
         }
-
-        ui.horizontal(|ui| {
-            ui.label("Style");
-            let current = params.style.value();
-            let selected = if current == 0 {
-                "Base model (no style)".to_string()
-            } else {
-                self.view.active_style.clone()
-            };
-            let mut choose = None;
-            egui::ComboBox::from_id_salt("continuo-style")
-                .width(260.0)
-                .selected_text(selected)
-                .show_ui(ui, |ui| {
-                    if ui
-                        .selectable_label(current == 0, "Base model (no style)")
-                        .clicked()
-                    {
-                        choose = Some(0);
-                    }
-                    for (i, entry) in self.view.catalog.entries.iter().enumerate() {
-                        let value = i as i32 + 1;
-                        let tag = match entry.origin {
-                            StyleOrigin::Shipped => "",
-                            StyleOrigin::User => "  (yours)",
-                        };
-                        let response = ui
-                            .selectable_label(current == value, format!("{}{tag}", entry.name))
-                            .on_hover_text(format!(
-                                "{}\n{}\nfor base: {}",
-                                entry.description,
-                                entry.path.display(),
-                                if entry.base_model.is_empty() {
-                                    "?"
-                                } else {
-                                    &entry.base_model
-                                }
-                            ));
-                        if response.clicked() {
-                            choose = Some(value);
-                        }
-                    }
-                });
-            if let Some(value) = choose {
-                setter.begin_set_parameter(&params.style);
-                setter.set_parameter(&params.style, value);
-                setter.end_set_parameter(&params.style);
-            }
-        });
         if !self.view.catalog.problems.is_empty() {
             ui.small(format!(
                 "{} file(s) skipped: {}",

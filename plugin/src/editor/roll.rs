@@ -68,8 +68,12 @@ pub struct GridLine {
 pub struct RollLayout {
     /// Notes, oldest first, upcoming notes last.
     pub rects: Vec<RollRect>,
-    /// Beat and bar lines while the transport plays, left to right; none while it is stopped.
+    /// Beat and bar lines while the transport plays, one line a second while it is stopped,
+    /// left to right.
     pub grid: Vec<GridLine>,
+    /// The answer in progress: where it plays, `(x0, x1)` clipped to the window; `None` when
+    /// there is none or it is out of view.
+    pub answer_span: Option<(f32, f32)>,
     /// Where "now" is.
     pub playhead_x: f32,
     /// The lowest key shown (the bottom row).
@@ -162,11 +166,26 @@ pub fn layout(snapshot: &EditorSnapshot, window: &RollWindow) -> RollLayout {
             });
             beat += 1.0;
         }
+    } else {
+        let seconds = |t: f64| t / sample_rate;
+        let mut second = seconds(left).ceil();
+        while second <= seconds(right) && grid.len() < MAX_GRID_LINES {
+            grid.push(GridLine {
+                x: ((second * sample_rate - left) / width_samples) as f32,
+                is_bar: false,
+            });
+            second += 1.0;
+        }
     }
+    let answer_span = snapshot
+        .answer_span
+        .filter(|&(start, end)| end as f64 > left && (start as f64) < right && end > start)
+        .map(|(start, end)| (x_of(start).max(0.0), x_of(end).min(1.0)));
 
     RollLayout {
         rects,
         grid,
+        answer_span,
         playhead_x: playhead as f32,
         key_low,
         key_high,
@@ -250,7 +269,13 @@ mod tests {
         }); // before the window
         let layout = layout(&snap, &RollWindow::DEFAULT);
         assert_eq!(layout.playhead_x, 0.8);
-        assert!(layout.grid.is_empty());
+        // One line a second: 4 s to 11 s of the 3.6 s to 11.6 s window.
+        let seconds: Vec<f32> = layout.grid.iter().map(|g| 3.6 + 8.0 * g.x).collect();
+        assert_eq!(seconds.len(), 8, "{seconds:?}");
+        for (i, s) in seconds.iter().enumerate() {
+            assert!((s - (4.0 + i as f32)).abs() < 1e-4, "{seconds:?}");
+        }
+        assert_eq!(layout.answer_span, None);
         assert_eq!((layout.key_low, layout.key_high), (48, 72));
         let got: Vec<(f32, f32, f32, NoteSource, bool)> = layout
             .rects
@@ -274,6 +299,18 @@ mod tests {
             .rects
             .iter()
             .all(|r| (r.y1 - r.y0 - 1.0 / rows).abs() < 1e-6));
+    }
+
+    /// The answer's planned span is drawn where it plays, clipped to the window.
+    #[test]
+    fn the_answer_span_shows_where_the_answer_plays() {
+        let mut snap = snapshot();
+        // From 10.5 s to 14 s: from x = (10.5 - 3.6) / 8 to the right edge.
+        snap.answer_span = Some((504_000, 672_000));
+        let (x0, x1) = layout(&snap, &RollWindow::DEFAULT).answer_span.unwrap();
+        assert!((x0 - 6.9 / 8.0).abs() < 1e-6 && x1 == 1.0, "{x0} {x1}");
+        snap.answer_span = Some((0, 100_000));
+        assert_eq!(layout(&snap, &RollWindow::DEFAULT).answer_span, None);
     }
 
     #[test]
