@@ -175,6 +175,14 @@ impl In {
     }
 }
 
+/// See [`Harness::gui_facts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuiFacts {
+    pub can_resize: bool,
+    pub both_axes: bool,
+    pub size: Option<(u32, u32)>,
+}
+
 /// A note event the plugin sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Out {
@@ -585,6 +593,25 @@ impl Harness {
             .as_str()
             .with_context(|| format!("no field {key} in {state}"))?;
         Ok(serde_json::from_str(text)?)
+    }
+
+    /// What the plugin's CLAP gui extension says without opening a window: whether the host
+    /// may resize the editor, whether both axes may change, and its size.
+    pub fn gui_facts(&mut self) -> Result<GuiFacts> {
+        let gui: clack_extensions::gui::PluginGui = self
+            .instance
+            .plugin_handle()
+            .get_extension()
+            .context("no gui extension")?;
+        let mut handle = self.instance.plugin_handle();
+        let can_resize = gui.can_resize(&mut handle);
+        let hints = gui.get_resize_hints(&mut handle);
+        let size = gui.get_size(&mut handle).map(|s| (s.width, s.height));
+        Ok(GuiFacts {
+            can_resize,
+            both_axes: hints.is_some_and(|h| h.can_resize_horizontally && h.can_resize_vertically),
+            size,
+        })
     }
 
     pub fn save_state(&mut self) -> Result<Vec<u8>> {

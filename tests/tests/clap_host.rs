@@ -531,3 +531,22 @@ fn a_project_saved_by_an_earlier_build_still_loads() -> Result<()> {
     assert!((harness.param_value("pitlo")? - 36.0).abs() < 0.01);
     Ok(())
 }
+
+/// The editor is resizable on both axes, opens at its default size, and the project keeps the
+/// size it was last given (`editor-size`: width in the high 32 bits, height in the low ones,
+/// logical points).
+#[test]
+fn the_editor_is_resizable_and_its_size_is_saved() -> Result<()> {
+    let mut harness = Harness::load()?;
+    let facts = harness.gui_facts()?;
+    assert!(facts.can_resize && facts.both_axes, "{facts:?}");
+    assert_eq!(facts.size, Some((960, 700)));
+    let mut state = harness.state_json()?;
+    assert_eq!(state["fields"]["editor-size"], "0");
+    let packed = (1200u64 << 32) | 800;
+    state["fields"]["editor-size"] = serde_json::Value::String(packed.to_string());
+    let mut restored = Harness::load()?;
+    restored.load_state_json(&state)?;
+    assert_eq!(restored.state_field("editor-size")?, packed);
+    Ok(())
+}
