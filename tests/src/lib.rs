@@ -603,10 +603,10 @@ impl Harness {
             .plugin_handle()
             .get_extension()
             .context("no gui extension")?;
-        let mut handle = self.instance.plugin_handle();
-        let can_resize = gui.can_resize(&mut handle);
-        let hints = gui.get_resize_hints(&mut handle);
-        let size = gui.get_size(&mut handle).map(|s| (s.width, s.height));
+        let handle = self.instance.plugin_handle();
+        let can_resize = gui.can_resize(&handle);
+        let hints = gui.get_resize_hints(&handle);
+        let size = gui.get_size(&handle).map(|s| (s.width, s.height));
         Ok(GuiFacts {
             can_resize,
             both_axes: hints.is_some_and(|h| h.can_resize_horizontally && h.can_resize_vertically),
