@@ -137,7 +137,10 @@ fn style_choice_round_trips_and_a_missing_file_falls_back() -> Result<()> {
 /// triggers two answers. During the first, the blend follows `ramp` (one value per block, the
 /// automation a host sends); the second is played at the ramp's last value. Returns the
 /// second answer's notes `(time from its trigger, key, on)` and the whole output.
-fn blended_answers(ramp: &[f64]) -> Result<(Vec<(u32, i16, bool)>, Vec<Out>, Harness)> {
+/// A note the plugin sent: `(time from the trigger, key, on)`.
+type NoteAt = (u32, i16, bool);
+
+fn blended_answers(ramp: &[f64]) -> Result<(Vec<NoteAt>, Vec<Out>, Harness)> {
     let mut harness = Harness::start(48_000.0, 480)?;
     harness.process(
         480,
