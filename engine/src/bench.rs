@@ -24,6 +24,10 @@ pub struct BenchReport {
     /// Prefill plus every note.
     pub total_s: f64,
     pub peak_rss_mib: f64,
+    /// The process's peak resident memory right after loading the model, and what the
+    /// model's weights take in memory ([`weight_bytes`]): loading should need little more.
+    pub load_peak_rss_mib: f64,
+    pub weights_mib: f64,
     pub bandwidth_gb_s: f64,
     /// Bytes that must be read from memory per generated note (weights, KV cache, head re-reads).
     pub bytes_per_note: f64,
@@ -59,9 +63,12 @@ pub fn synthetic_prompt(n: usize) -> Vec<Note> {
 
 /// Runs `notes` greedy decode steps after a prefill of `prompt_notes`, without stopping on EOS
 /// (as the reference benchmark does), so exactly `notes` notes are timed.
+/// `load_peak_rss`: the process's peak resident memory measured right after loading `model`
+/// ([`peak_rss_bytes`]).
 pub fn run(
     model: &Moonbeam,
     load: Duration,
+    load_peak_rss: u64,
     prompt_notes: usize,
     notes: usize,
 ) -> Result<BenchReport, crate::error::ModelError> {
@@ -141,6 +148,8 @@ pub fn run(
         note_ms_p95: percentile_ms(&per_note, 0.95),
         total_s: total.as_secs_f64(),
         peak_rss_mib: peak_rss as f64 / (1024.0 * 1024.0),
+        load_peak_rss_mib: load_peak_rss as f64 / (1024.0 * 1024.0),
+        weights_mib: weight_bytes(model) / (1024.0 * 1024.0),
         bandwidth_gb_s: bandwidth,
         bytes_per_note: bytes,
         bound_ms_per_note: bytes / (bandwidth * 1e9) * 1e3,
@@ -158,6 +167,64 @@ fn percentile_ms(xs: &[Duration], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let idx = ((v.len() - 1) as f64 * q).round() as usize;
     v[idx]
+}
+
+/// Bytes the model's weights take in memory: f32 tensors, and quantized codes and scales.
+pub fn weight_bytes(model: &Moonbeam) -> f64 {
+    let tensor = |t: &candle_core::Tensor| 4.0 * t.elem_count() as f64;
+    let linear =
+        |l: &crate::model::linear::Linear| l.weight_bytes() + l.bias.as_ref().map_or(0.0, tensor);
+    let fme: f64 = model
+        .fme
+        .iter()
+        .map(|f| tensor(&f.translation_bias) + linear(&f.linear))
+        .sum();
+    let layers: f64 = model
+        .layers
+        .iter()
+        .map(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+            .into_iter()
+            .map(linear)
+            .sum::<f64>()
+                + tensor(&l.input_norm)
+                + tensor(&l.post_attention_norm)
+        })
+        .sum();
+    let gru: f64 = model
+        .gru
+        .iter()
+        .map(|g| linear(&g.ih) + linear(&g.hh))
+        .sum();
+    fme + layers
+        + gru
+        + [
+            &model.instrument,
+            &model.supplementary,
+            &model.norm,
+            &model.decoder_embedding,
+        ]
+        .into_iter()
+        .map(tensor)
+        .sum::<f64>()
+        + [
+            &model.mlp_in,
+            &model.mlp_out,
+            &model.fc_out,
+            &model.summary_projection,
+            &model.lm_head,
+        ]
+        .into_iter()
+        .map(linear)
+        .sum::<f64>()
 }
 
 /// Bytes read per generated note at context length `context`: every transformer weight once

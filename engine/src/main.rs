@@ -641,11 +641,11 @@ fn style_shares(args: &ModelArgs) -> Result<Vec<f32>> {
 fn load_model(args: &ModelArgs) -> Result<(Moonbeam, Style)> {
     let shares = style_shares(args)?;
     let cfg = load_config(&args.config)?;
-    let mut model = Moonbeam::load(&cfg, &args.weights, precision(args))
-        .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
-    if let Some(format) = args.quantize {
-        model.quantize(format)?;
+    let model = match args.quantize {
+        Some(format) => Moonbeam::load_quantized(&cfg, &args.weights, precision(args), format),
+        None => Moonbeam::load(&cfg, &args.weights, precision(args)),
     }
+    .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
     let mut style = Style::base();
     if !args.lora.is_empty() {
         let fingerprint = model.fingerprint();
@@ -910,9 +910,9 @@ fn run_quantize(args: QuantizeArgs) -> Result<()> {
         .check()?;
     refuse_existing_model(&args.out, args.force)?;
     let t = Instant::now();
-    let mut model = Moonbeam::load(&cfg, &args.weights, Precision::F32)
+    let model = Moonbeam::load_quantized(&cfg, &args.weights, Precision::F32, args.format)
         .with_context(|| format!("cannot load weights {}", args.weights.display()))?;
-    let layers = model.quantize(args.format)?;
+    let layers = model.quantized_layers();
     let card = serde_json::json!({
         "quantized_from": args.weights.file_name().map(|n| n.to_string_lossy().into_owned()),
         "config": args.config,
@@ -956,14 +956,21 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         .check()?;
     let cfg = load_config(&args.config)?;
     let t = Instant::now();
-    let mut model = match (&args.weights, args.random_weights) {
-        (Some(path), false) => Moonbeam::load(&cfg, path, Precision::F32)?,
-        _ => Moonbeam::random(&cfg, 7, Precision::F32)?,
+    let model = match (&args.weights, args.random_weights, args.quantize) {
+        (Some(path), false, None) => Moonbeam::load(&cfg, path, Precision::F32)?,
+        (Some(path), false, Some(format)) => {
+            Moonbeam::load_quantized(&cfg, path, Precision::F32, format)?
+        }
+        (_, _, quantize) => {
+            let mut model = Moonbeam::random(&cfg, 7, Precision::F32)?;
+            if let Some(format) = quantize {
+                model.quantize(format)?;
+            }
+            model
+        }
     };
-    if let Some(format) = args.quantize {
-        model.quantize(format)?;
-    }
     let load = t.elapsed();
+    let load_peak_rss = bench::peak_rss_bytes();
     if let Some(path) = &args.save {
         let card = serde_json::json!({ "config": args.config, "random_weights": args.weights.is_none() || args.random_weights });
         continuo_engine::model::weights::save_weights(&model, path, &card)
@@ -999,7 +1006,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             cfg.max_len
         );
     }
-    let r = bench::run(&model, load, args.prompt_notes, args.notes)?;
+    let r = bench::run(&model, load, load_peak_rss, args.prompt_notes, args.notes)?;
     let style_report = match args.style_rank {
         Some(rank) => Some(bench::run_style(
             &model,
@@ -1068,6 +1075,12 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         r.total_s, r.notes
     );
     println!("peak RSS          {:.0} MiB", r.peak_rss_mib);
+    println!(
+        "load peak RSS     {:.0} MiB, {:.2}x the {:.0} MiB of weights in memory",
+        r.load_peak_rss_mib,
+        r.load_peak_rss_mib / r.weights_mib.max(1e-9),
+        r.weights_mib
+    );
     println!(
         "memory bandwidth  {:.1} GB/s (measured, {} threads)",
         r.bandwidth_gb_s, r.threads

@@ -374,28 +374,59 @@ impl Moonbeam {
         if let Some(q) = &self.quantization {
             return q.base_fingerprint.clone();
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for &b in bytes {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        let mut named = self.named_tensors();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, t) in named {
-            eat(name.as_bytes());
-            for d in t.dims() {
-                eat(&(*d as u64).to_le_bytes());
-            }
-            let _ = crate::kernels::with_f32(&t, |data| {
-                let step = (data.len() / 4096).max(1);
-                for v in data.iter().step_by(step) {
-                    eat(&v.to_bits().to_le_bytes());
-                }
-                Ok(())
-            });
-        }
-        format!("{h:016x}")
+        fingerprint_of(
+            self.named_tensors()
+                .iter()
+                .map(|(name, t)| FingerprintPart::of(name, t))
+                .collect(),
+        )
     }
+}
+
+/// What [`Moonbeam::fingerprint`] reads of one tensor: its name, its shape and a strided
+/// sample of up to 4096 of its f32 values (as bits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FingerprintPart {
+    name: String,
+    dims: Vec<usize>,
+    samples: Vec<u32>,
+}
+
+impl FingerprintPart {
+    pub fn of(name: &str, t: &candle_core::Tensor) -> Self {
+        let mut samples = Vec::new();
+        let _ = crate::kernels::with_f32(t, |data| {
+            let step = (data.len() / 4096).max(1);
+            samples.extend(data.iter().step_by(step).map(|v| v.to_bits()));
+            Ok(())
+        });
+        FingerprintPart {
+            name: name.to_owned(),
+            dims: t.dims().to_vec(),
+            samples,
+        }
+    }
+}
+
+/// FNV-1a over the parts in name order: the base fingerprint of a model with these tensors,
+/// whether they were read from a model or noted one by one while loading it.
+pub fn fingerprint_of(mut parts: Vec<FingerprintPart>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    parts.sort_by(|a, b| a.name.cmp(&b.name));
+    for part in parts {
+        eat(part.name.as_bytes());
+        for d in &part.dims {
+            eat(&(*d as u64).to_le_bytes());
+        }
+        for v in &part.samples {
+            eat(&v.to_le_bytes());
+        }
+    }
+    format!("{h:016x}")
 }

@@ -84,6 +84,45 @@ fn a_quantized_file_loads_back_identical_and_answers_to_its_f32_fingerprint() {
     }
 }
 
+/// Quantizing while loading (layer by layer, so the f32 weights are never all in memory) gives
+/// the very model that quantizing after loading gives: the same codes, scales and other
+/// tensors, and the same f32 base fingerprint, from safetensors and from the release `.pt`.
+#[test]
+fn quantizing_while_loading_gives_the_model_quantized_after_loading() {
+    let root = common::engine_dir().join("..");
+    let bundled_cfg = Config::from_file(&root.join("assets/configs/continuo_base.json")).unwrap();
+    let cases = [
+        (common::tiny_config(), golden("tiny_model.safetensors")),
+        (
+            common::tiny_config(),
+            golden("tiny_model_release_format_bf16.pt"),
+        ),
+        (bundled_cfg, root.join("assets/continuo_base.safetensors")),
+    ];
+    for (cfg, path) in &cases {
+        let f32_model = Moonbeam::load(cfg, path, Precision::F32).unwrap();
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let mut after = f32_model.clone();
+            let layers = after.quantize(format).unwrap();
+            let streamed = Moonbeam::load_quantized(cfg, path, Precision::F32, format).unwrap();
+            let what = format!("{} {format}", path.display());
+            assert_eq!(streamed.quantized_layers(), layers, "{what}");
+            assert_eq!(streamed.quantization, after.quantization, "{what}");
+            assert_eq!(streamed.fingerprint(), f32_model.fingerprint(), "{what}");
+            assert!(bits(&streamed) == bits(&after), "{what}: a tensor differs");
+        }
+    }
+    // A file that is quantized already is not quantized again.
+    let mut q = tiny_model(Precision::F32);
+    q.quantize(QFormat::Q8).unwrap();
+    let path = common::tmp("quantized", "tiny_q8_again.safetensors");
+    continuo_engine::model::weights::save_weights(&q, &path, &serde_json::json!({})).unwrap();
+    let err = Moonbeam::load_quantized(&q.cfg, &path, Precision::F32, QFormat::Q4)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("already quantized"), "{err}");
+}
+
 #[test]
 fn files_whose_quantization_disagrees_are_refused() {
     let mut q = tiny_model(Precision::F32);

@@ -120,9 +120,15 @@ impl Fme {
 }
 
 impl Layer {
-    /// Decoder layer `i`.
-    fn load(ws: &WeightStore, cfg: &Config, i: usize) -> Result<Self, WeightsError> {
-        let linear = |proj| Linear::load(ws, Module::Proj(i, proj), cfg);
+    /// Decoder layer `i`, each projection passed through `finish` as soon as it is read (to
+    /// quantize it while the next one loads).
+    fn load(
+        ws: &WeightStore,
+        cfg: &Config,
+        i: usize,
+        finish: &dyn Fn(Linear) -> Result<Linear, WeightsError>,
+    ) -> Result<Self, WeightsError> {
+        let linear = |proj| finish(Linear::load(ws, Module::Proj(i, proj), cfg)?);
         Ok(Layer {
             q_proj: linear(Proj::Q)?,
             k_proj: linear(Proj::K)?,
@@ -210,6 +216,20 @@ impl Moonbeam {
         Self::from_store(cfg, &ws, precision)
     }
 
+    /// Loads an f32 (or bf16) checkpoint and quantizes it to `format` layer by layer as it is
+    /// read, so the f32 weights are never all in memory at once: the peak is the quantized
+    /// model plus one layer in f32. The same model as [`Self::load`] then [`Self::quantize`],
+    /// with the same base fingerprint.
+    pub fn load_quantized(
+        cfg: &Config,
+        path: &Path,
+        precision: Precision,
+        format: QFormat,
+    ) -> Result<Self, WeightsError> {
+        let ws = WeightStore::open(path)?;
+        Self::build(cfg, &ws, precision, Some(format))
+    }
+
     /// Builds the model from named tensors, checking every name and shape in checkpoint
     /// order ([`Module::all`]), so the first mismatch reported is the first in the file.
     pub fn from_store(
@@ -217,34 +237,90 @@ impl Moonbeam {
         ws: &WeightStore,
         precision: Precision,
     ) -> Result<Self, WeightsError> {
+        Self::build(cfg, ws, precision, None)
+    }
+
+    /// [`Self::from_store`], quantizing every linear layer that [`Self::quantize`] would
+    /// quantize as soon as it is read when `quantize` is given.
+    fn build(
+        cfg: &Config,
+        ws: &WeightStore,
+        precision: Precision,
+        quantize: Option<QFormat>,
+    ) -> Result<Self, WeightsError> {
         Self::check_unused(cfg, ws)?;
+        if let Some(format) = quantize {
+            let codes = ws.names().any(|n| n.ends_with(".q8") || n.ends_with(".q4"));
+            if codes && ws.metadata(QUANT_METADATA_KEY).is_none() {
+                return Err(WeightsError::Format {
+                    path: Default::default(),
+                    reason: "it holds quantized weights but no `continuo.quant` metadata".into(),
+                });
+            }
+            if let Some(existing) = ws.metadata(QUANT_METADATA_KEY) {
+                return Err(WeightsError::Format {
+                    path: Default::default(),
+                    reason: format!(
+                        "the weights are already quantized ({existing}); cannot quantize them \
+                         to {format}"
+                    ),
+                });
+            }
+            ws.record_fingerprint();
+        }
+        let q = |mut linear: Linear| -> Result<Linear, WeightsError> {
+            if let Some(format) = quantize {
+                linear.quantize(format)?;
+            }
+            Ok(linear)
+        };
         let fme: [Fme; 5] = (0..FME_NAMES.len())
             .map(|k| Fme::load(ws, cfg, k))
             .collect::<Result<Vec<_>, WeightsError>>()?
             .try_into()
             .map_err(|_| internal("FME count"))?;
-        Moonbeam {
+        let layers = (0..cfg.n_layers)
+            .map(|i| Layer::load(ws, cfg, i, &q))
+            .collect::<Result<_, WeightsError>>()?;
+        let gru = (0..cfg.gru_layers)
+            .map(|l| {
+                let mut gru = GruLayer::load(ws, cfg, l)?;
+                gru.ih = q(gru.ih)?;
+                gru.hh = q(gru.hh)?;
+                Ok(gru)
+            })
+            .collect::<Result<_, WeightsError>>()?;
+        let mut model = Moonbeam {
             cfg: cfg.clone(),
             tables: Tables::new(cfg, precision),
             fme,
             instrument: ws.tensor(Module::Instrument, cfg)?,
             supplementary: ws.tensor(Module::Supplementary, cfg)?,
-            mlp_in: Linear::load(ws, Module::MlpIn, cfg)?,
-            mlp_out: Linear::load(ws, Module::MlpOut, cfg)?,
-            layers: (0..cfg.n_layers)
-                .map(|i| Layer::load(ws, cfg, i))
-                .collect::<Result<_, _>>()?,
+            mlp_in: q(Linear::load(ws, Module::MlpIn, cfg)?)?,
+            mlp_out: q(Linear::load(ws, Module::MlpOut, cfg)?)?,
+            layers,
             norm: ws.tensor(Module::Norm, cfg)?,
-            gru: (0..cfg.gru_layers)
-                .map(|l| GruLayer::load(ws, cfg, l))
-                .collect::<Result<_, _>>()?,
-            fc_out: Linear::load(ws, Module::FcOut, cfg)?,
+            gru,
+            fc_out: q(Linear::load(ws, Module::FcOut, cfg)?)?,
             decoder_embedding: ws.tensor(Module::DecoderEmbedding, cfg)?,
-            summary_projection: Linear::load(ws, Module::SummaryProjection, cfg)?,
-            lm_head: Linear::load(ws, Module::LmHead, cfg)?,
+            summary_projection: q(Linear::load(ws, Module::SummaryProjection, cfg)?)?,
+            lm_head: q(Linear::load(ws, Module::LmHead, cfg)?)?,
             quantization: None,
+        };
+        match quantize {
+            // The file holds no quantization (checked above): the model's is the one made here.
+            Some(format) => {
+                model.quantization = Some(Quantization {
+                    format,
+                    group: crate::quant::GROUP,
+                    base_fingerprint: ws
+                        .recorded_fingerprint()
+                        .ok_or_else(|| internal("fingerprint not recorded"))?,
+                });
+                Ok(model)
+            }
+            None => model.with_quantization(ws),
         }
-        .with_quantization(ws)
     }
 
     /// Refuses a file with tensors the config does not use (a config with fewer layers than
@@ -388,6 +464,29 @@ impl Moonbeam {
             base_fingerprint,
         });
         Ok(quantized)
+    }
+
+    /// How many linear layers hold quantized weights.
+    pub fn quantized_layers(&self) -> usize {
+        let layers = self.layers.iter().flat_map(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+        });
+        let gru = self.gru.iter().flat_map(|g| [&g.ih, &g.hh]);
+        [&self.mlp_in, &self.mlp_out]
+            .into_iter()
+            .chain(layers)
+            .chain(gru)
+            .chain([&self.fc_out, &self.summary_projection, &self.lm_head])
+            .filter(|l| matches!(l.weight, linear::Weight::Quant(_)))
+            .count()
     }
 
     /// The stored parts of `module`, in [`Module::tensors`] order.

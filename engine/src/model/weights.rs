@@ -6,23 +6,60 @@
 //! is built, so a wrong file yields an error naming the tensor, never a panic.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::WeightsError;
 use crate::model::linear::Weight;
 use crate::quant::{QFormat, QMatrix};
+use crate::style::FingerprintPart;
 
-/// All tensors of a checkpoint, by their official name (without `module.`).
+/// Locks `m`, whatever a panic elsewhere left in it (the store's state stays valid).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tensors of a checkpoint, by their official name (without `module.`), read from the
+/// file one at a time as the model asks for them: loading holds the model being built plus
+/// the tensor in hand, never a second copy of the whole checkpoint (and no mapping of the
+/// file, whose pages would count as the process's memory).
 pub struct WeightStore {
-    tensors: HashMap<String, Tensor>,
+    source: Source,
+    /// Official name → the name in the file (the release checkpoint adds `module.`).
+    names: HashMap<String, String>,
     /// The safetensors header's metadata (empty for `.pt` files).
     metadata: HashMap<String, String>,
+    /// While recording ([`WeightStore::record_fingerprint`]), what every f32 tensor handed out
+    /// contributes to the base fingerprint.
+    recorded: Mutex<Option<Vec<FingerprintPart>>>,
+}
+
+enum Source {
+    Memory(HashMap<String, Tensor>),
+    Safetensors {
+        path: PathBuf,
+        file: Mutex<std::fs::File>,
+        /// Where the tensor data starts in the file (after the header).
+        data_start: u64,
+        tensors: HashMap<String, StoredTensor>,
+    },
+    Pth(candle_core::pickle::PthTensors),
+}
+
+/// A tensor's entry in a safetensors header.
+struct StoredTensor {
+    /// `Err(name)`: a dtype this loader does not read.
+    dtype: Result<DType, String>,
+    shape: Vec<usize>,
+    /// Byte range within the data section.
+    range: (u64, u64),
 }
 
 impl WeightStore {
-    /// Opens a `.safetensors` file or a PyTorch `.pt` checkpoint (detected by content, not extension).
+    /// Opens a `.safetensors` file or a PyTorch `.pt` checkpoint (detected by content, not
+    /// extension). Reads the header (or the pickle's index) only; tensors are read on demand.
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
         let io = |source| WeightsError::Io {
             path: path.to_owned(),
@@ -56,56 +93,136 @@ impl WeightStore {
             path: path.to_owned(),
             reason,
         };
-        let mut metadata = HashMap::new();
-        let tensors: Vec<(String, Tensor)> = if pickle {
-            // A torch.save pickle (zip container, or the legacy format).
-            let with_key = candle_core::pickle::read_all_with_key(path, Some("model_state_dict"));
-            match with_key {
-                Ok(t) if !t.is_empty() => t,
-                _ => candle_core::pickle::read_all(path)
+        let (source, file_names, metadata) = if pickle {
+            // A torch.save pickle: the release checkpoint keeps its weights under
+            // `model_state_dict`; a plain state dict has them at the top.
+            let with_key = candle_core::pickle::PthTensors::new(path, Some("model_state_dict"));
+            let pth = match with_key {
+                Ok(t) if !t.tensor_infos().is_empty() => t,
+                _ => candle_core::pickle::PthTensors::new(path, None)
                     .map_err(|e| format_err(format!("cannot read the PyTorch checkpoint: {e}")))?,
-            }
+            };
+            let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+            (Source::Pth(pth), names, HashMap::new())
         } else {
             if header_len == 0 || header_len > file_len.saturating_sub(8) {
                 return Err(format_err(format!(
                     "the safetensors header claims {header_len} bytes but the file has {file_len}"
                 )));
             }
-            // SAFETY: the file is mapped read-only and copied into owned tensors before
-            // this function returns; nothing else in this process writes to it.
-            let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-                .map_err(|e| format_err(format!("invalid safetensors: {e}")))?;
-            metadata = read_metadata(path).map_err(format_err)?;
-            let mut out = Vec::new();
-            for (name, _) in mmap.tensors() {
-                let t = mmap
-                    .load(&name, &Device::Cpu)
-                    .map_err(|e| format_err(format!("tensor `{name}`: {e}")))?;
-                out.push((name, t));
-            }
-            out
+            let (tensors, metadata) =
+                read_header(path, header_len, file_len - 8 - header_len).map_err(format_err)?;
+            let names = tensors.keys().cloned().collect();
+            let file = std::fs::File::open(path).map_err(io)?;
+            let source = Source::Safetensors {
+                path: path.to_owned(),
+                file: Mutex::new(file),
+                data_start: 8 + header_len,
+                tensors,
+            };
+            (source, names, metadata)
         };
-        if tensors.is_empty() {
+        if file_names.is_empty() {
             return Err(format_err("it holds no tensors".into()));
         }
-        let tensors = tensors
+        let names = file_names
             .into_iter()
-            .map(|(name, t)| {
-                (
-                    name.strip_prefix("module.")
-                        .map(str::to_owned)
-                        .unwrap_or(name),
-                    t,
-                )
+            .map(|name| {
+                let official = name
+                    .strip_prefix("module.")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| name.clone());
+                (official, name)
             })
             .collect();
-        Ok(WeightStore { tensors, metadata })
+        Ok(WeightStore {
+            source,
+            names,
+            metadata,
+            recorded: Mutex::new(None),
+        })
     }
 
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
         WeightStore {
-            tensors,
+            names: tensors.keys().map(|n| (n.clone(), n.clone())).collect(),
+            source: Source::Memory(tensors),
             metadata: HashMap::new(),
+            recorded: Mutex::new(None),
+        }
+    }
+
+    /// From now on, notes what every f32 tensor handed out by [`Self::get`] contributes to the
+    /// base fingerprint, so a model quantized while it loads still knows the fingerprint of
+    /// the f32 weights ([`Self::recorded_fingerprint`]).
+    pub(crate) fn record_fingerprint(&self) {
+        *lock(&self.recorded) = Some(Vec::new());
+    }
+
+    /// The fingerprint of the f32 tensors handed out since [`Self::record_fingerprint`].
+    pub(crate) fn recorded_fingerprint(&self) -> Option<String> {
+        lock(&self.recorded)
+            .take()
+            .map(crate::style::fingerprint_of)
+    }
+
+    /// The tensor stored under the official `name`, as it is in the file; `None` if absent.
+    fn raw(&self, name: &str) -> Result<Option<Tensor>, WeightsError> {
+        let Some(file_name) = self.names.get(name) else {
+            return Ok(None);
+        };
+        match &self.source {
+            Source::Memory(tensors) => Ok(tensors.get(file_name).cloned()),
+            Source::Pth(pth) => pth.get(file_name).map_err(|e| WeightsError::Format {
+                path: Default::default(),
+                reason: format!("tensor `{name}`: {e}"),
+            }),
+            Source::Safetensors {
+                path,
+                file,
+                data_start,
+                tensors,
+            } => {
+                let Some(stored) = tensors.get(file_name) else {
+                    return Ok(None);
+                };
+                let dtype = stored.dtype.clone().map_err(|dtype| WeightsError::Dtype {
+                    name: name.to_owned(),
+                    dtype,
+                })?;
+                let (start, end) = stored.range;
+                let read = |into: &mut [u8]| {
+                    use std::io::{Read, Seek, SeekFrom};
+                    let mut file = lock(file);
+                    file.seek(SeekFrom::Start(data_start + start))
+                        .and_then(|_| file.read_exact(into))
+                        .map_err(|source| WeightsError::Io {
+                            path: path.clone(),
+                            source,
+                        })
+                };
+                let len = (end - start) as usize;
+                // f32 and u8 (most of the bytes) are read straight into the tensor's buffer;
+                // other dtypes through one temporary copy.
+                let tensor = match dtype {
+                    DType::F32 if cfg!(target_endian = "little") => {
+                        let mut values = vec![0f32; len / 4];
+                        read(bytemuck::cast_slice_mut(&mut values))?;
+                        Tensor::from_vec(values, stored.shape.as_slice(), &Device::Cpu)?
+                    }
+                    DType::U8 => {
+                        let mut values = vec![0u8; len];
+                        read(&mut values)?;
+                        Tensor::from_vec(values, stored.shape.as_slice(), &Device::Cpu)?
+                    }
+                    _ => {
+                        let mut bytes = vec![0u8; len];
+                        read(&mut bytes)?;
+                        Tensor::from_raw_buffer(&bytes, dtype, &stored.shape, &Device::Cpu)?
+                    }
+                };
+                Ok(Some(tensor))
+            }
         }
     }
 
@@ -118,7 +235,7 @@ impl WeightStore {
     /// holds `{name}.q8` or `{name}.q4` codes and `{name}.scales` (see [`crate::quant`]).
     pub fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight, WeightsError> {
         for format in [QFormat::Q8, QFormat::Q4] {
-            let Some(codes) = self.tensors.get(&format!("{name}.{format}")) else {
+            let Some(codes) = self.raw(&format!("{name}.{format}"))? else {
                 continue;
             };
             let bad = |reason: String| WeightsError::Format {
@@ -150,27 +267,26 @@ impl WeightStore {
         Ok(Weight::F32(self.get(name, shape)?))
     }
 
+    /// The official names of the tensors in the file.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        self.names.keys().map(String::as_str)
     }
 
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.names.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.names.is_empty()
     }
 
-    /// The tensor `name` as contiguous f32, checked against `shape`.
+    /// The tensor `name` as contiguous f32, checked against `shape`. Read from the file at
+    /// each call: the model asks for each tensor once.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, WeightsError> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| WeightsError::Missing {
-                name: name.to_owned(),
-                expected: shape.to_vec(),
-            })?;
+        let t = self.raw(name)?.ok_or_else(|| WeightsError::Missing {
+            name: name.to_owned(),
+            expected: shape.to_vec(),
+        })?;
         if t.dims() != shape {
             return Err(WeightsError::Shape {
                 name: name.to_owned(),
@@ -194,6 +310,9 @@ impl WeightStore {
             return Err(WeightsError::NonFinite {
                 name: name.to_owned(),
             });
+        }
+        if let Some(parts) = lock(&self.recorded).as_mut() {
+            parts.push(FingerprintPart::of(name, &t));
         }
         Ok(t)
     }
@@ -240,26 +359,84 @@ pub fn save_weights(
     Ok(())
 }
 
-/// The `__metadata__` of a safetensors file's header.
-fn read_metadata(path: &Path) -> Result<HashMap<String, String>, String> {
-    use std::io::Read;
+/// Reads a safetensors header of `header_len` bytes (after the 8-byte length) and checks every
+/// tensor's byte range against its dtype and shape and against the `data_len` bytes that
+/// follow. Returns the tensors by their name in the file, and the `__metadata__`.
+/// A safetensors header: the tensors by their name in the file, and the `__metadata__`.
+type Header = (HashMap<String, StoredTensor>, HashMap<String, String>);
+
+fn read_header(path: &Path, header_len: u64, data_len: u64) -> Result<Header, String> {
+    use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| e.to_string())?;
-    let len = u64::from_le_bytes(len);
+    f.seek(SeekFrom::Start(8)).map_err(|e| e.to_string())?;
     let mut header = Vec::new();
-    f.take(len)
+    f.take(header_len)
         .read_to_end(&mut header)
         .map_err(|e| e.to_string())?;
-    let json: serde_json::Value =
+    let json: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| format!("invalid safetensors header: {e}"))?;
-    Ok(json
-        .get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
+    let mut tensors = HashMap::new();
+    let mut metadata = HashMap::new();
+    for (name, entry) in json {
+        if name == "__metadata__" {
+            let map = entry
+                .as_object()
+                .ok_or("invalid safetensors header: `__metadata__` is not an object")?;
+            metadata = map
+                .iter()
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default())
+                .collect();
+            continue;
+        }
+        let bad = |what: &str| format!("invalid safetensors header: tensor `{name}`: {what}");
+        let dtype_name = entry
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("no dtype"))?;
+        let shape: Vec<usize> = entry
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or_else(|| bad("no shape"))?;
+        let (start, end): (u64, u64) = entry
+            .get("data_offsets")
+            .and_then(|o| serde_json::from_value(o.clone()).ok())
+            .ok_or_else(|| bad("no data offsets"))?;
+        if start > end || end > data_len {
+            return Err(bad(&format!(
+                "data offsets {start}..{end} outside the {data_len} bytes of data"
+            )));
+        }
+        let dtype = match dtype_name {
+            "F32" => Ok(DType::F32),
+            "F16" => Ok(DType::F16),
+            "BF16" => Ok(DType::BF16),
+            "F64" => Ok(DType::F64),
+            "U8" => Ok(DType::U8),
+            "U32" => Ok(DType::U32),
+            "I64" => Ok(DType::I64),
+            other => Err(other.to_owned()),
+        };
+        if let Ok(dtype) = &dtype {
+            let bytes = shape
+                .iter()
+                .try_fold(dtype.size_in_bytes() as u64, |n, &d| {
+                    n.checked_mul(d as u64)
+                });
+            if bytes != Some(end - start) {
+                return Err(bad(&format!(
+                    "{} bytes of data for {dtype:?} of shape {shape:?}",
+                    end - start
+                )));
+            }
+        }
+        tensors.insert(
+            name,
+            StoredTensor {
+                dtype,
+                shape,
+                range: (start, end),
+            },
+        );
+    }
+    Ok((tensors, metadata))
 }
