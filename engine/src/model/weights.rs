@@ -359,12 +359,12 @@ pub fn save_weights(
     Ok(())
 }
 
-/// Reads a safetensors header of `header_len` bytes (after the 8-byte length) and checks every
-/// tensor's byte range against its dtype and shape and against the `data_len` bytes that
-/// follow. Returns the tensors by their name in the file, and the `__metadata__`.
 /// A safetensors header: the tensors by their name in the file, and the `__metadata__`.
 type Header = (HashMap<String, StoredTensor>, HashMap<String, String>);
 
+/// Reads a safetensors header of `header_len` bytes (after the 8-byte length) and checks every
+/// tensor's byte range against its dtype and shape and against the `data_len` bytes that
+/// follow.
 fn read_header(path: &Path, header_len: u64, data_len: u64) -> Result<Header, String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
