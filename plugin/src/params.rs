@@ -57,6 +57,10 @@ pub struct ModelChoice {
     pub weights: Option<PathBuf>,
     /// `small`, `medium` or a config JSON file.
     pub config: String,
+    /// Quantize the weights on load (kept in the user's cache after the first time);
+    /// `None`: as stored. Missing in projects saved before 2026-12-04.
+    #[serde(default)]
+    pub quantize: Option<continuo_engine::quant::QFormat>,
 }
 
 /// What makes the plugin play.

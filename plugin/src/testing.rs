@@ -25,6 +25,7 @@ pub fn tiny_test_model() -> ModelLocation {
         origin: ModelOrigin::TinyTest,
         config: ConfigSpec::File(golden().join("tiny_config.json")),
         weights: golden().join("tiny_model.safetensors"),
+        quantize: None,
     }
 }
 

@@ -14,6 +14,7 @@ use nice_plug::prelude::ParamSetter;
 use crate::library::{answers_folder, default_user_folder, Library, LibraryView, StyleOrigin};
 use crate::params::{ContinuoParams, ModelChoice, Slot};
 use crate::status::{CapturedAnswer, SharedStatus};
+use continuo_engine::quant::QFormat;
 
 /// The panel's own state: text being edited and the last copies of shared state.
 pub struct LibraryPanel {
@@ -23,6 +24,8 @@ pub struct LibraryPanel {
     folder_text: String,
     weights_text: String,
     config_text: String,
+    /// Quantize the chosen model on load ("as stored" when `None`).
+    quantize: Option<QFormat>,
     /// Whether the text fields were filled from the saved choices yet.
     filled: bool,
 }
@@ -36,6 +39,7 @@ impl LibraryPanel {
             folder_text: String::new(),
             weights_text: String::new(),
             config_text: String::new(),
+            quantize: None,
             filled: false,
         }
     }
@@ -55,6 +59,7 @@ impl LibraryPanel {
                 .map(|w| w.display().to_string())
                 .unwrap_or_default();
             self.config_text = model.config.clone();
+            self.quantize = model.quantize;
         }
         self.filled = true;
     }
@@ -179,6 +184,27 @@ impl LibraryPanel {
             );
         });
         ui.horizontal(|ui| {
+            ui.label("Weights");
+            let name = |q: Option<QFormat>| match q {
+                None => "as stored",
+                Some(QFormat::Q8) => "8-bit (quantize on load)",
+                Some(QFormat::Q4) => "4-bit (quantize on load)",
+            };
+            egui::ComboBox::from_id_salt("continuo-quantize")
+                .selected_text(name(self.quantize))
+                .show_ui(ui, |ui| {
+                    for q in [None, Some(QFormat::Q8), Some(QFormat::Q4)] {
+                        ui.selectable_value(&mut self.quantize, q, name(q));
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "8 or 4 bits per weight: an official .pt (f32 or bf16) is quantized the \
+                     first time and kept in the cache folder; Medium in 4 bits answers live \
+                     on a laptop CPU",
+                );
+        });
+        ui.horizontal(|ui| {
             let busy = self.view.loading_model;
             if ui
                 .add_enabled(!busy, egui::Button::new("Load model"))
@@ -188,6 +214,7 @@ impl LibraryPanel {
                 self.library.request_model(ModelChoice {
                     weights: (!weights.is_empty()).then(|| PathBuf::from(weights)),
                     config: self.config_text.trim().to_string(),
+                    quantize: self.quantize,
                 });
             }
             if ui
@@ -196,6 +223,7 @@ impl LibraryPanel {
             {
                 self.weights_text.clear();
                 self.config_text.clear();
+                self.quantize = None;
                 self.library.request_model(ModelChoice::default());
             }
             if busy {

@@ -1580,6 +1580,7 @@ mod tests {
             origin: ModelOrigin::User,
             config: tiny.config,
             weights: path,
+            quantize: None,
         });
         assert!(rig.generator.has_model());
         let info = rig.status.try_engine_info().unwrap();
@@ -1597,6 +1598,7 @@ mod tests {
             origin: ModelOrigin::Environment,
             config: ConfigSpec::Small,
             weights: PathBuf::from("/nonexistent/model.safetensors"),
+            quantize: None,
         });
         assert!(!rig.generator.has_model());
         assert_eq!(rig.status.engine_status(), EngineStatus::Failed);
@@ -1764,6 +1766,7 @@ mod tests {
             origin: ModelOrigin::User,
             config: ConfigSpec::File(golden.join("tiny_config.json")),
             weights: golden.join("tiny_model_release_format_bf16.pt"),
+            quantize: None,
         };
         let new = rig.generator.models.load(&other).unwrap();
         assert!(!Arc::ptr_eq(&old, &new));

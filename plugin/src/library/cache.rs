@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use continuo_engine::quant::QFormat;
 use continuo_engine::Style;
 use continuo_engine::{Config, Moonbeam, Precision};
 
@@ -21,6 +22,8 @@ use crate::sync::{lock, try_with};
 pub const ENV_MODEL: &str = "CONTINUO_MODEL";
 /// Environment variable naming the model's config: a JSON file, `small` or `medium`.
 pub const ENV_CONFIG: &str = "CONTINUO_CONFIG";
+/// Environment variable asking for [`ENV_MODEL`] to be quantized on load: `q8` or `q4`.
+pub const ENV_QUANTIZE: &str = "CONTINUO_QUANTIZE";
 
 /// A model config: an official preset or a JSON file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,17 +74,28 @@ pub enum ModelOrigin {
     User,
 }
 
-/// A model to load: its config and weights.
+/// A model to load: its config and weights, and whether to quantize them on load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelLocation {
     pub origin: ModelOrigin,
     pub config: ConfigSpec,
     pub weights: PathBuf,
+    /// Quantize f32 (or bf16) weights to this format when loading them, through the cache of
+    /// quantized copies ([`super::quantized`]); `None`: as stored.
+    pub quantize: Option<QFormat>,
 }
 
 impl ModelLocation {
     /// What the editor shows.
     pub fn label(&self) -> String {
+        let label = self.source_label();
+        match self.quantize {
+            Some(format) => format!("{label}, quantized to {format} on load"),
+            None => label,
+        }
+    }
+
+    fn source_label(&self) -> String {
         match self.origin {
             ModelOrigin::Environment => format!(
                 "{} (config {}, from {ENV_MODEL})",
@@ -111,11 +125,20 @@ fn file_name(path: &Path) -> String {
 /// compiled into the plugin and written out once ([`crate::library::factory`]). This is the one place to
 /// change when the default model changes.
 pub fn locate_model() -> Result<ModelLocation, String> {
-    locate_model_in(
+    let mut location = locate_model_in(
         std::env::var_os(ENV_MODEL),
         std::env::var_os(ENV_CONFIG),
         factory::installed,
-    )
+    )?;
+    if location.origin == ModelOrigin::Environment {
+        location.quantize = match std::env::var(ENV_QUANTIZE).as_deref().map(str::trim) {
+            Err(_) | Ok("") => None,
+            Ok("q8") => Some(QFormat::Q8),
+            Ok("q4") => Some(QFormat::Q4),
+            Ok(other) => return Err(format!("{ENV_QUANTIZE} is `{other}`: use `q8` or `q4`")),
+        };
+    }
+    Ok(location)
 }
 
 /// [`locate_model`] with the environment's values and the factory folder given; `factory` is
@@ -135,6 +158,7 @@ fn locate_model_in(
             origin: ModelOrigin::Environment,
             config: ConfigSpec::parse(&config.to_string_lossy()),
             weights: PathBuf::from(model),
+            quantize: None,
         });
     }
     let dir = factory()?;
@@ -142,6 +166,7 @@ fn locate_model_in(
         origin: ModelOrigin::Bundled,
         config: ConfigSpec::File(dir.join(factory::MODEL_CONFIG)),
         weights: dir.join(factory::MODEL_WEIGHTS),
+        quantize: None,
     })
 }
 
@@ -150,8 +175,18 @@ fn load_model(location: &ModelLocation) -> Result<Moonbeam, String> {
         .config
         .load()
         .map_err(|e| format!("cannot use the model config: {e}"))?;
-    Moonbeam::load(&config, &location.weights, Precision::F32)
-        .map_err(|e| format!("cannot load {}: {e}", location.weights.display()))
+    match location.quantize {
+        // A cache that cannot be written only costs time at the next load.
+        Some(format) => super::quantized::load(
+            &config,
+            &location.weights,
+            format,
+            &super::quantized::cache_dir(),
+        )
+        .map(|loaded| loaded.model),
+        None => Moonbeam::load(&config, &location.weights, Precision::F32)
+            .map_err(|e| format!("cannot load {}: {e}", location.weights.display())),
+    }
 }
 
 /// Models loaded by any instance in this process, so instances using the same file share it.

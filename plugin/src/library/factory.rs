@@ -51,10 +51,16 @@ const FILES: &[FactoryFile] = &[
     shipped!("lora-weights/ragtime/ragtime.safetensors"),
 ];
 
-/// Where the factory content of this version goes: `$XDG_CACHE_HOME/continuo` (or
-/// `~/.cache/continuo`) on Linux, `~/Library/Caches/Continuo` on macOS,
-/// `%LOCALAPPDATA%\Continuo` on Windows, each with a `factory-<version>` folder.
+/// Where the factory content of this version goes: a `factory-<version>` folder in
+/// [`cache_root`].
 pub fn factory_dir() -> PathBuf {
+    cache_root().join(concat!("factory-", env!("CARGO_PKG_VERSION")))
+}
+
+/// The plugin's cache folder: `$XDG_CACHE_HOME/continuo` (or `~/.cache/continuo`) on Linux,
+/// `~/Library/Caches/Continuo` on macOS, `%LOCALAPPDATA%\Continuo` on Windows; the system's
+/// temporary folder when none of those is set.
+pub fn cache_root() -> PathBuf {
     let var = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
@@ -69,9 +75,7 @@ pub fn factory_dir() -> PathBuf {
             .map(|d| d.join("continuo"))
             .or_else(|| var("HOME").map(|h| h.join(".cache/continuo")))
     };
-    cache
-        .unwrap_or_else(|| std::env::temp_dir().join("continuo"))
-        .join(concat!("factory-", env!("CARGO_PKG_VERSION")))
+    cache.unwrap_or_else(|| std::env::temp_dir().join("continuo"))
 }
 
 /// Makes sure the factory content is in [`factory_dir`] and returns that folder. If it cannot

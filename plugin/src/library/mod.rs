@@ -40,10 +40,11 @@ use std::time::Duration;
 mod cache;
 pub mod capture;
 pub mod factory;
+pub mod quantized;
 
 pub use cache::{
     locate_model, ConfigSpec, ModelCache, ModelLocation, ModelOrigin, NamedStyle, SlotStyle,
-    StyleSlot, ENV_CONFIG, ENV_MODEL,
+    StyleSlot, ENV_CONFIG, ENV_MODEL, ENV_QUANTIZE,
 };
 
 use continuo_engine::style::{load_any, read_card};
@@ -78,6 +79,7 @@ impl ModelChoice {
                     origin: ModelOrigin::User,
                     config: ConfigSpec::parse(&self.config),
                     weights: weights.clone(),
+                    quantize: self.quantize,
                 })
             }
         }
@@ -1113,6 +1115,7 @@ pub(crate) mod tests {
         rig.library.request_model(ModelChoice {
             weights: Some(rig.user.join("missing.safetensors")),
             config: "small".into(),
+            quantize: None,
         });
         rig.settle();
         assert_eq!(
@@ -1143,6 +1146,7 @@ pub(crate) mod tests {
         let choice = ModelChoice {
             weights: Some(golden().join("tiny_model_release_format_bf16.pt")),
             config: golden().join("tiny_config.json").display().to_string(),
+            quantize: None,
         };
         rig.library.request_model(choice.clone());
         rig.settle();
