@@ -64,14 +64,18 @@ pub fn synthetic_prompt(n: usize) -> Vec<Note> {
 /// Runs `notes` greedy decode steps after a prefill of `prompt_notes`, without stopping on EOS
 /// (as the reference benchmark does), so exactly `notes` notes are timed.
 /// `load_peak_rss`: the process's peak resident memory measured right after loading `model`
-/// ([`peak_rss_bytes`]).
+/// ([`peak_rss_bytes`]). `top_p`: decode with temperature 1 and this nucleus (over the full
+/// vocabulary, as the reference: the GRU head then computes every `lm_head` row for each
+/// attribute) instead of greedily (only the attribute's rows).
 pub fn run(
     model: &Moonbeam,
     load: Duration,
     load_peak_rss: u64,
     prompt_notes: usize,
     notes: usize,
+    top_p: Option<f32>,
 ) -> Result<BenchReport, crate::error::ModelError> {
+    let mut top_p = top_p.map(|p| crate::generate::TopP::new(1.0, p, 7));
     let prompt = synthetic_prompt(prompt_notes);
     let mut session = Session::new(model, prompt_notes + notes + 1);
     session.set_style(Style::base());
@@ -100,7 +104,10 @@ pub fn run(
             transformer.push(t.elapsed());
         }
         let t = Instant::now();
-        values = session.next_values(&mut Greedy)?;
+        values = match top_p.as_mut() {
+            Some(chooser) => session.next_values(chooser)?,
+            None => session.next_values(&mut Greedy)?,
+        };
         head.push(t.elapsed());
     }
     let total = prefill + transformer.iter().sum::<Duration>() + head.iter().sum::<Duration>();

@@ -371,6 +371,14 @@ fn parse_range(s: &str) -> std::result::Result<(f64, f64), String> {
     ))
 }
 
+/// A number from 0 to 1.
+fn parse_unit(s: &str) -> std::result::Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
+}
+
 fn parse_qformat(s: &str) -> std::result::Result<QFormat, String> {
     QFormat::parse(s).ok_or_else(|| format!("`{s}` is not a format: use q8 or q4"))
 }
@@ -543,9 +551,14 @@ struct BenchArgs {
     /// Only measure LoRA training (rank 8): three steps on one packed sequence of this many rows.
     #[arg(long)]
     train_context: Option<usize>,
-    /// Quantize the weights after loading them: `q8` or `q4`.
+    /// Quantize the weights while loading them: `q8` or `q4`.
     #[arg(long, value_parser = parse_qformat)]
     quantize: Option<QFormat>,
+    /// Decode with top-p sampling (temperature 1, this nucleus over the full vocabulary, as
+    /// the reference and the plugin) instead of greedily; the GRU head then needs every
+    /// `lm_head` row for each attribute, not only the attribute's own.
+    #[arg(long, value_parser = parse_unit)]
+    top_p: Option<f32>,
     /// Write the benchmarked model (e.g. random weights at the Medium shapes, quantized or
     /// not) to this `.safetensors` file, for the plugin's benches.
     #[arg(long)]
@@ -1006,7 +1019,14 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             cfg.max_len
         );
     }
-    let r = bench::run(&model, load, load_peak_rss, args.prompt_notes, args.notes)?;
+    let r = bench::run(
+        &model,
+        load,
+        load_peak_rss,
+        args.prompt_notes,
+        args.notes,
+        args.top_p,
+    )?;
     let style_report = match args.style_rank {
         Some(rank) => Some(bench::run_style(
             &model,

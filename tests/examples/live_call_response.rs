@@ -80,7 +80,10 @@ fn main() -> Result<()> {
         answered += usize::from(notes > 0);
         total_notes += notes;
         match first {
-            Some(ms) => println!("round {:2}: first note {ms:6.0} ms after the phrase, {notes} notes", round + 1),
+            Some(ms) => println!(
+                "round {:2}: first note {ms:6.0} ms after the phrase, {notes} notes",
+                round + 1
+            ),
             None => println!("round {:2}: no answer", round + 1),
         }
     }
