@@ -100,10 +100,25 @@ fn style_switch_in_the_middle_of_an_answer() -> Result<()> {
 }
 
 #[test]
-fn style_choice_round_trips_and_a_missing_file_falls_back() -> Result<()> {
+fn style_choices_round_trip_and_a_missing_file_falls_back() -> Result<()> {
     let mut harness = Harness::start(48_000.0, 480)?;
-    harness.process(480, &[In::param(0, "style", 2.0)])?;
+    harness.process(
+        480,
+        &[
+            In::param(0, "style", 2.0),
+            In::param(0, "styleb", 1.0),
+            In::param(0, "blend", 0.25),
+        ],
+    )?;
     let choice = wait_for_choice(&mut harness, Some(TEST_STYLES[1]))?;
+    let started = Instant::now();
+    while harness.state_field("style-b-choice")?["name"] != TEST_STYLES[0] {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("slot B never got {}", TEST_STYLES[0]);
+        }
+        run_real_time(&mut harness, 480, 5)?;
+    }
+    let choice_b = harness.state_field("style-b-choice")?;
     let state = harness.save_state()?;
     let mut json = harness.state_json()?;
 
@@ -117,6 +132,10 @@ fn style_choice_round_trips_and_a_missing_file_falls_back() -> Result<()> {
         choice
     );
     assert_eq!(restored.param_value("style")?, 2.0);
+    // Slot B and the blend come back too.
+    assert_eq!(restored.state_field("style-b-choice")?, choice_b);
+    assert_eq!(restored.param_value("styleb")?, 1.0);
+    assert!((restored.param_value("blend")? - 0.25).abs() < 1e-6);
 
     // A project whose style file is gone: the base model, not a crash or a stale choice.
     let gone = serde_json::json!({"path": "/nonexistent/gone.safetensors", "name": "Gone"});
