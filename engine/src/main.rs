@@ -121,11 +121,11 @@ struct TrainCommon {
     #[arg(long, value_parser = parse_range)]
     tempo_range: Option<(f64, f64)>,
     /// Velocity scale of an augmented copy, `LO:HI`, drawn log-uniformly.
-    /// Default: 0.6:1.5 for train-base, 0.85:1.15 for train-style.
+    /// Default: 1:1 (as played) for train-base, 0.85:1.15 for train-style; base v3 used 0.6:1.5.
     #[arg(long, value_parser = parse_range)]
     velocity_range: Option<(f64, f64)>,
     /// Largest velocity offset of an augmented copy, either way, added after scaling.
-    /// Default: 20 for train-base, 0 for train-style.
+    /// Default: 0 for both; base v3 used 20.
     #[arg(long)]
     velocity_shift: Option<i64>,
     /// Play every pitched note with this General MIDI program (0 = piano), whatever the

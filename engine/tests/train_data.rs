@@ -777,7 +777,20 @@ fn instrument_option_sets_every_pitched_note() {
 #[test]
 fn wide_augmentation_spans_half_to_double_speed_the_keyboard_and_the_dynamics() {
     let cfg = Config::small();
-    let aug = Augment::wide();
+    // The default leaves dynamics as played.
+    let plain = Augment::wide();
+    assert_eq!((plain.velocity, plain.velocity_shift), ((1.0, 1.0), 0));
+    let loud = note(0, 20, 60, 0, 99);
+    for seed in 0..20 {
+        let out = plain.apply(&[loud], &cfg, &mut StdRng::seed_from_u64(seed));
+        assert_eq!(out[0].velocity, 99);
+    }
+    // v3's dynamics, as `--velocity-range 0.6:1.5 --velocity-shift 20` asks for.
+    let aug = Augment {
+        velocity: (0.6, 1.5),
+        velocity_shift: 20,
+        ..Augment::wide()
+    };
     aug.validate().unwrap();
     // Lowest pitch 60, highest 71: shifts -39..=37 keep it on the 88 keys.
     let piece: Vec<Note> = (0..40)

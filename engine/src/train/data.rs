@@ -596,14 +596,18 @@ impl Default for Augment {
 
 impl Augment {
     /// The wide augmentation of base training (issue #15): a piece may be played at half or
-    /// double speed, anywhere on the keyboard, softer or louder, so the only way to predict
-    /// its tempo, register and dynamics is to read them from the context.
+    /// double speed and anywhere on the keyboard, so the only way to predict its tempo and
+    /// register is to read them from the context. Dynamics are left as played: the ablation
+    /// of 2026-12-04 (assets/MODEL_CARD.md, "Augmentation ablation") found that scaling and
+    /// shifting velocities (v3's × 0.6-1.5, ± 20) made the validation loss worse and the
+    /// answers follow the prompt's loudness less well; `--velocity-range` and
+    /// `--velocity-shift` bring it back.
     pub fn wide() -> Self {
         Augment {
             transpose: 87,
             tempo: (0.5, 2.0),
-            velocity: (0.6, 1.5),
-            velocity_shift: 20,
+            velocity: (1.0, 1.0),
+            velocity_shift: 0,
         }
     }
 
