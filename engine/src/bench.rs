@@ -179,59 +179,21 @@ fn percentile_ms(xs: &[Duration], q: f64) -> f64 {
 /// Bytes the model's weights take in memory: f32 tensors, and quantized codes and scales.
 pub fn weight_bytes(model: &Moonbeam) -> f64 {
     let tensor = |t: &candle_core::Tensor| 4.0 * t.elem_count() as f64;
-    let linear =
-        |l: &crate::model::linear::Linear| l.weight_bytes() + l.bias.as_ref().map_or(0.0, tensor);
-    let fme: f64 = model
-        .fme
-        .iter()
-        .map(|f| tensor(&f.translation_bias) + linear(&f.linear))
+    let linears: f64 = model
+        .linears()
+        .map(|l| l.weight_bytes() + l.bias.as_ref().map_or(0.0, tensor))
         .sum();
-    let layers: f64 = model
+    let norms = model
         .layers
         .iter()
-        .map(|l| {
-            [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-            .into_iter()
-            .map(linear)
-            .sum::<f64>()
-                + tensor(&l.input_norm)
-                + tensor(&l.post_attention_norm)
-        })
-        .sum();
-    let gru: f64 = model
-        .gru
-        .iter()
-        .map(|g| linear(&g.ih) + linear(&g.hh))
-        .sum();
-    fme + layers
-        + gru
-        + [
-            &model.instrument,
-            &model.supplementary,
-            &model.norm,
-            &model.decoder_embedding,
-        ]
-        .into_iter()
-        .map(tensor)
-        .sum::<f64>()
-        + [
-            &model.mlp_in,
-            &model.mlp_out,
-            &model.fc_out,
-            &model.summary_projection,
-            &model.lm_head,
-        ]
-        .into_iter()
-        .map(linear)
-        .sum::<f64>()
+        .flat_map(|l| [&l.input_norm, &l.post_attention_norm]);
+    let tables = model.fme.iter().map(|f| &f.translation_bias).chain([
+        &model.instrument,
+        &model.supplementary,
+        &model.norm,
+        &model.decoder_embedding,
+    ]);
+    linears + norms.chain(tables).map(tensor).sum::<f64>()
 }
 
 /// Bytes read per generated note at context length `context`: every transformer weight once
@@ -243,18 +205,10 @@ pub fn bytes_per_note(model: &Moonbeam, context: usize) -> f64 {
         .layers
         .iter()
         .map(|l| {
-            [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-            .iter()
-            .map(|p| p.weight_bytes())
-            .sum::<f64>()
+            l.projections()
+                .iter()
+                .map(|p| p.weight_bytes())
+                .sum::<f64>()
         })
         .sum();
     let embed: f64 = model

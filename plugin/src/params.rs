@@ -203,6 +203,21 @@ pub struct ContinuoParams {
     pub style_names: Arc<RwLock<Vec<String>>>,
 }
 
+/// A parameter that picks an entry of the style menu (0 = the plain base), shown by name.
+fn style_menu_param(name: &str, names: &Arc<RwLock<Vec<String>>>) -> IntParam {
+    let (to_text, from_text) = (names.clone(), names.clone());
+    IntParam::new(
+        name,
+        0,
+        IntRange::Linear {
+            min: 0,
+            max: MAX_STYLES as i32,
+        },
+    )
+    .with_value_to_string(Arc::new(move |v| style_name(&to_text, v)))
+    .with_string_to_value(Arc::new(move |t| style_value(&from_text, t)))
+}
+
 fn style_name(names: &RwLock<Vec<String>>, value: i32) -> String {
     if value <= 0 {
         return "Base model (no style)".to_string();
@@ -448,32 +463,8 @@ impl Default for ContinuoParams {
                     .unwrap_or(s);
                 number.trim().parse().ok()
             })),
-            style: {
-                let (to_text, from_text) = (style_names.clone(), style_names.clone());
-                IntParam::new(
-                    "Style",
-                    0,
-                    IntRange::Linear {
-                        min: 0,
-                        max: MAX_STYLES as i32,
-                    },
-                )
-                .with_value_to_string(Arc::new(move |v| style_name(&to_text, v)))
-                .with_string_to_value(Arc::new(move |t| style_value(&from_text, t)))
-            },
-            style_b: {
-                let (to_text, from_text) = (style_names.clone(), style_names.clone());
-                IntParam::new(
-                    "Style B",
-                    0,
-                    IntRange::Linear {
-                        min: 0,
-                        max: MAX_STYLES as i32,
-                    },
-                )
-                .with_value_to_string(Arc::new(move |v| style_name(&to_text, v)))
-                .with_string_to_value(Arc::new(move |t| style_value(&from_text, t)))
-            },
+            style: style_menu_param("Style", &style_names),
+            style_b: style_menu_param("Style B", &style_names),
             blend: FloatParam::new("Blend", 0.0, FloatRange::Linear { min: 0.0, max: 1.0 })
                 .with_step_size(0.01)
                 .with_unit(" %")

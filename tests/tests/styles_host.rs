@@ -28,11 +28,21 @@ fn run_real_time(harness: &mut Harness, frames: u32, blocks: u32) -> Result<Vec<
     Ok(all)
 }
 
-/// Waits (processing blocks) until the saved style choice has this name.
+/// Waits (processing blocks) until slot A's saved style choice has this name.
 fn wait_for_choice(harness: &mut Harness, name: Option<&str>) -> Result<serde_json::Value> {
+    wait_for_field(harness, "style-choice", name)
+}
+
+/// Waits (processing blocks) until the saved style choice `field` (`style-choice` or
+/// `style-b-choice`) has this name.
+fn wait_for_field(
+    harness: &mut Harness,
+    field: &str,
+    name: Option<&str>,
+) -> Result<serde_json::Value> {
     let started = Instant::now();
     loop {
-        let choice = harness.state_field("style-choice")?;
+        let choice = harness.state_field(field)?;
         let matches = match name {
             Some(name) => choice["name"] == name && choice["path"].is_string(),
             None => choice["path"].is_null(),
@@ -41,7 +51,7 @@ fn wait_for_choice(harness: &mut Harness, name: Option<&str>) -> Result<serde_js
             return Ok(choice);
         }
         if started.elapsed() > Duration::from_secs(20) {
-            bail!("the style choice never became {name:?}: {choice}");
+            bail!("{field} never became {name:?}: {choice}");
         }
         run_real_time(harness, 480, 5)?;
     }
@@ -111,14 +121,7 @@ fn style_choices_round_trip_and_a_missing_file_falls_back() -> Result<()> {
         ],
     )?;
     let choice = wait_for_choice(&mut harness, Some(TEST_STYLES[1]))?;
-    let started = Instant::now();
-    while harness.state_field("style-b-choice")?["name"] != TEST_STYLES[0] {
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("slot B never got {}", TEST_STYLES[0]);
-        }
-        run_real_time(&mut harness, 480, 5)?;
-    }
-    let choice_b = harness.state_field("style-b-choice")?;
+    let choice_b = wait_for_field(&mut harness, "style-b-choice", Some(TEST_STYLES[0]))?;
     let state = harness.save_state()?;
     let mut json = harness.state_json()?;
 
@@ -175,13 +178,7 @@ fn blended_answers(ramp: &[f64]) -> Result<(Vec<NoteAt>, Vec<Out>, Harness)> {
         ],
     )?;
     wait_for_choice(&mut harness, Some(TEST_STYLES[0]))?;
-    let started = Instant::now();
-    while harness.state_field("style-b-choice")?["name"] != TEST_STYLES[1] {
-        if started.elapsed() > Duration::from_secs(20) {
-            bail!("slot B never got {}", TEST_STYLES[1]);
-        }
-        run_real_time(&mut harness, 480, 5)?;
-    }
+    wait_for_field(&mut harness, "style-b-choice", Some(TEST_STYLES[1]))?;
     for (key, at) in [(60, 0), (64, 1), (67, 2), (72, 3), (71, 4), (67, 5)] {
         harness.process(480, &[In::on(at, key)])?;
         harness.process(480, &[In::off(at, key)])?;

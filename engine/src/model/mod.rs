@@ -142,6 +142,19 @@ impl Layer {
         })
     }
 
+    /// The seven projections, in checkpoint order.
+    pub fn projections(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
     /// The projection `proj`.
     pub fn proj(&self, proj: Proj) -> &Linear {
         match proj {
@@ -399,19 +412,8 @@ impl Moonbeam {
     }
 
     /// Every linear layer, FME maps included.
-    fn linears(&self) -> impl Iterator<Item = &Linear> {
-        let layers = self.layers.iter().flat_map(|l| {
-            [
-                Proj::Q,
-                Proj::K,
-                Proj::V,
-                Proj::O,
-                Proj::Gate,
-                Proj::Up,
-                Proj::Down,
-            ]
-            .map(|p| l.proj(p))
-        });
+    pub(crate) fn linears(&self) -> impl Iterator<Item = &Linear> {
+        let layers = self.layers.iter().flat_map(Layer::projections);
         let gru = self.gru.iter().flat_map(|g| [&g.ih, &g.hh]);
         self.fme
             .iter()
@@ -468,25 +470,7 @@ impl Moonbeam {
 
     /// How many linear layers hold quantized weights.
     pub fn quantized_layers(&self) -> usize {
-        let layers = self.layers.iter().flat_map(|l| {
-            [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-        });
-        let gru = self.gru.iter().flat_map(|g| [&g.ih, &g.hh]);
-        [&self.mlp_in, &self.mlp_out]
-            .into_iter()
-            .chain(layers)
-            .chain(gru)
-            .chain([&self.fc_out, &self.summary_projection, &self.lm_head])
-            .filter(|l| matches!(l.weight, linear::Weight::Quant(_)))
-            .count()
+        self.linears().filter(|l| l.quantized().is_some()).count()
     }
 
     /// The stored parts of `module`, in [`Module::tensors`] order.
