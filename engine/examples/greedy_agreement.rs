@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let prompt = &piece[..64.min(piece.len())];
     let opts = GenerateOptions {
         allow_stacked: false,
+        endless: false,
         max_notes: 64,
         max_duration_ticks: None,
         sampling: Sampling::Greedy,

@@ -543,6 +543,8 @@ pub struct EvalOptions {
     pub sampling: Sampling,
     /// See [`GenerateOptions::allow_stacked`].
     pub allow_stacked: bool,
+    /// See [`GenerateOptions::endless`].
+    pub endless: bool,
     /// At most this many prompts: see [`prompt_windows`].
     pub max_prompts: usize,
     pub seed: u64,
@@ -609,6 +611,7 @@ pub fn evaluate(
         max_duration_ticks: None,
         sampling: opts.sampling,
         allow_stacked: opts.allow_stacked,
+        endless: opts.endless,
     };
     let mut generated = Vec::new();
     let (mut total, mut valid) = (0, 0);

@@ -356,6 +356,26 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
         &mut self,
         chooser: &mut dyn Chooser,
     ) -> Result<[i64; 6], ModelError> {
+        self.next_values_guarded(chooser, false)
+    }
+
+    /// [`Session::next_values_unstacked`] for an answer whose length the caller sets, such as
+    /// the plugin's answer of so many bars: the piece never ends there. The end-of-piece (EOS)
+    /// and start (SOS) codes are taken out of every attribute's choice, so the note is always
+    /// a note. (A style trained on short tunes learns to end early, and would otherwise answer
+    /// a player with silence.)
+    pub fn next_values_endless(
+        &mut self,
+        chooser: &mut dyn Chooser,
+    ) -> Result<[i64; 6], ModelError> {
+        self.next_values_guarded(chooser, true)
+    }
+
+    fn next_values_guarded(
+        &mut self,
+        chooser: &mut dyn Chooser,
+        endless: bool,
+    ) -> Result<[i64; 6], ModelError> {
         if self.rows.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
@@ -371,6 +391,7 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
             inner: chooser,
             struck: &self.struck,
             masked: &mut self.masked,
+            endless,
             timeshift: 0,
             octave: 0,
         };
@@ -393,11 +414,13 @@ impl<M: Deref<Target = Moonbeam>> Session<M> {
 pub const MAX_STRUCK_AT_ONCE: usize = 10;
 
 /// The chooser of [`Session::next_values_unstacked`]: it remembers the timeshift and octave
-/// chosen for this note and masks the pitch classes of `struck` keys when the timeshift is 0.
+/// chosen for this note and masks the pitch classes of `struck` keys when the timeshift is 0;
+/// `endless`, it also masks every attribute's SOS and EOS codes (its last two ids).
 struct Unstacked<'a> {
     inner: &'a mut dyn Chooser,
     struck: &'a [i64],
     masked: &'a mut Vec<f32>,
+    endless: bool,
     timeshift: usize,
     octave: usize,
 }
@@ -408,10 +431,17 @@ impl Chooser for Unstacked<'_> {
     }
 
     fn choose(&mut self, attr: usize, allowed: Range<usize>, logits: &[f32]) -> usize {
+        // The SOS and EOS codes are the last two of every attribute (V - 2, V - 1).
+        let n = allowed.len();
+        let end = if self.endless && n > 2 {
+            n - 2..n
+        } else {
+            n..n
+        };
         // Attributes in decoding order: timeshift, duration, octave, pitch class, ...
-        if attr == 0 && self.struck.len() >= MAX_STRUCK_AT_ONCE && allowed.len() > 1 {
+        if attr == 0 && self.struck.len() >= MAX_STRUCK_AT_ONCE && n - end.len() > 1 {
             // Ten notes already start at this onset: this one starts later.
-            let choice = self.choose_without(attr, allowed, logits, [0]);
+            let choice = self.choose_without(attr, allowed, logits, end.chain([0]));
             self.timeshift = choice;
             return choice;
         }
@@ -419,13 +449,18 @@ impl Chooser for Unstacked<'_> {
             // Counted, then masked, without allocating: this runs for every decoded note.
             let (struck, octave) = (self.struck, self.octave as i64);
             let blocked = move |pc: &usize| struck.contains(&(octave * 12 + *pc as i64));
-            let pitch_classes = 0..12.min(allowed.len());
+            let pitch_classes = 0..12.min(n - end.len());
             let n_blocked = pitch_classes.clone().filter(blocked).count();
             if n_blocked > 0 && n_blocked < 12 {
-                return self.choose_without(attr, allowed, logits, pitch_classes.filter(blocked));
+                let blocked = pitch_classes.filter(blocked).chain(end);
+                return self.choose_without(attr, allowed, logits, blocked);
             }
         }
-        let choice = self.inner.choose(attr, allowed, logits);
+        let choice = if end.is_empty() {
+            self.inner.choose(attr, allowed, logits)
+        } else {
+            self.choose_without(attr, allowed, logits, end)
+        };
         match attr {
             0 => self.timeshift = choice,
             2 => self.octave = choice,
@@ -469,6 +504,10 @@ pub struct GenerateOptions {
     /// Let a note strike a key already struck at its onset, as the reference does. Off, every
     /// note is decoded by [`Session::next_values_unstacked`].
     pub allow_stacked: bool,
+    /// Never end the piece: every note is decoded by [`Session::next_values_endless`] (which
+    /// implies the stacked-note guard), so only `max_notes`, `max_duration_ticks` or the
+    /// context end the continuation.
+    pub endless: bool,
 }
 
 /// A continuation.
@@ -547,7 +586,9 @@ pub fn continue_notes(
             transformer = t.elapsed();
         }
         let t = Instant::now();
-        let values = if opts.allow_stacked {
+        let values = if opts.endless {
+            session.next_values_endless(chooser.as_mut())?
+        } else if opts.allow_stacked {
             session.next_values(chooser.as_mut())?
         } else {
             session.next_values_unstacked(chooser.as_mut())?

@@ -405,6 +405,12 @@ struct SamplingArgs {
     /// stops greedy decoding from repeating one note at one onset.
     #[arg(long)]
     allow_stacked: bool,
+    /// Never end early: the end-of-piece (EOS) and start (SOS) codes are taken out of every
+    /// choice, so exactly `--notes` notes come unless a time or context limit ends them first.
+    /// `demo` always does this, and so does the plugin: an answer's length is the player's
+    /// choice, not the model's.
+    #[arg(long)]
+    no_end: bool,
 }
 
 /// The official README's sampling defaults (`continue`, `eval`).
@@ -783,6 +789,7 @@ fn run_continue(args: ContinueArgs) -> Result<()> {
         max_duration_ticks: args.max_seconds.map(|s| (s * 100.0).round() as i64),
         sampling,
         allow_stacked: args.sampling.allow_stacked,
+        endless: args.sampling.no_end,
     };
     let gen = continue_notes(&model, &style, &prompt, &opts, |_, _| {})?;
     let answer = gen.valid_notes();
@@ -1632,6 +1639,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         continuation_notes: args.notes,
         sampling,
         allow_stacked: args.sampling.allow_stacked,
+        endless: args.sampling.no_end,
         max_prompts: args.max_prompts,
         seed: args.sampling.seed,
     };
@@ -1721,6 +1729,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
             max_duration_ticks: None,
             sampling,
             allow_stacked: args.sampling.allow_stacked,
+            endless: true,
         };
         let t = Instant::now();
         let mut first: Option<f64> = None;

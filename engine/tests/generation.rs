@@ -19,6 +19,7 @@ fn only_playable_notes_reach_the_midi_output() {
         let model = Moonbeam::random(&cfg, seed, Precision::F32).unwrap();
         let opts = GenerateOptions {
             allow_stacked: false,
+            endless: false,
             max_notes: 48,
             max_duration_ticks: None,
             sampling: Sampling::TopP {
@@ -62,6 +63,7 @@ fn max_duration_stops_in_time() {
     let last = p.last().unwrap().onset;
     let opts = GenerateOptions {
         allow_stacked: false,
+        endless: false,
         max_notes: 200,
         max_duration_ticks: Some(100),
         sampling: Sampling::TopP {
@@ -85,6 +87,7 @@ fn context_limit_is_respected() {
     let model = Moonbeam::random(&cfg, 1, Precision::F32).unwrap();
     let opts = GenerateOptions {
         allow_stacked: false,
+        endless: false,
         max_notes: 100,
         max_duration_ticks: None,
         sampling: Sampling::Greedy,
@@ -291,4 +294,64 @@ fn a_note_cannot_strike_a_key_already_struck_at_its_onset() {
     assert!(keys[k].0 > 0, "{keys:?}");
     assert_eq!(keys[k].1, 0);
     assert!(keys[k + 1..].iter().all(|&(ts, _)| ts == 0));
+}
+
+/// Picks the last id it may: the attribute's EOS code when nothing masks it.
+struct LastAllowed;
+
+impl Chooser for LastAllowed {
+    fn full_vocab(&self) -> bool {
+        false
+    }
+
+    fn choose(&mut self, _attr: usize, _allowed: std::ops::Range<usize>, logits: &[f32]) -> usize {
+        logits.iter().rposition(|l| l.is_finite()).unwrap_or(0)
+    }
+}
+
+#[test]
+fn an_endless_answer_never_ends_the_piece() {
+    let cfg = config();
+    let model = Moonbeam::random(&cfg, 3, Precision::F32).unwrap();
+    let mut session = continuo_engine::generate::Session::new(&model, 64);
+    session.prefill(&prompt()).unwrap();
+    // Unguarded, this chooser ends the piece at once.
+    assert!(cfg.is_eos(&session.next_values_unstacked(&mut LastAllowed).unwrap()));
+    for _ in 0..20 {
+        let v = session.next_values_endless(&mut LastAllowed).unwrap();
+        // The last id before SOS (V - 2) and EOS (V - 1).
+        let expected: [i64; 6] = std::array::from_fn(|a| cfg.vocab[a] as i64 - 3);
+        assert_eq!(v, expected);
+        let onset = session.rows().last().unwrap()[0] + v[0];
+        session.push([onset, v[1], v[2], v[3], v[4], v[5]]).unwrap();
+    }
+    // Sampled at a high temperature from random weights, which otherwise end early or emit
+    // SOS codes (see `only_playable_notes_reach_the_midi_output`): every row is a note.
+    for seed in 0..6u64 {
+        let model = Moonbeam::random(&cfg, seed, Precision::F32).unwrap();
+        let opts = GenerateOptions {
+            allow_stacked: false,
+            endless: true,
+            max_notes: 48,
+            max_duration_ticks: None,
+            sampling: Sampling::TopP {
+                temperature: 1.5,
+                top_p: 1.0,
+                seed,
+            },
+        };
+        let gen = continue_notes(&model, &Style::base(), &prompt(), &opts, |_, _| {}).unwrap();
+        assert_eq!(gen.stop, StopReason::MaxNotes);
+        assert_eq!(gen.rows.len(), 48);
+        let mut prev = prompt().last().unwrap().onset;
+        for row in &gen.rows {
+            // A row holds its onset; the model decoded the timeshift from the previous one.
+            let mut values = row.to_row();
+            values[0] -= prev;
+            prev = row.onset;
+            for (a, v) in values.into_iter().enumerate() {
+                assert!(v < cfg.sos_code(a), "seed {seed}: {row:?}");
+            }
+        }
+    }
 }

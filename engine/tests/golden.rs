@@ -270,6 +270,7 @@ fn greedy_case(file: &str, m: &Moonbeam, style: &Style) {
         .collect();
     let opts = GenerateOptions {
         allow_stacked: true,
+        endless: false,
         max_notes: g["max_gen_len"].as_u64().unwrap() as usize,
         max_duration_ticks: None,
         sampling: Sampling::Greedy,

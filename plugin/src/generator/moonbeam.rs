@@ -663,11 +663,13 @@ impl MoonbeamGenerator {
         let session = &mut engine.session;
         let values = pending
             .map_or(Ok(()), |row| session.push(row))
-            .and_then(|()| session.next_values_unstacked(chooser.as_mut()))
+            .and_then(|()| session.next_values_endless(chooser.as_mut()))
             .map_err(|e| format!("generation stopped: {e}"))?;
         answer.decode_time += started.elapsed();
         answer.decoded += 1;
         let cfg = &engine.session.model().cfg;
+        // The endless guard never decodes EOS; a stop all the same, should a model's
+        // vocabulary hold nothing else.
         if cfg.is_eos(&values) {
             return Ok(false);
         }
