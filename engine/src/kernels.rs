@@ -53,17 +53,27 @@ pub fn matvec(w: &[f32], x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
 /// thread for small matrices, else split across the rayon pool in tasks of [`ROWS_PER_TASK`]
 /// rows. Every matvec kernel (f32 and quantized) goes through it.
 pub(crate) fn for_each_row(out: &mut [f32], cols: usize, row: impl Fn(usize) -> f32 + Sync) {
-    let run = |row0: usize, chunk: &mut [f32]| {
+    for_each_chunk(out, cols, |row0, chunk| {
         for (i, o) in chunk.iter_mut().enumerate() {
             *o = row(row0 + i);
         }
-    };
+    });
+}
+
+/// [`for_each_row`] for kernels that compute several rows at once: `chunk(row0, out)` fills
+/// `out` with rows `row0..row0 + out.len()`, the whole matrix on the calling thread or
+/// [`ROWS_PER_TASK`] rows per rayon task, by the same rule.
+pub(crate) fn for_each_chunk(
+    out: &mut [f32],
+    cols: usize,
+    chunk: impl Fn(usize, &mut [f32]) + Sync,
+) {
     if out.len() * cols < par_min() || rayon::current_num_threads() < 2 {
-        run(0, out);
+        chunk(0, out);
     } else {
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
-            .for_each(|(c, chunk)| run(c * ROWS_PER_TASK, chunk));
+            .for_each(|(c, part)| chunk(c * ROWS_PER_TASK, part));
     }
 }
 

@@ -28,10 +28,17 @@
 //! portable f32 and int8 kernels are the references the others are tested against. Rows are
 //! split across the rayon pool above [`crate::kernels`]' size threshold, as the f32 kernels
 //! do, and the quantized input is kept per thread, so the decode path allocates nothing.
+//!
+//! The SIMD integer kernels work on register tiles of four weight rows (by two inputs on
+//! AVX2, four on VNNI, in batches): each group's bytes are loaded and unpacked once per row
+//! and used for every input of the tile, four independent accumulator chains hide the FMA
+//! latency, and the q4 nibbles are multiplied as unsigned bytes with the `-8` offset taken
+//! off once per input (see `QInput`). Every (row, input) result goes through the same
+//! operations whatever the tile, so one-row decode and batched prefill agree bit for bit.
 
 use std::fmt;
 
-use crate::kernels::for_each_row;
+use crate::kernels::{for_each_chunk, for_each_row};
 
 /// Weights per scale.
 pub const GROUP: usize = 32;
@@ -269,13 +276,11 @@ impl QMatrix {
         let first = rows.start;
         let kernel = kernel.available();
         if kernel.is_int8() {
-            let dot = kernel.int8_dot();
             INPUT.with_borrow_mut(|input| {
                 input.quantize(x);
-                let (xq, xs) = (&input.codes[..], &input.scales[..]);
-                for_each_row(out, self.cols, |i| {
-                    let (codes, scales) = self.row(first + i);
-                    dot(self.format, codes, scales, xq, xs)
+                let input = std::slice::from_ref(&*input);
+                for_each_chunk(out, self.cols, |row0, part| {
+                    self.int8_block(kernel, first + row0, input, part);
                 });
             });
             return;
@@ -329,33 +334,116 @@ impl QMatrix {
         } else {
             Vec::new()
         };
-        let (int8, f32_dot) = (kernel.int8_dot(), kernel.f32_dot());
+        let f32_dot = kernel.f32_dot();
         // Transposed: (rows, m), so each task owns a contiguous block of weight rows.
         let mut transposed = vec![0.0f32; self.rows * m];
         transposed
             .par_chunks_mut(BLOCK * m)
             .enumerate()
             .for_each(|(b, chunk)| {
+                if kernel.is_int8() {
+                    self.int8_block(kernel, b * BLOCK, &inputs, chunk);
+                    return;
+                }
                 for (k, out_row) in chunk.chunks_exact_mut(m).enumerate() {
                     let (codes, scales) = self.row(b * BLOCK + k);
                     for (i, o) in out_row.iter_mut().enumerate() {
-                        *o = if kernel.is_int8() {
-                            let q = &inputs[i];
-                            int8(self.format, codes, scales, &q.codes, &q.scales)
-                        } else {
-                            f32_dot(
-                                self.format,
-                                codes,
-                                scales,
-                                &x[i * self.cols..(i + 1) * self.cols],
-                            )
-                        };
+                        *o = f32_dot(
+                            self.format,
+                            codes,
+                            scales,
+                            &x[i * self.cols..(i + 1) * self.cols],
+                        );
                     }
                 }
             });
         for (r, col) in transposed.chunks_exact(m).enumerate() {
             for (i, &v) in col.iter().enumerate() {
                 out[i * self.rows + r] = v;
+            }
+        }
+    }
+}
+
+impl QMatrix {
+    /// The integer kernels' product of weight rows `first..first + out.len() / m` with the `m`
+    /// quantized `inputs`, into `out` row-major `(rows, m)`. The SIMD kernels work in register
+    /// tiles of [`TILE_ROWS`] rows by several inputs, then one input at a time for the rest;
+    /// each (row, input) result goes through the same operations whatever the tile, so the
+    /// decode path (`m = 1`) and the batched one agree bit for bit.
+    fn int8_block(&self, kernel: Kernel, first: usize, inputs: &[QInput], out: &mut [f32]) {
+        let m = inputs.len();
+        if m == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // `tile_kernel::<Q4, N>(r, x)`: [`QMatrix::tiles`] over that SIMD kernel.
+            macro_rules! run {
+                ($tile:ident, $q4:literal, $n:literal) => {
+                    self.tiles::<$n>(
+                        first,
+                        inputs,
+                        out,
+                        // SAFETY: `kernel` is one the CPU has (`Kernel::available` ran
+                        // before), and each arm below runs that kernel's own tile function.
+                        |r, x| unsafe { $tile::<$q4, $n>(r, x) },
+                        // SAFETY: as above.
+                        |r, x| unsafe { $tile::<$q4, 1>(r, x) },
+                    )
+                };
+            }
+            let q4 = self.format == QFormat::Q4;
+            match kernel {
+                Kernel::Avx512Vnni if q4 => return run!(tile_vnni, true, 4),
+                Kernel::Avx512Vnni => return run!(tile_vnni, false, 4),
+                Kernel::Avx2Int8 if q4 => return run!(tile_avx2, true, 2),
+                Kernel::Avx2Int8 => return run!(tile_avx2, false, 2),
+                _ => {}
+            }
+        }
+        for (k, out_row) in out.chunks_exact_mut(m).enumerate() {
+            let (codes, scales) = self.row(first + k);
+            for (o, q) in out_row.iter_mut().zip(inputs) {
+                *o = dot_int8_portable(self.format, codes, scales, &q.codes, &q.scales);
+            }
+        }
+    }
+
+    /// Drives a tile kernel over [`QMatrix::int8_block`]'s rows: `wide` takes [`TILE_ROWS`]
+    /// rows by `N` inputs, `narrow` the same rows by one input (the inputs left over). A last
+    /// tile short of rows repeats its last row, and the repeats are not written.
+    #[cfg(target_arch = "x86_64")]
+    fn tiles<const N: usize>(
+        &self,
+        first: usize,
+        inputs: &[QInput],
+        out: &mut [f32],
+        wide: impl Fn([RowRef<'_>; TILE_ROWS], [&QInput; N]) -> [[f32; N]; TILE_ROWS],
+        narrow: impl Fn([RowRef<'_>; TILE_ROWS], [&QInput; 1]) -> [[f32; 1]; TILE_ROWS],
+    ) {
+        let m = inputs.len();
+        let count = out.len() / m;
+        for k in (0..count).step_by(TILE_ROWS) {
+            let rows = std::array::from_fn(|j| {
+                let (codes, scales) = self.row(first + (k + j).min(count - 1));
+                RowRef { codes, scales }
+            });
+            let live = (count - k).min(TILE_ROWS);
+            let mut i = 0;
+            while i + N <= m {
+                let tile = wide(rows, std::array::from_fn(|n| &inputs[i + n]));
+                for (j, row) in tile.iter().enumerate().take(live) {
+                    out[(k + j) * m + i..][..N].copy_from_slice(row);
+                }
+                i += N;
+            }
+            while i < m {
+                let tile = narrow(rows, [&inputs[i]]);
+                for (j, row) in tile.iter().enumerate().take(live) {
+                    out[(k + j) * m + i] = row[0];
+                }
+                i += 1;
             }
         }
     }
@@ -489,17 +577,6 @@ impl Kernel {
         }
     }
 
-    /// The row dot product of an int8-input kernel (the portable one for the others).
-    fn int8_dot(self) -> Int8DotFn {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Int8 => dot_int8_avx2_entry,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => dot_int8_vnni_entry,
-            _ => dot_int8_portable,
-        }
-    }
-
     /// This kernel if the CPU has it, else its portable reference.
     fn available(self) -> Kernel {
         if self.is_supported() {
@@ -511,18 +588,29 @@ impl Kernel {
 }
 
 /// An input vector quantized to int8 per group of [`GROUP`]: `x ≈ scale × code`, with
-/// `scale = max |x| / 127` over the group. Kept per thread and reused, so the decode path
-/// does not allocate per step.
+/// `scale = max |x| / 127` over the group, and two forms of the codes that the SIMD kernels
+/// would otherwise recompute for every weight row. Kept per thread and reused, so the decode
+/// path does not allocate per step.
 #[derive(Default)]
 struct QInput {
     codes: Vec<i8>,
     scales: Vec<f32>,
+    /// `code + 128` as unsigned bytes: VNNI's `vpdpbusd` multiplies unsigned by signed bytes,
+    /// so the q8 kernel feeds it these and takes `128 × sum w` off.
+    shifted: Vec<u8>,
+    /// Per group, eight i32 lanes: `-8 ×` the sum of the four codes that lane `k` multiplies
+    /// (bytes `4k..4k + 4`). A q4 weight is stored as `n = q + 8` in `0..=15`, an unsigned
+    /// byte once unpacked, so `sum q x = sum n x + this`: the q4 kernels multiply the nibbles
+    /// as they are.
+    q4_offset: Vec<i32>,
 }
 
 impl QInput {
     fn quantize(&mut self, x: &[f32]) {
         self.codes.clear();
         self.scales.clear();
+        self.shifted.clear();
+        self.q4_offset.clear();
         for group in x.chunks_exact(GROUP) {
             let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
@@ -534,6 +622,13 @@ impl QInput {
             );
             self.scales.push(scale);
         }
+        self.shifted
+            .extend(self.codes.iter().map(|&c| (c as u8) ^ 0x80));
+        self.q4_offset.extend(
+            self.codes
+                .chunks_exact(4)
+                .map(|c| -8 * c.iter().map(|&v| i32::from(v)).sum::<i32>()),
+        );
     }
 }
 
@@ -541,10 +636,8 @@ thread_local! {
     static INPUT: std::cell::RefCell<QInput> = std::cell::RefCell::default();
 }
 
-/// One row's integer dot product: the row's codes and scales, the quantized input's codes and
-/// scales.
-type Int8DotFn = fn(QFormat, &[u8], &[f32], &[i8], &[f32]) -> f32;
-
+/// One row's integer dot product, the reference of the integer SIMD kernels: the row's codes
+/// and scales, the quantized input's codes and scales.
 fn dot_int8_portable(format: QFormat, codes: &[u8], scales: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
     let gb = format.group_bytes();
     let mut total = 0.0f32;
@@ -573,30 +666,6 @@ fn dot_int8_portable(format: QFormat, codes: &[u8], scales: &[f32], xq: &[i8], x
         total += ws * s * sum as f32;
     }
     total
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dot_int8_avx2_entry(
-    format: QFormat,
-    codes: &[u8],
-    scales: &[f32],
-    xq: &[i8],
-    xs: &[f32],
-) -> f32 {
-    // SAFETY: this entry is only chosen when `Kernel::Avx2Int8.is_supported()`.
-    unsafe { dot_int8_avx2(format, codes, scales, xq, xs) }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dot_int8_vnni_entry(
-    format: QFormat,
-    codes: &[u8],
-    scales: &[f32],
-    xq: &[i8],
-    xs: &[f32],
-) -> f32 {
-    // SAFETY: this entry is only chosen when `Kernel::Avx512Vnni.is_supported()`.
-    unsafe { dot_int8_vnni(format, codes, scales, xq, xs) }
 }
 
 /// The 32 codes of group `g` as signed bytes in a 256-bit register (q4 unpacked to `-8..=7`).
@@ -629,72 +698,150 @@ fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// An integer dot-product kernel over 256-bit registers: the two x86 kernels differ only in
-/// how they multiply and add the byte products of a group (`$dot`, from `|w| = $w_abs` and
-/// `x` with `w`'s sign = `$x_signed`, to eight i32 sums).
+/// Weight rows per register tile of the integer SIMD kernels.
+const TILE_ROWS: usize = 4;
+
+/// One weight row as the tile kernels read it: its codes and its group scales.
+#[derive(Clone, Copy)]
+struct RowRef<'a> {
+    codes: &'a [u8],
+    scales: &'a [f32],
+}
+
+/// The 32 codes of group `g` as bytes in a 256-bit register, as stored: signed for q8, the
+/// unsigned nibbles `0..=15` for q4 (weight `j` in byte `j`).
 #[cfg(target_arch = "x86_64")]
-macro_rules! int8_dot_kernel {
-    ($name:ident, $features:literal, |$w_abs:ident, $x_signed:ident| $dot:expr) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name(
-            format: QFormat,
-            codes: &[u8],
-            scales: &[f32],
-            xq: &[i8],
-            xs: &[f32],
-        ) -> f32 {
-            use std::arch::x86_64::*;
-            let groups = scales.len();
-            assert!(
-                codes.len() >= groups * format.group_bytes()
-                    && xq.len() >= groups * GROUP
-                    && xs.len() >= groups
-            );
-            let (pc, px) = (codes.as_ptr(), xq.as_ptr());
-            // One group's scaled products, as eight partial sums.
-            let group = |g: usize| -> __m256 {
-                // SAFETY: group g's codes, input codes and scales are in bounds (assert above).
-                unsafe {
-                    let w = group_codes!(format, pc, g);
-                    let x = _mm256_loadu_si256(px.add(g * GROUP) as *const __m256i);
-                    // The byte products are unsigned x signed: move w's sign onto x.
-                    let ($w_abs, $x_signed) = (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-                    let sums = _mm256_cvtepi32_ps($dot);
-                    _mm256_mul_ps(
-                        sums,
-                        _mm256_set1_ps(*scales.get_unchecked(g) * *xs.get_unchecked(g)),
-                    )
-                }
-            };
-            // Two accumulators, for even and odd groups, so consecutive additions do not wait
-            // on each other.
-            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut g = 0;
-            while g + 1 < groups {
-                even = _mm256_add_ps(even, group(g));
-                odd = _mm256_add_ps(odd, group(g + 1));
-                g += 2;
-            }
-            if g < groups {
-                even = _mm256_add_ps(even, group(g));
-            }
-            hsum256(_mm256_add_ps(even, odd))
+macro_rules! group_bytes {
+    ($q4:expr, $pc:expr, $g:expr) => {
+        if $q4 {
+            let packed = _mm_loadu_si128($pc.add($g * GROUP / 2) as *const __m128i);
+            let mask = _mm_set1_epi8(0x0f);
+            let lo = _mm_and_si128(packed, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+            _mm256_set_m128i(hi, lo)
+        } else {
+            _mm256_loadu_si256($pc.add($g * GROUP) as *const __m256i)
         }
     };
 }
 
-// AVX2: `maddubs` to i16 pairs, then `madd` with ones to i32.
+/// An integer tile kernel over 256-bit registers: [`TILE_ROWS`] weight rows by `N` quantized
+/// inputs, every group's exact integer products as eight i32 lanes, each scaled into an f32
+/// accumulator per (row, input) by one FMA. The two x86 kernels differ only in how a group's
+/// lanes are made: `$prep` once per row and group from its bytes `w` (see `group_bytes!`), then
+/// `$pair` per input from that, the input's signed codes `x`, shifted codes `xu` and q4
+/// offsets `off` (see [`QInput`]).
 #[cfg(target_arch = "x86_64")]
-int8_dot_kernel!(dot_int8_avx2, "avx2,fma", |w_abs, x_signed| {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, x_signed), _mm256_set1_epi16(1))
-});
+macro_rules! int8_tile_kernel {
+    ($name:ident, $features:literal, |$w:ident| $prep:expr,
+     |$p:ident, $x:ident, $xu:ident, $off:ident| $pair:expr) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const Q4: bool, const N: usize>(
+            rows: [RowRef<'_>; TILE_ROWS],
+            inputs: [&QInput; N],
+        ) -> [[f32; N]; TILE_ROWS] {
+            use std::arch::x86_64::*;
+            let format = if Q4 { QFormat::Q4 } else { QFormat::Q8 };
+            let groups = rows[0].scales.len();
+            for r in &rows {
+                assert!(r.scales.len() == groups && r.codes.len() >= groups * format.group_bytes());
+            }
+            for q in &inputs {
+                assert!(
+                    q.scales.len() >= groups
+                        && q.codes.len() >= groups * GROUP
+                        && q.shifted.len() >= groups * GROUP
+                        && q.q4_offset.len() >= groups * 8
+                );
+            }
+            let mut acc = [[_mm256_setzero_ps(); N]; TILE_ROWS];
+            let gb = format.group_bytes();
+            for g in 0..groups {
+                // The next tile's rows follow these in memory: fetch each cache line of them
+                // one tile ahead (a prefetch never faults, hence the wrapping address).
+                if (g * gb) % 64 == 0 {
+                    for r in &rows {
+                        let ahead = r.codes.as_ptr().wrapping_add(TILE_ROWS * r.codes.len() + g * gb);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
+                }
+                // SAFETY: group g of every row and input is in bounds (asserts above).
+                unsafe {
+                    let x: [__m256i; N] = std::array::from_fn(|i| {
+                        _mm256_loadu_si256(inputs[i].codes.as_ptr().add(g * GROUP) as *const __m256i)
+                    });
+                    let xu: [__m256i; N] = std::array::from_fn(|i| {
+                        _mm256_loadu_si256(inputs[i].shifted.as_ptr().add(g * GROUP) as *const __m256i)
+                    });
+                    let off: [__m256i; N] = std::array::from_fn(|i| {
+                        _mm256_loadu_si256(inputs[i].q4_offset.as_ptr().add(g * 8) as *const __m256i)
+                    });
+                    let xs: [f32; N] = std::array::from_fn(|i| *inputs[i].scales.get_unchecked(g));
+                    for (r, acc_r) in rows.iter().zip(acc.iter_mut()) {
+                        let $w = group_bytes!(Q4, r.codes.as_ptr(), g);
+                        let $p = $prep;
+                        let ws = *r.scales.get_unchecked(g);
+                        for i in 0..N {
+                            let ($x, $xu, $off) = (x[i], xu[i], off[i]);
+                            let lanes = $pair;
+                            acc_r[i] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(lanes),
+                                _mm256_set1_ps(ws * xs[i]),
+                                acc_r[i],
+                            );
+                        }
+                    }
+                }
+            }
+            acc.map(|row| row.map(|a| hsum256(a)))
+        }
+    };
+}
 
-// AVX-512 VNNI: `vpdpbusd` straight to i32.
+// AVX2: `maddubs` (unsigned by signed bytes, to i16 pairs), then `madd` with ones to i32. q8
+// moves the weights' signs onto the inputs (|w| by ±x; |products| ≤ 2 × 127² fit i16); q4's
+// nibbles are unsigned already (≤ 2 × 15 × 127), and the offset takes the 8s off.
 #[cfg(target_arch = "x86_64")]
-int8_dot_kernel!(
-    dot_int8_vnni,
+int8_tile_kernel!(
+    tile_avx2,
+    "avx2,fma",
+    |w| if Q4 {
+        (w, w)
+    } else {
+        (_mm256_sign_epi8(w, w), w)
+    },
+    |p, x, xu, off| {
+        let _ = xu;
+        let ones = _mm256_set1_epi16(1);
+        if Q4 {
+            _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(p.0, x), ones), off)
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(p.0, _mm256_sign_epi8(x, p.1)), ones)
+        }
+    }
+);
+
+// AVX-512 VNNI: `vpdpbusd` (unsigned by signed bytes, summed into i32 lanes) in one
+// instruction. q4: the nibbles by x, on top of the input's offset. q8: the shifted input
+// (x + 128) by w, on top of `-128 × sum w`, which is computed once per row and group.
+#[cfg(target_arch = "x86_64")]
+int8_tile_kernel!(
+    tile_vnni,
     "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni",
-    |w_abs, x_signed| _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, x_signed)
+    |w| if Q4 {
+        (w, w)
+    } else {
+        let zero = _mm256_setzero_si256();
+        (
+            w,
+            _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8(-128), w)),
+        )
+    },
+    |p, x, xu, off| if Q4 {
+        _mm256_dpbusd_epi32(off, p.0, x)
+    } else {
+        _mm256_dpbusd_epi32(p.1, xu, p.0)
+    }
 );
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
