@@ -603,6 +603,16 @@ struct QInput {
     /// byte once unpacked, so `sum q x = sum n x + this`: the q4 kernels multiply the nibbles
     /// as they are.
     q4_offset: Vec<i32>,
+    /// The codes for q4's two-groups-at-a-time step, per pair of groups `(g, g + 1)`: bytes
+    /// `0..16` of each (`pair_a`) and bytes `16..32` of each (`pair_b`), 32 bytes per pair,
+    /// to match the low and high nibbles of the pair's 32 stored bytes.
+    pair_a: Vec<i8>,
+    pair_b: Vec<i8>,
+    /// Per pair, eight i32 lanes: `-8 ×` the sum of the codes lane `k` multiplies in
+    /// `pair_a` and `pair_b` (bytes `4k..4k + 4` of each).
+    pair_offset: Vec<i32>,
+    /// Per pair, the two groups' scales, each repeated over its four lanes.
+    pair_scales: Vec<f32>,
 }
 
 impl QInput {
@@ -629,6 +639,29 @@ impl QInput {
                 .chunks_exact(4)
                 .map(|c| -8 * c.iter().map(|&v| i32::from(v)).sum::<i32>()),
         );
+        self.pair_a.clear();
+        self.pair_b.clear();
+        self.pair_offset.clear();
+        self.pair_scales.clear();
+        for (codes, scales) in self
+            .codes
+            .chunks_exact(2 * GROUP)
+            .zip(self.scales.chunks_exact(2))
+        {
+            let (g, h) = codes.split_at(GROUP);
+            let (a0, a1) = (self.pair_a.len(), self.pair_b.len());
+            self.pair_a.extend_from_slice(&g[..GROUP / 2]);
+            self.pair_a.extend_from_slice(&h[..GROUP / 2]);
+            self.pair_b.extend_from_slice(&g[GROUP / 2..]);
+            self.pair_b.extend_from_slice(&h[GROUP / 2..]);
+            let (a, b) = (&self.pair_a[a0..], &self.pair_b[a1..]);
+            self.pair_offset.extend((0..8).map(|k| {
+                let lane = a[4 * k..4 * k + 4].iter().chain(&b[4 * k..4 * k + 4]);
+                -8 * lane.map(|&v| i32::from(v)).sum::<i32>()
+            }));
+            self.pair_scales.extend([scales[0]; 4]);
+            self.pair_scales.extend([scales[1]; 4]);
+        }
     }
 }
 
@@ -734,7 +767,8 @@ macro_rules! group_bytes {
 #[cfg(target_arch = "x86_64")]
 macro_rules! int8_tile_kernel {
     ($name:ident, $features:literal, |$w:ident| $prep:expr,
-     |$p:ident, $x:ident, $xu:ident, $off:ident| $pair:expr) => {
+     |$p:ident, $x:ident, $xu:ident, $off:ident| $pair:expr,
+     |$lo:ident, $hi:ident, $xa:ident, $xb:ident, $off2:ident| $quad:expr) => {
         #[target_feature(enable = $features)]
         unsafe fn $name<const Q4: bool, const N: usize>(
             rows: [RowRef<'_>; TILE_ROWS],
@@ -752,11 +786,64 @@ macro_rules! int8_tile_kernel {
                         && q.codes.len() >= groups * GROUP
                         && q.shifted.len() >= groups * GROUP
                         && q.q4_offset.len() >= groups * 8
+                        && q.pair_a.len() >= groups / 2 * GROUP
+                        && q.pair_b.len() >= groups / 2 * GROUP
+                        && q.pair_offset.len() >= groups / 2 * 8
+                        && q.pair_scales.len() >= groups / 2 * 8
                 );
             }
             let mut acc = [[_mm256_setzero_ps(); N]; TILE_ROWS];
             let gb = format.group_bytes();
-            for g in 0..groups {
+            // q4 takes two groups per step: one 32-byte load holds both groups' codes, its low
+            // nibbles are weights 0..16 of each and its high nibbles weights 16..32, against
+            // the input's codes arranged to match (`QInput::pair_a`, `pair_b`); lanes 0..4 sum
+            // the first group, lanes 4..8 the second, each scaled by its own product.
+            let pairs = if Q4 { groups / 2 } else { 0 };
+            let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            let nibble = _mm256_set1_epi8(0x0f);
+            for p in 0..pairs {
+                if p % 2 == 0 {
+                    for r in &rows {
+                        let ahead = r.codes.as_ptr().wrapping_add(TILE_ROWS * r.codes.len() + p * GROUP);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
+                }
+                // SAFETY: pair p (groups 2p and 2p + 1) of every row and input is in bounds
+                // (asserts above).
+                unsafe {
+                    let load = |v: &Vec<i8>| {
+                        _mm256_loadu_si256(v.as_ptr().add(p * GROUP) as *const __m256i)
+                    };
+                    let xa: [__m256i; N] = std::array::from_fn(|i| load(&inputs[i].pair_a));
+                    let xb: [__m256i; N] = std::array::from_fn(|i| load(&inputs[i].pair_b));
+                    let off2: [__m256i; N] = std::array::from_fn(|i| {
+                        _mm256_loadu_si256(inputs[i].pair_offset.as_ptr().add(p * 8) as *const __m256i)
+                    });
+                    let xs: [__m256; N] = std::array::from_fn(|i| {
+                        _mm256_loadu_ps(inputs[i].pair_scales.as_ptr().add(p * 8))
+                    });
+                    for (r, acc_r) in rows.iter().zip(acc.iter_mut()) {
+                        let v = _mm256_loadu_si256(r.codes.as_ptr().add(p * GROUP) as *const __m256i);
+                        let $lo = _mm256_and_si256(v, nibble);
+                        let $hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                        // The two groups' weight scales, each over its four lanes.
+                        let two = _mm_castsi128_ps(_mm_loadl_epi64(
+                            r.scales.as_ptr().add(2 * p) as *const __m128i,
+                        ));
+                        let ws = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
+                        for i in 0..N {
+                            let ($xa, $xb, $off2) = (xa[i], xb[i], off2[i]);
+                            let lanes = $quad;
+                            acc_r[i] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(lanes),
+                                _mm256_mul_ps(ws, xs[i]),
+                                acc_r[i],
+                            );
+                        }
+                    }
+                }
+            }
+            for g in 2 * pairs..groups {
                 // The next tile's rows follow these in memory: fetch each cache line of them
                 // one tile ahead (a prefetch never faults, hence the wrapping address).
                 if (g * gb) % 64 == 0 {
@@ -818,6 +905,11 @@ int8_tile_kernel!(
         } else {
             _mm256_madd_epi16(_mm256_maddubs_epi16(p.0, _mm256_sign_epi8(x, p.1)), ones)
         }
+    },
+    |lo, hi, xa, xb, off2| {
+        // Two byte-pair sums per i16 lane, each at most 2 × 15 × 127: their sum fits.
+        let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa), _mm256_maddubs_epi16(hi, xb));
+        _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), off2)
     }
 );
 
@@ -841,7 +933,8 @@ int8_tile_kernel!(
         _mm256_dpbusd_epi32(off, p.0, x)
     } else {
         _mm256_dpbusd_epi32(p.1, xu, p.0)
-    }
+    },
+    |lo, hi, xa, xb, off2| _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(off2, lo, xa), hi, xb)
 );
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
