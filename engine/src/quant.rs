@@ -33,8 +33,10 @@
 //! AVX2, four on VNNI, in batches): each group's bytes are loaded and unpacked once per row
 //! and used for every input of the tile, four independent accumulator chains hide the FMA
 //! latency, and the q4 nibbles are multiplied as unsigned bytes with the `-8` offset taken
-//! off once per input (see `QInput`). Every (row, input) result goes through the same
-//! operations whatever the tile, so one-row decode and batched prefill agree bit for bit.
+//! off once per input (see `QInput`), two groups per step (one 32-byte load). Each tile
+//! prefetches the next tile's rows, which follow it in memory: without that, the decode
+//! waited on its weight loads. Every (row, input) result goes through the same operations
+//! whatever the tile, so one-row decode and batched prefill agree bit for bit.
 
 use std::fmt;
 
