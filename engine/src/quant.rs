@@ -594,6 +594,8 @@ impl Kernel {
 /// would otherwise recompute for every weight row. Kept per thread and reused, so the decode
 /// path does not allocate per step.
 #[derive(Default)]
+// Only the x86 SIMD kernels read the precomputed forms.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct QInput {
     codes: Vec<i8>,
     scales: Vec<f32>,
