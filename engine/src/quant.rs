@@ -365,9 +365,7 @@ impl QMatrix {
             }
         }
     }
-}
 
-impl QMatrix {
     /// The integer kernels' product of weight rows `first..first + out.len() / m` with the `m`
     /// quantized `inputs`, into `out` row-major `(rows, m)`. The SIMD kernels work in register
     /// tiles of [`TILE_ROWS`] rows by several inputs, then one input at a time for the rest;
@@ -805,13 +803,19 @@ macro_rules! int8_tile_kernel {
             let pairs = if Q4 { groups / 2 } else { 0 };
             let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
             let nibble = _mm256_set1_epi8(0x0f);
-            for p in 0..pairs {
-                if p % 2 == 0 {
+            // The next tile's rows follow these in memory: as the tile reaches byte `at` of its
+            // rows, fetch each cache line of them one tile ahead (a prefetch never faults,
+            // hence the wrapping address).
+            let prefetch_ahead = |at: usize| {
+                if at % 64 == 0 {
                     for r in &rows {
-                        let ahead = r.codes.as_ptr().wrapping_add(TILE_ROWS * r.codes.len() + p * GROUP);
+                        let ahead = r.codes.as_ptr().wrapping_add(TILE_ROWS * r.codes.len() + at);
                         _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     }
                 }
+            };
+            for p in 0..pairs {
+                prefetch_ahead(p * GROUP);
                 // SAFETY: pair p (groups 2p and 2p + 1) of every row and input is in bounds
                 // (asserts above).
                 unsafe {
@@ -848,14 +852,7 @@ macro_rules! int8_tile_kernel {
                 }
             }
             for g in 2 * pairs..groups {
-                // The next tile's rows follow these in memory: fetch each cache line of them
-                // one tile ahead (a prefetch never faults, hence the wrapping address).
-                if (g * gb) % 64 == 0 {
-                    for r in &rows {
-                        let ahead = r.codes.as_ptr().wrapping_add(TILE_ROWS * r.codes.len() + g * gb);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    }
-                }
+                prefetch_ahead(g * gb);
                 // SAFETY: group g of every row and input is in bounds (asserts above).
                 unsafe {
                     let x: [__m256i; N] = std::array::from_fn(|i| {

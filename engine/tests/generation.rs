@@ -243,17 +243,26 @@ fn a_batch_of_rows_gives_the_state_of_pushing_them_one_by_one() {
     }
 }
 
-/// A chooser that always takes the first allowed token the logits do not rule out: left to
-/// itself it strikes the same key at the same onset again and again, the worst greedy collapse.
-struct FirstAllowed;
+/// A chooser that always takes the first (or, `last`, the last) token the logits do not rule
+/// out. The first: left to itself it strikes the same key at the same onset again and again,
+/// the worst greedy collapse. The last: the attribute's EOS code when nothing masks it.
+struct EdgeAllowed {
+    last: bool,
+}
 
-impl Chooser for FirstAllowed {
+impl Chooser for EdgeAllowed {
     fn full_vocab(&self) -> bool {
         false
     }
 
     fn choose(&mut self, _attr: usize, _allowed: std::ops::Range<usize>, logits: &[f32]) -> usize {
-        logits.iter().position(|l| l.is_finite()).unwrap_or(0)
+        let open = |l: &f32| l.is_finite();
+        let at = if self.last {
+            logits.iter().rposition(open)
+        } else {
+            logits.iter().position(open)
+        };
+        at.unwrap_or(0)
     }
 }
 
@@ -267,9 +276,13 @@ fn a_note_cannot_strike_a_key_already_struck_at_its_onset() {
         let mut keys = Vec::new();
         for _ in 0..14 {
             let v = if unstacked {
-                session.next_values_unstacked(&mut FirstAllowed).unwrap()
+                session
+                    .next_values_unstacked(&mut EdgeAllowed { last: false })
+                    .unwrap()
             } else {
-                session.next_values(&mut FirstAllowed).unwrap()
+                session
+                    .next_values(&mut EdgeAllowed { last: false })
+                    .unwrap()
             };
             let onset = session.rows().last().unwrap()[0] + v[0];
             keys.push((v[0], v[2] * 12 + v[3]));
@@ -296,19 +309,6 @@ fn a_note_cannot_strike_a_key_already_struck_at_its_onset() {
     assert!(keys[k + 1..].iter().all(|&(ts, _)| ts == 0));
 }
 
-/// Picks the last id it may: the attribute's EOS code when nothing masks it.
-struct LastAllowed;
-
-impl Chooser for LastAllowed {
-    fn full_vocab(&self) -> bool {
-        false
-    }
-
-    fn choose(&mut self, _attr: usize, _allowed: std::ops::Range<usize>, logits: &[f32]) -> usize {
-        logits.iter().rposition(|l| l.is_finite()).unwrap_or(0)
-    }
-}
-
 #[test]
 fn an_endless_answer_never_ends_the_piece() {
     let cfg = config();
@@ -316,9 +316,15 @@ fn an_endless_answer_never_ends_the_piece() {
     let mut session = continuo_engine::generate::Session::new(&model, 64);
     session.prefill(&prompt()).unwrap();
     // Unguarded, this chooser ends the piece at once.
-    assert!(cfg.is_eos(&session.next_values_unstacked(&mut LastAllowed).unwrap()));
+    assert!(cfg.is_eos(
+        &session
+            .next_values_unstacked(&mut EdgeAllowed { last: true })
+            .unwrap()
+    ));
     for _ in 0..20 {
-        let v = session.next_values_endless(&mut LastAllowed).unwrap();
+        let v = session
+            .next_values_endless(&mut EdgeAllowed { last: true })
+            .unwrap();
         // The last id before SOS (V - 2) and EOS (V - 1).
         let expected: [i64; 6] = std::array::from_fn(|a| cfg.vocab[a] as i64 - 3);
         assert_eq!(v, expected);
