@@ -350,7 +350,7 @@ struct QuantizeArgs {
     /// The f32 weights: `.safetensors` or the official `.pt` release checkpoint.
     #[arg(long)]
     weights: PathBuf,
-    /// `q8` (1.125 bytes per weight) or `q4` (0.625).
+    /// `q8` (1.0625 bytes per weight) or `q4` (0.5625).
     #[arg(long, value_parser = parse_qformat)]
     format: QFormat,
     /// The quantized model (`.safetensors`).

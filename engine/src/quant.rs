@@ -1,23 +1,26 @@
-//! 8- and 4-bit weight matrices with one f32 scale per group of [`GROUP`] weights, and their
+//! 8- and 4-bit weight matrices with one f16 scale per group of [`GROUP`] weights, and their
 //! matrix-vector kernels.
 //!
 //! The decode path is memory-bound: every weight is read once per note, so the time per note
 //! is about the bytes read divided by the memory bandwidth. f32 weights cost 4 bytes each;
-//! [`QFormat::Q8`] costs 1.125 and [`QFormat::Q4`] 0.625.
+//! [`QFormat::Q8`] costs 1.0625 and [`QFormat::Q4`] 0.5625.
 //!
 //! ## Layout
 //!
 //! A `(rows, cols)` matrix is quantized row by row, in groups of [`GROUP`] consecutive weights
 //! of a row (`cols` must be a multiple of [`GROUP`]; it divides every official shape: 384,
 //! 1536, 1920, 5376, 6720 and the vocabularies' head sizes). Each group has a scale
-//! `s = max |w| / q_max` and codes `q = round(w / s)`, so `w ≈ s q`:
+//! `s`, the f16 value nearest above `max |w| / q_max`, and codes `q = round(w / s)`, so
+//! `w ≈ s q` (rounding the scale up keeps every `|w / s|` within `q_max`):
 //! - **q8**: `q_max = 127`, one signed byte per weight, in order;
 //! - **q4**: `q_max = 7`, codes `q + 8` in `1..=15`, two to a byte: byte `j` of a group holds
 //!   weight `j` in its low nibble and weight `j + 16` in its high nibble (so SIMD code unpacks
 //!   one 16-byte load into the two halves of the group).
 //!
 //! `codes` holds the rows one after another (`cols` bytes per row for q8, `cols / 2` for q4),
-//! `scales` holds `rows * cols / GROUP` values, row-major.
+//! `scales` holds `rows * cols / GROUP` f16 values, row-major. f16 (not f32) scales take a
+//! tenth off q4's bytes per note; their rounding (at most 2^-11 of the scale) is far below
+//! the codes' own (half a step). The x86 kernels widen them with F16C's `vcvtph2ps`.
 //!
 //! ## Kernels
 //!
@@ -39,6 +42,8 @@
 //! whatever the tile, so one-row decode and batched prefill agree bit for bit.
 
 use std::fmt;
+
+use half::f16;
 
 use crate::kernels::{for_each_chunk, for_each_row};
 
@@ -89,7 +94,7 @@ impl QFormat {
 
     /// Bytes read per weight, scales included.
     pub fn bytes_per_weight(self) -> f64 {
-        (self.group_bytes() + 4) as f64 / GROUP as f64
+        (self.group_bytes() + 2) as f64 / GROUP as f64
     }
 }
 
@@ -116,6 +121,8 @@ pub enum QuantError {
     NotFinite(f32),
     #[error("a scale is {0}: scales must be finite and non-negative")]
     BadScale(f32),
+    #[error("a group's largest weight is {0}: its scale does not fit an f16")]
+    ScaleRange(f32),
     #[error("a q4 code is 0: codes run from 1 to 15")]
     BadCode,
 }
@@ -127,7 +134,7 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     codes: Vec<u8>,
-    scales: Vec<f32>,
+    scales: Vec<f16>,
 }
 
 impl fmt::Debug for QMatrix {
@@ -153,8 +160,12 @@ impl QMatrix {
         let mut scales = Vec::with_capacity(groups);
         for group in w.chunks_exact(GROUP) {
             let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = amax / format.q_max();
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let scale = f16_at_least(amax / format.q_max()).ok_or(QuantError::ScaleRange(amax))?;
+            let inv = if scale > f16::ZERO {
+                1.0 / scale.to_f32()
+            } else {
+                0.0
+            };
             let code = |v: f32| (v * inv).round().clamp(-format.q_max(), format.q_max()) as i32;
             match format {
                 QFormat::Q8 => codes.extend(group.iter().map(|&v| code(v) as i8 as u8)),
@@ -181,7 +192,7 @@ impl QMatrix {
         rows: usize,
         cols: usize,
         codes: Vec<u8>,
-        scales: Vec<f32>,
+        scales: Vec<f16>,
     ) -> Result<Self, QuantError> {
         let groups = rows * cols / GROUP;
         check_shape(
@@ -192,8 +203,11 @@ impl QMatrix {
             groups * format.group_bytes(),
         )?;
         check_shape(rows, cols, scales.len(), "scales", groups)?;
-        if let Some(&bad) = scales.iter().find(|s| !(s.is_finite() && **s >= 0.0)) {
-            return Err(QuantError::BadScale(bad));
+        if let Some(&bad) = scales
+            .iter()
+            .find(|s| !(s.is_finite() && s.to_f32() >= 0.0))
+        {
+            return Err(QuantError::BadScale(bad.to_f32()));
         }
         if format == QFormat::Q4 && codes.iter().any(|b| b & 0x0f == 0 || b >> 4 == 0) {
             return Err(QuantError::BadCode);
@@ -225,13 +239,13 @@ impl QMatrix {
     }
 
     /// One scale per group, row-major.
-    pub fn scales(&self) -> &[f32] {
+    pub fn scales(&self) -> &[f16] {
         &self.scales
     }
 
     /// Bytes a matvec reads: codes and scales.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len()
+        self.codes.len() + 2 * self.scales.len()
     }
 
     /// The f32 matrix the codes stand for, row-major.
@@ -239,7 +253,7 @@ impl QMatrix {
         let mut out = vec![0.0; self.rows * self.cols];
         for (g, group) in out.chunks_exact_mut(GROUP).enumerate() {
             let codes = &self.codes[g * self.format.group_bytes()..][..self.format.group_bytes()];
-            let scale = self.scales[g];
+            let scale = self.scales[g].to_f32();
             match self.format {
                 QFormat::Q8 => {
                     for (o, &c) in group.iter_mut().zip(codes) {
@@ -295,7 +309,7 @@ impl QMatrix {
     }
 
     /// Row `r`'s codes and scales.
-    fn row(&self, r: usize) -> (&[u8], &[f32]) {
+    fn row(&self, r: usize) -> (&[u8], &[f16]) {
         let groups = self.cols / GROUP;
         let bytes = groups * self.format.group_bytes();
         (
@@ -449,6 +463,17 @@ impl QMatrix {
     }
 }
 
+/// The smallest f16 at or above `v >= 0`, if there is a finite one.
+fn f16_at_least(v: f32) -> Option<f16> {
+    let h = f16::from_f32(v);
+    let h = if h.to_f32() < v {
+        f16::from_bits(h.to_bits() + 1)
+    } else {
+        h
+    };
+    h.is_finite().then_some(h)
+}
+
 fn check_shape(
     rows: usize,
     cols: usize,
@@ -509,6 +534,7 @@ impl Kernel {
             Kernel::Avx2 | Kernel::Avx2Int8 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => {
@@ -673,7 +699,7 @@ thread_local! {
 
 /// One row's integer dot product, the reference of the integer SIMD kernels: the row's codes
 /// and scales, the quantized input's codes and scales.
-fn dot_int8_portable(format: QFormat, codes: &[u8], scales: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
+fn dot_int8_portable(format: QFormat, codes: &[u8], scales: &[f16], xq: &[i8], xs: &[f32]) -> f32 {
     let gb = format.group_bytes();
     let mut total = 0.0f32;
     for (g, ((&ws, &s), xg)) in scales
@@ -698,7 +724,7 @@ fn dot_int8_portable(format: QFormat, codes: &[u8], scales: &[f32], xq: &[i8], x
                 })
                 .sum(),
         };
-        total += ws * s * sum as f32;
+        total += ws.to_f32() * s * sum as f32;
     }
     total
 }
@@ -740,7 +766,20 @@ const TILE_ROWS: usize = 4;
 #[derive(Clone, Copy)]
 struct RowRef<'a> {
     codes: &'a [u8],
-    scales: &'a [f32],
+    scales: &'a [f16],
+}
+
+/// The f16 at `p` widened to f32 (F16C).
+///
+/// # Safety
+/// `p` must point at a readable f16, on a CPU with F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c")]
+unsafe fn widen_one(p: *const f16) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: `p` is readable (the caller's promise).
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
 /// The 32 codes of group `g` as bytes in a 256-bit register, as stored: signed for q8, the
@@ -835,8 +874,8 @@ macro_rules! int8_tile_kernel {
                         let $lo = _mm256_and_si256(v, nibble);
                         let $hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
                         // The two groups' weight scales, each over its four lanes.
-                        let two = _mm_castsi128_ps(_mm_loadl_epi64(
-                            r.scales.as_ptr().add(2 * p) as *const __m128i,
+                        let two = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                            (r.scales.as_ptr().add(2 * p) as *const i32).read_unaligned(),
                         ));
                         let ws = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
                         for i in 0..N {
@@ -868,7 +907,7 @@ macro_rules! int8_tile_kernel {
                     for (r, acc_r) in rows.iter().zip(acc.iter_mut()) {
                         let $w = group_bytes!(Q4, r.codes.as_ptr(), g);
                         let $p = $prep;
-                        let ws = *r.scales.get_unchecked(g);
+                        let ws = widen_one(r.scales.as_ptr().add(g));
                         for i in 0..N {
                             let ($x, $xu, $off) = (x[i], xu[i], off[i]);
                             let lanes = $pair;
@@ -892,7 +931,7 @@ macro_rules! int8_tile_kernel {
 #[cfg(target_arch = "x86_64")]
 int8_tile_kernel!(
     tile_avx2,
-    "avx2,fma",
+    "avx2,fma,f16c",
     |w| if Q4 {
         (w, w)
     } else {
@@ -920,7 +959,7 @@ int8_tile_kernel!(
 #[cfg(target_arch = "x86_64")]
 int8_tile_kernel!(
     tile_vnni,
-    "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni",
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
     |w| if Q4 {
         (w, w)
     } else {
@@ -939,9 +978,9 @@ int8_tile_kernel!(
 );
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
-type DotFn = fn(QFormat, &[u8], &[f32], &[f32]) -> f32;
+type DotFn = fn(QFormat, &[u8], &[f16], &[f32]) -> f32;
 
-fn dot_portable(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+fn dot_portable(format: QFormat, codes: &[u8], scales: &[f16], x: &[f32]) -> f32 {
     let gb = format.group_bytes();
     let mut total = 0.0f32;
     for (g, (&scale, xg)) in scales.iter().zip(x.chunks_exact(GROUP)).enumerate() {
@@ -962,20 +1001,20 @@ fn dot_portable(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32
             }
         }
         let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        total += scale * sum;
+        total += scale.to_f32() * sum;
     }
     total
 }
 
 #[cfg(target_arch = "x86_64")]
-fn dot_avx2_entry(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+fn dot_avx2_entry(format: QFormat, codes: &[u8], scales: &[f16], x: &[f32]) -> f32 {
     // SAFETY: this entry is only chosen when `Kernel::Avx2.is_supported()`.
     unsafe { dot_avx2(format, codes, scales, x) }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2(format: QFormat, codes: &[u8], scales: &[f16], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let groups = scales.len();
     assert!(codes.len() >= groups * format.group_bytes() && x.len() >= groups * GROUP);
@@ -1009,7 +1048,7 @@ unsafe fn dot_avx2(format: QFormat, codes: &[u8], scales: &[f32], x: &[f32]) -> 
         unsafe {
             let bytes = group_codes!(format, pc, g);
             let group = fma4(bytes, px.add(g * GROUP), _mm256_setzero_ps());
-            acc = _mm256_fmadd_ps(group, _mm256_set1_ps(*scales.get_unchecked(g)), acc);
+            acc = _mm256_fmadd_ps(group, _mm256_set1_ps(widen_one(scales.as_ptr().add(g))), acc);
         }
     }
     hsum256(acc)
@@ -1058,9 +1097,13 @@ mod tests {
             let q = QMatrix::quantize(format, &w, rows, cols).unwrap();
             let d = q.dequantize();
             for (g, (wg, dg)) in w.chunks(GROUP).zip(d.chunks(GROUP)).enumerate() {
-                let step = q.scales()[g];
+                let step = q.scales()[g].to_f32();
                 let amax = wg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert!((step - amax / format.q_max()).abs() <= 1e-6 * amax);
+                // The f16 at or just above amax / q_max: within one f16 step of it (relative
+                // 2^-10 for normal f16s, 2^-24 absolute for subnormal ones).
+                let exact = amax / format.q_max();
+                let f16_step = (exact / 1024.0).max(2f32.powi(-24));
+                assert!(step >= exact && step <= exact + f16_step, "{step} vs {exact}");
                 for (a, b) in wg.iter().zip(dg) {
                     assert!(
                         (a - b).abs() <= 0.5001 * step,
@@ -1196,6 +1239,29 @@ mod tests {
     }
 
     #[test]
+    fn scales_are_f16_at_or_above_the_exact_ones_and_out_of_range_groups_are_errors() {
+        // Tiny weights (the scale an f16 subnormal) still dequantize within half a step.
+        let tiny: Vec<f32> = (0..GROUP).map(|i| (i as f32 - 15.5) * 1e-7).collect();
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let q = QMatrix::quantize(format, &tiny, 1, GROUP).unwrap();
+            let step = q.scales()[0].to_f32();
+            assert!(step >= 15.5e-7 / format.q_max(), "{format}: {step}");
+            for (a, b) in tiny.iter().zip(q.dequantize()) {
+                assert!((a - b).abs() <= 0.5001 * step, "{format}: {a} vs {b}");
+            }
+        }
+        assert_eq!(f16_at_least(1.0), Some(f16::ONE));
+        assert!(f16_at_least(1.0 + 1e-4).unwrap() > f16::ONE);
+        // 1e6 / 7 is beyond f16's largest finite value (65504); 1e6 / 127 is not.
+        let huge = [1e6f32; GROUP];
+        assert_eq!(
+            QMatrix::quantize(QFormat::Q4, &huge, 1, GROUP),
+            Err(QuantError::ScaleRange(1e6))
+        );
+        assert!(QMatrix::quantize(QFormat::Q8, &huge, 1, GROUP).is_ok());
+    }
+
+    #[test]
     fn bad_shapes_and_parts_are_errors() {
         assert_eq!(
             QMatrix::quantize(QFormat::Q8, &[0.0; 40], 2, 20),
@@ -1218,7 +1284,7 @@ mod tests {
             q
         );
         let mut bad_scales = scales.clone();
-        bad_scales[1] = -1.0;
+        bad_scales[1] = f16::from_f32(-1.0);
         assert!(QMatrix::from_parts(QFormat::Q4, 2, 64, codes.clone(), bad_scales).is_err());
         let mut bad_codes = codes.clone();
         bad_codes[0] = 0;

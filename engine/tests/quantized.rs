@@ -20,7 +20,10 @@ fn bits(model: &Moonbeam) -> Vec<(String, Vec<u8>)> {
         .map(|(name, t)| {
             let bytes = match t.dtype() {
                 candle_core::DType::U8 => t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+                // f32 and the f16 scales (widened exactly).
                 _ => t
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
                     .flatten_all()
                     .unwrap()
                     .to_vec1::<f32>()
@@ -158,6 +161,43 @@ fn files_whose_quantization_disagrees_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("q_proj.weight.scales"), "{err}");
+}
+
+/// Files written before the scales became f16 hold them as f32: they still load, to the same
+/// model (each scale rounded to the nearest f16, which these f16-exact values already are).
+#[test]
+fn files_with_f32_scales_still_load() {
+    for format in [QFormat::Q8, QFormat::Q4] {
+        let mut q = tiny_model(Precision::F32);
+        q.quantize(format).unwrap();
+        let tensors: Vec<(String, candle_core::Tensor)> = q
+            .stored_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| {
+                if n.ends_with(".scales") {
+                    assert_eq!(t.dtype(), candle_core::DType::F16, "{n}");
+                    (n, t.to_dtype(candle_core::DType::F32).unwrap())
+                } else {
+                    (n, t)
+                }
+            })
+            .collect();
+        let meta = [(
+            "continuo.quant".to_string(),
+            serde_json::to_string(q.quantization.as_ref().unwrap()).unwrap(),
+        )]
+        .into();
+        let path = common::tmp("quantized", &format!("f32_scales_{format}.safetensors"));
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+            &path,
+        )
+        .unwrap();
+        let loaded = Moonbeam::load(&q.cfg, &path, Precision::F32).unwrap();
+        assert!(bits(&loaded) == bits(&q), "{format}: a tensor differs");
+    }
 }
 
 /// The bundled model and the two bundled example pieces.

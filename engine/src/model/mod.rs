@@ -513,7 +513,7 @@ impl Moonbeam {
 
     /// The tensors to write to a checkpoint: [`Moonbeam::named_tensors`] for f32 weights;
     /// a quantized weight `W` is written as `W.q8` or `W.q4` (U8 codes, one row of codes per
-    /// weight row) and `W.scales` (f32, `(rows, cols / GROUP)`), see [`crate::quant`].
+    /// weight row) and `W.scales` (f16, `(rows, cols / GROUP)`), see [`crate::quant`].
     pub fn stored_tensors(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for m in Module::all(&self.cfg) {

@@ -248,18 +248,36 @@ impl WeightStore {
             if codes.dtype() != DType::U8 {
                 return Err(bad(format!("codes are {:?}, not U8", codes.dtype())));
             }
-            let scales = self.get(
-                &format!("{name}.scales"),
-                &[rows, cols / crate::quant::GROUP],
-            )?;
+            let scales_name = format!("{name}.scales");
+            let scales_shape = [rows, cols / crate::quant::GROUP];
+            let scales = self
+                .raw(&scales_name)?
+                .ok_or_else(|| WeightsError::Missing {
+                    name: scales_name.clone(),
+                    expected: scales_shape.to_vec(),
+                })?;
+            if scales.dims() != scales_shape {
+                return Err(WeightsError::Shape {
+                    name: scales_name,
+                    expected: scales_shape.to_vec(),
+                    got: scales.dims().to_vec(),
+                });
+            }
             let codes = codes
                 .flatten_all()
                 .and_then(|t| t.to_vec1::<u8>())
                 .map_err(|e| bad(e.to_string()))?;
-            let scales = scales
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| bad(e.to_string()))?;
+            // f16 as written since 2026-12-07; files written before hold f32 scales, rounded
+            // here to the nearest f16 (a relative change of at most 2^-11).
+            let scales = match scales.dtype() {
+                DType::F16 => scales.flatten_all().and_then(|t| t.to_vec1::<half::f16>()),
+                DType::F32 => scales
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map(|v| v.into_iter().map(half::f16::from_f32).collect()),
+                other => return Err(bad(format!("scales are {other:?}, not F16 or F32"))),
+            }
+            .map_err(|e| bad(e.to_string()))?;
             let q = QMatrix::from_parts(format, rows, cols, codes, scales)
                 .map_err(|e| bad(e.to_string()))?;
             return Ok(Weight::Quant(std::sync::Arc::new(q)));
