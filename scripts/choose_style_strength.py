@@ -25,7 +25,8 @@ from runs import CONFIG, CONTINUO, closeness, link_files, run
 STYLES = {
     "folk": ("data/styles/folk", 3, 2, ["--velocity-range", "1:1"]),
     "chorale": ("data/styles/chorale", 3, 2, ["--velocity-range", "1:1"]),
-    "ragtime": ("data/styles/ragtime", 6, 1, ["--instrument", "0", "--velocity-range", "1:1"]),
+    "ragtime": ("data/styles/ragtime", 6, 1,
+                ["--instrument", "0", "--velocity-range", "1:1", "--tempo-range", "0.5:2"]),
 }
 
 

@@ -6,8 +6,9 @@ scripts/choose_style_strength.py left in data/style-strength/<style>/strength_*.
 style's training log (data/style_<style>.log, written by the caller), and rewrites everything
 of the README below its "## Quality" heading. The text above it (data, licence) is kept.
 
-Usage: python3 scripts/style_readmes.py
+Usage: python3 scripts/style_readmes.py [--styles folk,chorale,ragtime]
 """
+import argparse
 import glob
 import json
 import os
@@ -97,7 +98,9 @@ def quality(name):
 
 
 def main():
-    for name in ["folk", "chorale", "ragtime"]:
+    p = argparse.ArgumentParser()
+    p.add_argument("--styles", default="folk,chorale,ragtime", help="the cards to rewrite")
+    for name in p.parse_args().styles.split(","):
         path = f"lora-weights/{name}/README.md"
         text = open(path).read()
         head = text.split("## Quality")[0].rstrip() + "\n\n"
