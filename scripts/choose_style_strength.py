@@ -23,7 +23,7 @@ from runs import CONFIG, CONTINUO, closeness, link_files, run
 
 # name: (data folder, epochs, augmented copies, extra train-style options), as in train_bundled.sh
 STYLES = {
-    "folk": ("data/styles/folk", 3, 2, ["--velocity-range", "1:1"]),
+    "folk": ("data/styles/folk", 3, 1, ["--velocity-range", "1:1"]),
     "chorale": ("data/styles/chorale", 3, 2, ["--velocity-range", "1:1"]),
     "ragtime": ("data/styles/ragtime", 6, 1,
                 ["--instrument", "0", "--velocity-range", "1:1", "--tempo-range", "0.5:2"]),

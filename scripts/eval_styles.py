@@ -5,15 +5,18 @@ For every style, the split that `train-style` used (same folder, --val-fraction 
 scripts/train_bundled.sh) is read back with `train-style --dry-run`; the held-out files and
 the training files are linked into two folders under data/style-eval/<style>/, and
 `continuo eval` runs twice (base alone, base + style), with the baselines fitted on the
-training files. The JSON reports go beside them; a summary table is printed.
+training files. A style with a reserved test corpus (`runs.TEST_FOLDERS`: folk) is tested on
+it instead of on the held-out part of its folder. The JSON reports go beside them; a summary
+table is printed.
 
 Usage: python3 scripts/eval_styles.py [--weights assets/continuo_base.safetensors]
+       [--styles lora-weights] [--only folk,chorale,ragtime] [--out data/style-eval]
 """
 import argparse
 import json
 import os
 
-from runs import CONFIG, CONTINUO, link_files, run
+from runs import CONFIG, CONTINUO, link_files, run, test_files
 
 STYLES = {  # name: (data folder, extra train-style options)
     "folk": ("data/styles/folk", []),
@@ -22,24 +25,23 @@ STYLES = {  # name: (data folder, extra train-style options)
 }
 
 
-
-
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default="assets/continuo_base.safetensors")
     p.add_argument("--styles", default="lora-weights")
     p.add_argument("--out", default="data/style-eval")
     p.add_argument("--max-prompts", default="16")
+    p.add_argument("--only", default=",".join(STYLES), help="the styles to evaluate")
     a = p.parse_args()
     rows = []
-    for name, (folder, extra) in STYLES.items():
+    for name in a.only.split(","):
+        folder, extra = STYLES[name]
         split = json.loads(run([CONTINUO, "train-style", "--config", CONFIG, "--weights", a.weights,
                                 "--data", folder, "--out", "/tmp/unused.safetensors",
                                 "--val-fraction", "0.2", "--seed", "3", "--dry-run", *extra]))["split"]
         base = os.path.join(a.out, name)
-        link_files(split["val_files"], folder, os.path.join(base, "held-out"))
+        root, held_out = test_files(name, split)
+        link_files(held_out, root or folder, os.path.join(base, "held-out"))
         link_files(split["train_files"], folder, os.path.join(base, "train"))
         style = os.path.join(a.styles, name, f"{name}.safetensors")
         for label, lora in (("base", []), ("style", ["--lora", style])):

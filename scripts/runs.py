@@ -8,6 +8,22 @@ import sys
 CONTINUO = "target/release/continuo"
 CONFIG = "assets/configs/continuo_base.json"
 
+# Styles whose test files are a corpus of their own, reserved for evaluation (issue #15), and
+# not the validation part of their training folder: folk's are O'Neill's tunes 51-200
+# (scripts/fetch_folk.py). The other styles are tested on the files `train-style
+# --val-fraction 0.2 --seed 3` holds out of their folder.
+TEST_FOLDERS = {"folk": "data/styles-test/folk"}
+
+
+def test_files(name, split, most=None):
+    """A style's test files as (root, paths relative to it): its reserved test folder where it
+    has one (the first `most` in name order), else the held-out part of `split`."""
+    folder = TEST_FOLDERS.get(name)
+    if folder is None:
+        return None, split["val_files"]
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".mid"))
+    return folder, files[:most] if most else files
+
 
 def run(args):
     """Runs a command and returns its stdout; exits with its stderr if it fails."""

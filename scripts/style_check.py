@@ -25,7 +25,7 @@ import math
 import os
 import sys
 
-from runs import CONFIG, CONTINUO, run
+from runs import CONFIG, CONTINUO, run, test_files
 
 WINDOW = 32
 STYLES = {  # name: (data folder, extra train-style options)
@@ -129,6 +129,10 @@ def main():
     p.add_argument("--styles", default="lora-weights")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", default="data/style-check")
+    p.add_argument("--only", default=",".join(STYLES),
+                   help="the styles whose answers are checked (all still label the windows)")
+    p.add_argument("--most-test-files", type=int, default=20,
+                   help="at most this many files of a reserved test corpus (folk has 138)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     manifest = json.load(open("data/manifest.json"))
@@ -138,14 +142,15 @@ def main():
     for name, (folder, extra) in STYLES.items():
         split = split_of(name, folder, extra, a.weights)
         train[name] = [os.path.join(folder, f) for f in split["train_files"]]
-        held_out[name] = [os.path.join(folder, f) for f in split["val_files"]]
+        root, files = test_files(name, split, most=a.most_test_files)
+        held_out[name] = [os.path.join(root or folder, f) for f in files]
     labelled = {label: [features(w) for f in files for w in windows(tokens(f))]
                 for label, files in train.items()}
     check = Centroids(labelled)
     print("training windows: " + ", ".join(f"{k} {len(v)}" for k, v in labelled.items()),
           file=sys.stderr)
     rows = []
-    for name in STYLES:
+    for name in a.only.split(","):
         style = os.path.join(a.styles, name, f"{name}.safetensors")
         counts = {"true": [0, 0], "base": [0, 0], "style": [0, 0]}
         for i, path in enumerate(held_out[name]):
