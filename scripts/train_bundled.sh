@@ -45,6 +45,9 @@ cp $S/m21_bach_chorales/*.mid data/styles/chorale/
 # Folk: O'Neill's tunes 1-50 and 201-600 to train on, tunes 51-200 (reserved for evaluation
 # by issue #15) to test on, exported from the music21 corpus.
 python3 scripts/fetch_folk.py --train data/styles/folk --test data/styles-test/folk --last 600
+# Chorale: its test files are 80 chorales of other Bach works (the rest of music21's corpus is
+# reserved for evaluation and trains nothing).
+python3 scripts/fetch_chorale_tests.py --out data/styles-test/chorale --most 80
 train_style() { # name, folder, preset name, description, epochs, augmented copies, [extra options]
     mkdir -p lora-weights/$1
     $C train-style --config assets/configs/continuo_base.json --weights assets/continuo_base.safetensors \
