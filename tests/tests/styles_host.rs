@@ -183,7 +183,10 @@ fn blended_answers(ramp: &[f64]) -> Result<(Vec<NoteAt>, Vec<Out>, Harness)> {
         harness.process(480, &[In::on(at, key)])?;
         harness.process(480, &[In::off(at, key)])?;
     }
-    let mut all = Vec::new();
+    // The saved choices above change before the loader hands the styles to the generator;
+    // half a second lets that happen before the trigger. (A style that reaches the generator
+    // after the phrase re-reads the context under it, so the answer does not depend on when.)
+    let mut all = run_real_time(&mut harness, 480, 50)?;
     all.extend(harness.process(480, &[In::param(0, "trig", 1.0)])?);
     all.extend(harness.process(480, &[In::param(0, "trig", 0.0)])?);
     for &blend in ramp {

@@ -66,7 +66,11 @@
 //!   styles of slots A and B (made for the loaded base, see [`ModelCache::current`]) and the
 //!   thread swaps them in between decode steps (O(1), the base is untouched): A at
 //!   `1 - blend`, B at `blend`, both scaled by `style_strength` ([`NamedStyle::blended`]). A
-//!   moving `blend` rebuilds that style between two notes, with no reload.
+//!   moving `blend` rebuilds that style between two notes, with no reload. The warm cache
+//!   holds keys and values computed under the style that was in play, so a change between
+//!   answers re-reads the played context under the new style (one prefill, idle work), and a
+//!   change during an answer does so after it instead of the truncation: the next answer to a
+//!   phrase depends on the style chosen, never on when during the phrase it was chosen.
 //! * **Measurements** go to [`SharedStatus`]: decode time per generated note (transformer step +
 //!   GRU head, averaged over the answer) and the time from the trigger reaching the generator to
 //!   its first note being sent.
@@ -337,6 +341,12 @@ impl MoonbeamGenerator {
             return false;
         };
         match engine.cache {
+            Cached::AnswerAfter(_) if engine.restyled => {
+                // The style changed during the answer: the context's keys and values are the
+                // old style's, so it is read again under the new one.
+                engine.restyled = false;
+                engine.cache = Cached::Stale;
+            }
             Cached::AnswerAfter(kept) => {
                 // Drop the answer (and held notes) from the session: one step, not a prefill.
                 let result = engine.session.truncate(kept + 1);
@@ -363,6 +373,7 @@ impl MoonbeamGenerator {
                     Ok(()) => {
                         engine.origin = origin;
                         engine.cache = Cached::Context(notes.len());
+                        engine.restyled = false;
                     }
                     Err(e) => {
                         let had_context = !self.context.is_empty();
@@ -496,6 +507,15 @@ impl MoonbeamGenerator {
             None => (Style::base(), None),
         };
         engine.session.set_style(style);
+        // The cached played context was read under the previous style. Between answers it is
+        // read again under this one (idle work, like any rebuild), so an answer depends on the
+        // style in play and not on when during the phrase it was chosen. In the middle of an
+        // answer the swap lands between two notes and the context is re-read after it.
+        match engine.cache {
+            Cached::Context(_) => engine.cache = Cached::Stale,
+            Cached::AnswerAfter(_) => engine.restyled = true,
+            Cached::Stale => {}
+        }
         self.style_dirty = false;
         self.status
             .set_style_label(label.as_deref().unwrap_or_default());
@@ -1667,6 +1687,72 @@ mod tests {
         rig.generator.styles.clear();
         rig.step();
         assert_eq!(rig.generator.style_name(), None);
+    }
+
+    /// The context is re-read under a newly chosen style: a style chosen after the phrase
+    /// (between answers, or during an answer to it) gives the same next answer as one chosen
+    /// before the phrase was played, with one prefill for the re-read.
+    #[test]
+    fn a_style_chosen_after_the_phrase_answers_as_one_chosen_before_it() {
+        let model = Rig::new().generator.models.current().unwrap();
+        let dir = golden().join("lora_adapter");
+        let mut adapter = continuo_engine::Adapter::from_peft_dir(&dir, &model.cfg).unwrap();
+        adapter.alpha *= 4.0;
+        let style = Style::single(Arc::new(adapter), 1.0);
+        let greedy = GenParams {
+            temperature: 0.0,
+            ..GenParams::default()
+        };
+        let keys = |rig: &Rig, id: u32, from: f64| -> Vec<(f64, u8)> {
+            rig.notes(id)
+                .iter()
+                .map(|n| (time_ms(n.start) - from, n.key))
+                .collect()
+        };
+        let mut before = Rig::new();
+        before.generator.styles.set("s", style.clone());
+        before.params(greedy);
+        before.play(&phrase(12, 0.0));
+        before.handle(ToEngine::Trigger(request(1, 4000.0, None, 16.0)));
+        before.settle();
+        let styled = keys(&before, 1, 4000.0);
+
+        let mut after = Rig::new();
+        after.params(greedy);
+        after.play(&phrase(12, 0.0));
+        after.settle();
+        let prefills = after.generator.prefills();
+        after.handle(ToEngine::Trigger(request(1, 4000.0, None, 16.0)));
+        after.settle();
+        let base = keys(&after, 1, 4000.0);
+        assert_ne!(base, styled, "the test style must change the answer");
+        assert_eq!(after.generator.prefills(), prefills, "no style change, no re-read");
+        // Chosen between answers: re-read once, and the answer is the style's.
+        after.generator.styles.set("s", style.clone());
+        after.settle();
+        assert_eq!(after.generator.prefills(), prefills + 1);
+        assert!(after.generator.is_synced());
+        after.handle(ToEngine::Trigger(request(2, 8000.0, None, 16.0)));
+        after.settle();
+        assert_eq!(keys(&after, 2, 8000.0), styled);
+
+        // Chosen during an answer: after it, a re-read instead of the truncation.
+        let mut during = Rig::new();
+        during.params(greedy);
+        during.play(&phrase(12, 0.0));
+        during.settle();
+        let (prefills, truncations) = (during.generator.prefills(), during.generator.truncations());
+        during.handle(ToEngine::Trigger(request(1, 4000.0, None, 16.0)));
+        during.step();
+        during.step();
+        during.generator.styles.set("s", style.clone());
+        during.settle();
+        assert_eq!(during.ended(1), 1);
+        assert_eq!(during.generator.prefills(), prefills + 1);
+        assert_eq!(during.generator.truncations(), truncations);
+        during.handle(ToEngine::Trigger(request(2, 8000.0, None, 16.0)));
+        during.settle();
+        assert_eq!(keys(&during, 2, 8000.0), styled);
     }
 
     /// The blend of slots A and B: at 0 the answer is A's alone and at 1 B's alone (the same

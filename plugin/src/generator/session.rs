@@ -81,6 +81,10 @@ pub(super) struct Engine {
     pub(super) cache: Cached,
     /// The context onset that is 0 in the session.
     pub(super) origin: i64,
+    /// The style changed while an answer was in the session: the played context's cached keys
+    /// and values are the previous style's, so after the answer the context is read again
+    /// (a prefill) instead of truncated back to.
+    pub(super) restyled: bool,
 }
 
 impl Engine {
@@ -94,6 +98,7 @@ impl Engine {
             max_gap,
             cache: Cached::Stale,
             origin: 0,
+            restyled: false,
         }
     }
 
