@@ -36,9 +36,12 @@
 //! AVX2, four on VNNI, in batches): each group's bytes are loaded and unpacked once per row
 //! and used for every input of the tile, four independent accumulator chains hide the FMA
 //! latency, and the q4 nibbles are multiplied as unsigned bytes with the `-8` offset taken
-//! off once per input (see `QInput`), two groups per step (one 32-byte load). Each tile
-//! prefetches the next tile's rows, which follow it in memory: without that, the decode
-//! waited on its weight loads. Every (row, input) result goes through the same operations
+//! off once per input (see `QInput`), two groups per step (one 32-byte load). VNNI steps
+//! through a whole 64-byte cache line of each row at a time in 512-bit registers (four q4
+//! groups, two q8 ones) and finishes the groups left over in 256-bit steps; that halves the
+//! instructions per weight, which the compute-bound batches feel (prefill 1.2-1.6x faster on
+//! Zen 5) and the memory-bound decode does not. Each tile prefetches the next tile's rows,
+//! which follow it in memory: without that, the decode waited on its weight loads. Every (row, input) result goes through the same operations
 //! whatever the tile, so one-row decode and batched prefill agree bit for bit.
 
 use std::fmt;
@@ -392,27 +395,44 @@ impl QMatrix {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            // `tile_kernel::<Q4, N>(r, x)`: [`QMatrix::tiles`] over that SIMD kernel.
+            // `tile::<[Q4,] N>(r, x, extra...)`: [`QMatrix::tiles`] over that SIMD kernel.
             macro_rules! run {
-                ($tile:ident, $q4:literal, $n:literal) => {
+                ($tile:ident::<$q4:literal, $n:literal>, $($extra:expr),*) => {
                     self.tiles::<$n>(
                         first,
                         inputs,
                         out,
                         // SAFETY: `kernel` is one the CPU has (`Kernel::available` ran
                         // before), and each arm below runs that kernel's own tile function.
-                        |r, x| unsafe { $tile::<$q4, $n>(r, x) },
+                        |r, x| unsafe { $tile::<$q4, $n>(r, x, $($extra),*) },
                         // SAFETY: as above.
-                        |r, x| unsafe { $tile::<$q4, 1>(r, x) },
+                        |r, x| unsafe { $tile::<$q4, 1>(r, x, $($extra),*) },
+                    )
+                };
+                ($tile:ident::<$n:literal>) => {
+                    self.tiles::<$n>(
+                        first,
+                        inputs,
+                        out,
+                        // SAFETY: as above.
+                        |r, x| unsafe { $tile::<$n>(r, x) },
+                        // SAFETY: as above.
+                        |r, x| unsafe { $tile::<1>(r, x) },
                     )
                 };
             }
+            // The 256-bit kernels start at group 0 on zeroed accumulators (all-zero bits are
+            // 0.0 in every lane).
             let q4 = self.format == QFormat::Q4;
             match kernel {
-                Kernel::Avx512Vnni if q4 => return run!(tile_vnni, true, 4),
-                Kernel::Avx512Vnni => return run!(tile_vnni, false, 4),
-                Kernel::Avx2Int8 if q4 => return run!(tile_avx2, true, 2),
-                Kernel::Avx2Int8 => return run!(tile_avx2, false, 2),
+                Kernel::Avx512Vnni if q4 => return run!(tile_vnni512_q4::<4>),
+                Kernel::Avx512Vnni => return run!(tile_vnni512_q8::<4>),
+                Kernel::Avx512Vnni256 if q4 => {
+                    return run!(tile_vnni::<true, 4>, 0, std::mem::zeroed());
+                }
+                Kernel::Avx512Vnni256 => return run!(tile_vnni::<false, 4>, 0, std::mem::zeroed()),
+                Kernel::Avx2Int8 if q4 => return run!(tile_avx2::<true, 2>, 0, std::mem::zeroed()),
+                Kernel::Avx2Int8 => return run!(tile_avx2::<false, 2>, 0, std::mem::zeroed()),
                 _ => {}
             }
         }
@@ -511,19 +531,24 @@ pub enum Kernel {
     /// [`Kernel::PortableInt8`] in AVX2 (`maddubs`): half the instructions per weight of
     /// [`Kernel::Avx2`].
     Avx2Int8,
-    /// [`Kernel::PortableInt8`] with AVX-512 VNNI's `vpdpbusd` (on 256-bit registers, which
-    /// measured faster here than 512-bit ones with masked tails).
+    /// [`Kernel::PortableInt8`] with AVX-512 VNNI's `vpdpbusd`, in 512-bit registers: one
+    /// 64-byte cache line of each weight row per step (four q4 groups, two q8 ones), then
+    /// 256-bit steps for the groups left over, so no masked tails.
     Avx512Vnni,
+    /// [`Kernel::Avx512Vnni`] in 256-bit registers only (the decode kernel before 512-bit
+    /// steps, kept to compare CPUs on which wide registers cost clock speed).
+    Avx512Vnni256,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Portable,
         Kernel::Avx2,
         Kernel::PortableInt8,
         Kernel::Avx2Int8,
         Kernel::Avx512Vnni,
+        Kernel::Avx512Vnni256,
     ];
 
     /// Whether this CPU can run the kernel.
@@ -537,7 +562,7 @@ impl Kernel {
                     && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => {
+            Kernel::Avx512Vnni | Kernel::Avx512Vnni256 => {
                 Kernel::Avx2Int8.is_supported()
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
@@ -545,7 +570,7 @@ impl Kernel {
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 | Kernel::Avx2Int8 | Kernel::Avx512Vnni => false,
+            Kernel::Avx2 | Kernel::Avx2Int8 | Kernel::Avx512Vnni | Kernel::Avx512Vnni256 => false,
         }
     }
 
@@ -553,7 +578,7 @@ impl Kernel {
     pub fn is_int8(self) -> bool {
         matches!(
             self,
-            Kernel::PortableInt8 | Kernel::Avx2Int8 | Kernel::Avx512Vnni
+            Kernel::PortableInt8 | Kernel::Avx2Int8 | Kernel::Avx512Vnni | Kernel::Avx512Vnni256
         )
     }
 
@@ -568,8 +593,8 @@ impl Kernel {
 
     /// The kernel the decode path uses: the AVX-512 VNNI kernel, else the integer AVX2 one,
     /// where the CPU has them, else the portable f32 one. `CONTINUO_QKERNEL` (`portable`,
-    /// `avx2`, `portable-int8`, `avx2-int8`, `avx512-vnni`) overrides the choice, for
-    /// measurements.
+    /// `avx2`, `portable-int8`, `avx2-int8`, `avx512-vnni`, `avx512-vnni-256`) overrides the
+    /// choice, for measurements.
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
@@ -581,6 +606,7 @@ impl Kernel {
                     "portable-int8" => Some(Kernel::PortableInt8),
                     "avx2-int8" => Some(Kernel::Avx2Int8),
                     "avx512-vnni" => Some(Kernel::Avx512Vnni),
+                    "avx512-vnni-256" => Some(Kernel::Avx512Vnni256),
                     _ => None,
                 });
             forced
@@ -814,6 +840,8 @@ macro_rules! int8_tile_kernel {
         unsafe fn $name<const Q4: bool, const N: usize>(
             rows: [RowRef<'_>; TILE_ROWS],
             inputs: [&QInput; N],
+            from_group: usize,
+            mut acc: [[std::arch::x86_64::__m256; N]; TILE_ROWS],
         ) -> [[f32; N]; TILE_ROWS] {
             use std::arch::x86_64::*;
             let format = if Q4 { QFormat::Q4 } else { QFormat::Q8 };
@@ -833,7 +861,7 @@ macro_rules! int8_tile_kernel {
                         && q.pair_scales.len() >= groups / 2 * 8
                 );
             }
-            let mut acc = [[_mm256_setzero_ps(); N]; TILE_ROWS];
+            assert!(from_group % 2 == 0 && from_group <= groups);
             let gb = format.group_bytes();
             // q4 takes two groups per step: one 32-byte load holds both groups' codes, its low
             // nibbles are weights 0..16 of each and its high nibbles weights 16..32, against
@@ -853,7 +881,7 @@ macro_rules! int8_tile_kernel {
                     }
                 }
             };
-            for p in 0..pairs {
+            for p in from_group / 2..pairs {
                 prefetch_ahead(p * GROUP);
                 // SAFETY: pair p (groups 2p and 2p + 1) of every row and input is in bounds
                 // (asserts above).
@@ -890,7 +918,7 @@ macro_rules! int8_tile_kernel {
                     }
                 }
             }
-            for g in 2 * pairs..groups {
+            for g in (2 * pairs).max(from_group)..groups {
                 prefetch_ahead(g * gb);
                 // SAFETY: group g of every row and input is in bounds (asserts above).
                 unsafe {
@@ -977,6 +1005,168 @@ int8_tile_kernel!(
     |lo, hi, xa, xb, off2| _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(off2, lo, xa), hi, xb)
 );
 
+/// q4 on AVX-512 VNNI in 512-bit registers: four groups per step, one 64-byte load (a whole
+/// cache line) per row, against the pair step's arrangement of the input taken two pairs at a
+/// time (`QInput`'s pair forms hold consecutive pairs back to back). Half the instructions per
+/// weight of [`tile_vnni`]'s pair step. The groups left over (fewer than four) go through
+/// [`tile_vnni`]'s pair and single steps, on top of these accumulators folded to 256 bits.
+///
+/// # Safety
+/// The CPU must have the features enabled below ([`Kernel::Avx512Vnni`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+unsafe fn tile_vnni512_q4<const N: usize>(
+    rows: [RowRef<'_>; TILE_ROWS],
+    inputs: [&QInput; N],
+) -> [[f32; N]; TILE_ROWS] {
+    use std::arch::x86_64::*;
+    let groups = rows[0].scales.len();
+    for r in &rows {
+        assert!(r.scales.len() == groups && r.codes.len() >= groups * GROUP / 2);
+    }
+    for q in &inputs {
+        assert!(
+            q.pair_a.len() >= groups / 2 * GROUP
+                && q.pair_b.len() >= groups / 2 * GROUP
+                && q.pair_offset.len() >= groups / 2 * 8
+                && q.pair_scales.len() >= groups / 2 * 8
+        );
+    }
+    let quads = groups / 4;
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let nibble = _mm512_set1_epi8(0x0f);
+    let mut acc = [[_mm512_setzero_ps(); N]; TILE_ROWS];
+    for q in 0..quads {
+        // Each step reads one cache line of every row: fetch the next tile's line (the rows
+        // that follow these in memory; a prefetch never faults, hence the wrapping address).
+        for r in &rows {
+            let ahead = r
+                .codes
+                .as_ptr()
+                .wrapping_add(TILE_ROWS * r.codes.len() + q * 64);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        }
+        // SAFETY: groups 4q..4q + 4 of every row and input are in bounds (asserts above).
+        unsafe {
+            let load = |v: &Vec<i8>| _mm512_loadu_si512(v.as_ptr().add(q * 64) as *const _);
+            let xa: [__m512i; N] = std::array::from_fn(|i| load(&inputs[i].pair_a));
+            let xb: [__m512i; N] = std::array::from_fn(|i| load(&inputs[i].pair_b));
+            let off: [__m512i; N] = std::array::from_fn(|i| {
+                _mm512_loadu_si512(inputs[i].pair_offset.as_ptr().add(q * 16) as *const _)
+            });
+            let xs: [__m512; N] = std::array::from_fn(|i| {
+                _mm512_loadu_ps(inputs[i].pair_scales.as_ptr().add(q * 16))
+            });
+            for (r, acc_r) in rows.iter().zip(acc.iter_mut()) {
+                let v = _mm512_loadu_si512(r.codes.as_ptr().add(q * 64) as *const _);
+                let lo = _mm512_and_si512(v, nibble);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                // The four groups' weight scales, each over its four lanes.
+                let four = _mm_cvtph_ps(_mm_loadl_epi64(
+                    r.scales.as_ptr().add(4 * q) as *const __m128i
+                ));
+                let ws = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(four));
+                for i in 0..N {
+                    let lanes =
+                        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(off[i], lo, xa[i]), hi, xb[i]);
+                    acc_r[i] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(lanes),
+                        _mm512_mul_ps(ws, xs[i]),
+                        acc_r[i],
+                    );
+                }
+            }
+        }
+    }
+    // SAFETY: the same CPU features (this function's own).
+    unsafe { tile_vnni::<true, N>(rows, inputs, 4 * quads, fold512(acc)) }
+}
+
+/// q8 on AVX-512 VNNI in 512-bit registers: two groups per step, one 64-byte load (a whole
+/// cache line) per row, against the shifted input codes of both groups (consecutive in
+/// `QInput::shifted`). Half the instructions per weight of [`tile_vnni`]'s step. A last odd
+/// group goes through [`tile_vnni`], on top of these accumulators folded to 256 bits.
+///
+/// # Safety
+/// The CPU must have the features enabled below ([`Kernel::Avx512Vnni`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+unsafe fn tile_vnni512_q8<const N: usize>(
+    rows: [RowRef<'_>; TILE_ROWS],
+    inputs: [&QInput; N],
+) -> [[f32; N]; TILE_ROWS] {
+    use std::arch::x86_64::*;
+    let groups = rows[0].scales.len();
+    for r in &rows {
+        assert!(r.scales.len() == groups && r.codes.len() >= groups * GROUP);
+    }
+    for q in &inputs {
+        assert!(q.scales.len() >= groups && q.shifted.len() >= groups * GROUP);
+    }
+    let pairs = groups / 2;
+    // Lanes 0..8 belong to the first group of a pair, 8..16 to the second.
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let zero = _mm512_setzero_si512();
+    let minus128 = _mm512_set1_epi8(-128);
+    let mut acc = [[_mm512_setzero_ps(); N]; TILE_ROWS];
+    for p in 0..pairs {
+        // As in `tile_vnni512_q4`: the next tile's cache line of every row.
+        for r in &rows {
+            let ahead = r
+                .codes
+                .as_ptr()
+                .wrapping_add(TILE_ROWS * r.codes.len() + p * 64);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        }
+        // SAFETY: groups 2p and 2p + 1 of every row and input are in bounds (asserts above).
+        unsafe {
+            let xu: [__m512i; N] = std::array::from_fn(|i| {
+                _mm512_loadu_si512(inputs[i].shifted.as_ptr().add(p * 64) as *const _)
+            });
+            let xs: [__m512; N] = std::array::from_fn(|i| {
+                let two = _mm_castsi128_ps(_mm_loadl_epi64(
+                    inputs[i].scales.as_ptr().add(2 * p) as *const __m128i
+                ));
+                _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(two))
+            });
+            for (r, acc_r) in rows.iter().zip(acc.iter_mut()) {
+                let w = _mm512_loadu_si512(r.codes.as_ptr().add(p * 64) as *const _);
+                // `-128 × sum w` per lane, which the shifted input adds.
+                let base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, minus128, w));
+                let two = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (r.scales.as_ptr().add(2 * p) as *const i32).read_unaligned(),
+                ));
+                let ws = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(two));
+                for i in 0..N {
+                    let lanes = _mm512_dpbusd_epi32(base, xu[i], w);
+                    acc_r[i] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(lanes),
+                        _mm512_mul_ps(ws, xs[i]),
+                        acc_r[i],
+                    );
+                }
+            }
+        }
+    }
+    // SAFETY: the same CPU features (this function's own).
+    unsafe { tile_vnni::<false, N>(rows, inputs, 2 * pairs, fold512(acc)) }
+}
+
+/// 512-bit accumulators folded to 256 bits: lanes `k` and `k + 8` summed.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+fn fold512<const N: usize>(
+    acc: [[std::arch::x86_64::__m512; N]; TILE_ROWS],
+) -> [[std::arch::x86_64::__m256; N]; TILE_ROWS] {
+    use std::arch::x86_64::*;
+    acc.map(|row| {
+        row.map(|a| {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+            _mm256_add_ps(_mm512_castps512_ps256(a), hi)
+        })
+    })
+}
+
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
 type DotFn = fn(QFormat, &[u8], &[f16], &[f32]) -> f32;
 
@@ -1048,7 +1238,11 @@ unsafe fn dot_avx2(format: QFormat, codes: &[u8], scales: &[f16], x: &[f32]) -> 
         unsafe {
             let bytes = group_codes!(format, pc, g);
             let group = fma4(bytes, px.add(g * GROUP), _mm256_setzero_ps());
-            acc = _mm256_fmadd_ps(group, _mm256_set1_ps(widen_one(scales.as_ptr().add(g))), acc);
+            acc = _mm256_fmadd_ps(
+                group,
+                _mm256_set1_ps(widen_one(scales.as_ptr().add(g))),
+                acc,
+            );
         }
     }
     hsum256(acc)
@@ -1103,7 +1297,10 @@ mod tests {
                 // 2^-10 for normal f16s, 2^-24 absolute for subnormal ones).
                 let exact = amax / format.q_max();
                 let f16_step = (exact / 1024.0).max(2f32.powi(-24));
-                assert!(step >= exact && step <= exact + f16_step, "{step} vs {exact}");
+                assert!(
+                    step >= exact && step <= exact + f16_step,
+                    "{step} vs {exact}"
+                );
                 for (a, b) in wg.iter().zip(dg) {
                     assert!(
                         (a - b).abs() <= 0.5001 * step,
@@ -1143,8 +1340,15 @@ mod tests {
 
     #[test]
     fn every_kernel_this_cpu_has_matches_its_portable_reference() {
-        // 210 groups per row, and 3 (an odd count, for kernels that take two at a time).
-        for (rows, cols) in [(300, 6720), (7, 3 * GROUP)] {
+        // Group counts per row: 210 (four at a time leaves a pair), 60 (nothing left), 7 (a
+        // pair and one left), 5 (one left) and 3 (no step of four, a pair and one left).
+        for (rows, cols) in [
+            (300, 6720),
+            (9, 1920),
+            (7, 7 * GROUP),
+            (5, 5 * GROUP),
+            (7, 3 * GROUP),
+        ] {
             check_kernels(rows, cols);
         }
     }
@@ -1215,7 +1419,13 @@ mod tests {
 
     #[test]
     fn the_batched_product_equals_one_matvec_per_input() {
-        let (rows, cols, m) = (37, 3 * GROUP, 5);
+        // 3 groups per row, and 7 (a step of four groups, then a pair and one).
+        for (rows, cols, m) in [(37, 3 * GROUP, 5), (37, 7 * GROUP, 6)] {
+            check_batched_against_single(rows, cols, m);
+        }
+    }
+
+    fn check_batched_against_single(rows: usize, cols: usize, m: usize) {
         let w = matrix(rows, cols, 6);
         let x: Vec<f32> = (0..m * cols)
             .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
