@@ -41,7 +41,9 @@
 //! groups, two q8 ones) and finishes the groups left over in 256-bit steps; that halves the
 //! instructions per weight, which the compute-bound batches feel (prefill 1.2-1.6x faster on
 //! Zen 5) and the memory-bound decode does not. Each tile prefetches the next tile's rows,
-//! which follow it in memory: without that, the decode waited on its weight loads. Every (row, input) result goes through the same operations
+//! which follow it in memory: without that, the decode waited on its weight loads. On VNNI
+//! the decode (one input) takes one row at a time, a single stream of weights, which
+//! measured faster than four interleaved rows. Every (row, input) result goes through the same operations
 //! whatever the tile, so one-row decode and batched prefill agree bit for bit.
 
 use std::fmt;
@@ -404,22 +406,35 @@ impl QMatrix {
                         out,
                         // SAFETY: `kernel` is one the CPU has (`Kernel::available` ran
                         // before), and each arm below runs that kernel's own tile function.
-                        |r, x| unsafe { $tile::<$q4, $n>(r, x, $($extra),*) },
+                        |r, x| unsafe { $tile::<$q4, TILE_ROWS, $n>(r, x, $($extra),*) },
                         // SAFETY: as above.
-                        |r, x| unsafe { $tile::<$q4, 1>(r, x, $($extra),*) },
+                        |r, x| unsafe { $tile::<$q4, TILE_ROWS, 1>(r, x, $($extra),*) },
                     )
                 };
-                ($tile:ident::<$n:literal>) => {
+                ($tile:ident::<$n:literal>) => {{
+                    // Decode (one input) takes one row at a time: a single stream of
+                    // weights, each row prefetching the next, measured about 10 % faster
+                    // than four interleaved rows (BENCHMARKS.md). The same operations per
+                    // (row, input) as the tiles, so the results are the same bits.
+                    if m == 1 {
+                        for (k, o) in out.iter_mut().enumerate() {
+                            let (codes, scales) = self.row(first + k);
+                            let row = [RowRef { codes, scales }];
+                            // SAFETY: as above.
+                            *o = unsafe { $tile::<1, 1>(row, [&inputs[0]]) }[0][0];
+                        }
+                        return;
+                    }
                     self.tiles::<$n>(
                         first,
                         inputs,
                         out,
                         // SAFETY: as above.
-                        |r, x| unsafe { $tile::<$n>(r, x) },
+                        |r, x| unsafe { $tile::<TILE_ROWS, $n>(r, x) },
                         // SAFETY: as above.
-                        |r, x| unsafe { $tile::<1>(r, x) },
+                        |r, x| unsafe { $tile::<TILE_ROWS, 1>(r, x) },
                     )
-                };
+                }};
             }
             // The 256-bit kernels start at group 0 on zeroed accumulators (all-zero bits are
             // 0.0 in every lane).
@@ -837,12 +852,12 @@ macro_rules! int8_tile_kernel {
      |$p:ident, $x:ident, $xu:ident, $off:ident| $pair:expr,
      |$lo:ident, $hi:ident, $xa:ident, $xb:ident, $off2:ident| $quad:expr) => {
         #[target_feature(enable = $features)]
-        unsafe fn $name<const Q4: bool, const N: usize>(
-            rows: [RowRef<'_>; TILE_ROWS],
+        unsafe fn $name<const Q4: bool, const R: usize, const N: usize>(
+            rows: [RowRef<'_>; R],
             inputs: [&QInput; N],
             from_group: usize,
-            mut acc: [[std::arch::x86_64::__m256; N]; TILE_ROWS],
-        ) -> [[f32; N]; TILE_ROWS] {
+            mut acc: [[std::arch::x86_64::__m256; N]; R],
+        ) -> [[f32; N]; R] {
             use std::arch::x86_64::*;
             let format = if Q4 { QFormat::Q4 } else { QFormat::Q8 };
             let groups = rows[0].scales.len();
@@ -876,7 +891,7 @@ macro_rules! int8_tile_kernel {
             let prefetch_ahead = |at: usize| {
                 if at % 64 == 0 {
                     for r in &rows {
-                        let ahead = r.codes.as_ptr().wrapping_add(TILE_ROWS * r.codes.len() + at);
+                        let ahead = r.codes.as_ptr().wrapping_add(R * r.codes.len() + at);
                         _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     }
                 }
@@ -1015,10 +1030,10 @@ int8_tile_kernel!(
 /// The CPU must have the features enabled below ([`Kernel::Avx512Vnni`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn tile_vnni512_q4<const N: usize>(
-    rows: [RowRef<'_>; TILE_ROWS],
+unsafe fn tile_vnni512_q4<const R: usize, const N: usize>(
+    rows: [RowRef<'_>; R],
     inputs: [&QInput; N],
-) -> [[f32; N]; TILE_ROWS] {
+) -> [[f32; N]; R] {
     use std::arch::x86_64::*;
     let groups = rows[0].scales.len();
     for r in &rows {
@@ -1035,15 +1050,12 @@ unsafe fn tile_vnni512_q4<const N: usize>(
     let quads = groups / 4;
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let nibble = _mm512_set1_epi8(0x0f);
-    let mut acc = [[_mm512_setzero_ps(); N]; TILE_ROWS];
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
     for q in 0..quads {
         // Each step reads one cache line of every row: fetch the next tile's line (the rows
         // that follow these in memory; a prefetch never faults, hence the wrapping address).
         for r in &rows {
-            let ahead = r
-                .codes
-                .as_ptr()
-                .wrapping_add(TILE_ROWS * r.codes.len() + q * 64);
+            let ahead = r.codes.as_ptr().wrapping_add(R * r.codes.len() + q * 64);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
         }
         // SAFETY: groups 4q..4q + 4 of every row and input are in bounds (asserts above).
@@ -1079,7 +1091,7 @@ unsafe fn tile_vnni512_q4<const N: usize>(
         }
     }
     // SAFETY: the same CPU features (this function's own).
-    unsafe { tile_vnni::<true, N>(rows, inputs, 4 * quads, fold512(acc)) }
+    unsafe { tile_vnni::<true, R, N>(rows, inputs, 4 * quads, fold512(acc)) }
 }
 
 /// q8 on AVX-512 VNNI in 512-bit registers: two groups per step, one 64-byte load (a whole
@@ -1091,10 +1103,10 @@ unsafe fn tile_vnni512_q4<const N: usize>(
 /// The CPU must have the features enabled below ([`Kernel::Avx512Vnni`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn tile_vnni512_q8<const N: usize>(
-    rows: [RowRef<'_>; TILE_ROWS],
+unsafe fn tile_vnni512_q8<const R: usize, const N: usize>(
+    rows: [RowRef<'_>; R],
     inputs: [&QInput; N],
-) -> [[f32; N]; TILE_ROWS] {
+) -> [[f32; N]; R] {
     use std::arch::x86_64::*;
     let groups = rows[0].scales.len();
     for r in &rows {
@@ -1108,14 +1120,11 @@ unsafe fn tile_vnni512_q8<const N: usize>(
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let zero = _mm512_setzero_si512();
     let minus128 = _mm512_set1_epi8(-128);
-    let mut acc = [[_mm512_setzero_ps(); N]; TILE_ROWS];
+    let mut acc = [[_mm512_setzero_ps(); N]; R];
     for p in 0..pairs {
         // As in `tile_vnni512_q4`: the next tile's cache line of every row.
         for r in &rows {
-            let ahead = r
-                .codes
-                .as_ptr()
-                .wrapping_add(TILE_ROWS * r.codes.len() + p * 64);
+            let ahead = r.codes.as_ptr().wrapping_add(R * r.codes.len() + p * 64);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
         }
         // SAFETY: groups 2p and 2p + 1 of every row and input are in bounds (asserts above).
@@ -1149,15 +1158,15 @@ unsafe fn tile_vnni512_q8<const N: usize>(
         }
     }
     // SAFETY: the same CPU features (this function's own).
-    unsafe { tile_vnni::<false, N>(rows, inputs, 2 * pairs, fold512(acc)) }
+    unsafe { tile_vnni::<false, R, N>(rows, inputs, 2 * pairs, fold512(acc)) }
 }
 
 /// 512-bit accumulators folded to 256 bits: lanes `k` and `k + 8` summed.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f")]
-fn fold512<const N: usize>(
-    acc: [[std::arch::x86_64::__m512; N]; TILE_ROWS],
-) -> [[std::arch::x86_64::__m256; N]; TILE_ROWS] {
+fn fold512<const R: usize, const N: usize>(
+    acc: [[std::arch::x86_64::__m512; N]; R],
+) -> [[std::arch::x86_64::__m256; N]; R] {
     use std::arch::x86_64::*;
     acc.map(|row| {
         row.map(|a| {
