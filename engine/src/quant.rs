@@ -397,9 +397,25 @@ impl QMatrix {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            // `tile::<[Q4,] N>(r, x, extra...)`: [`QMatrix::tiles`] over that SIMD kernel.
+            // Decode (one input) on the 512-bit kernels takes one row at a time: a single
+            // stream of weights, which measured faster than four interleaved rows
+            // (BENCHMARKS.md). The same operations
+            // per (row, input) as the tiles, so the results are the same bits.
+            macro_rules! decode {
+                ($one_row:expr) => {{
+                    let one_row = $one_row;
+                    for (k, o) in out.iter_mut().enumerate() {
+                        let (codes, scales) = self.row(first + k);
+                        *o = one_row([RowRef { codes, scales }], [&inputs[0]])[0][0];
+                    }
+                }};
+            }
+            // `tile::<[Q4,] N>(r, x, extra...)`: [`QMatrix::tiles`] over that SIMD kernel
+            // (the 512-bit ones: [`decode!`] for one input).
             macro_rules! run {
-                ($tile:ident::<$q4:literal, $n:literal>, $($extra:expr),*) => {
+                ($tile:ident::<$q4:literal, $n:literal>, $($extra:expr),*) => {{
+                    // The 256-bit kernels decode in tiles too: one row at a time measured
+                    // 2x slower for AVX2 q8, whose per-group work the tile shares.
                     self.tiles::<$n>(
                         first,
                         inputs,
@@ -410,20 +426,11 @@ impl QMatrix {
                         // SAFETY: as above.
                         |r, x| unsafe { $tile::<$q4, TILE_ROWS, 1>(r, x, $($extra),*) },
                     )
-                };
+                }};
                 ($tile:ident::<$n:literal>) => {{
-                    // Decode (one input) takes one row at a time: a single stream of
-                    // weights, each row prefetching the next, measured about 10 % faster
-                    // than four interleaved rows (BENCHMARKS.md). The same operations per
-                    // (row, input) as the tiles, so the results are the same bits.
                     if m == 1 {
-                        for (k, o) in out.iter_mut().enumerate() {
-                            let (codes, scales) = self.row(first + k);
-                            let row = [RowRef { codes, scales }];
-                            // SAFETY: as above.
-                            *o = unsafe { $tile::<1, 1>(row, [&inputs[0]]) }[0][0];
-                        }
-                        return;
+                        // SAFETY: as below.
+                        return decode!(|row, x| unsafe { $tile::<1, 1>(row, x) });
                     }
                     self.tiles::<$n>(
                         first,
@@ -891,7 +898,7 @@ macro_rules! int8_tile_kernel {
             let prefetch_ahead = |at: usize| {
                 if at % 64 == 0 {
                     for r in &rows {
-                        let ahead = r.codes.as_ptr().wrapping_add(R * r.codes.len() + at);
+                        let ahead = r.codes.as_ptr().wrapping_add(prefetch_distance::<R>(r) + at);
                         _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     }
                 }
@@ -1167,16 +1174,18 @@ unsafe fn tile_vnni512_q8<const R: usize, const N: usize>(
     unsafe { tile_vnni::<false, R, N>(rows, inputs, 2 * pairs, fold512(acc)) }
 }
 
-/// How far ahead of a row the 512-bit kernels prefetch, in bytes: to the next tile of `R` rows
-/// (they follow in memory), but at least [`PREFETCH_MIN_BYTES`].
+/// How far ahead of a row the integer SIMD kernels prefetch, in bytes: to the next tile of `R`
+/// rows (they follow in memory), but at least [`PREFETCH_MIN_BYTES`].
+#[cfg(target_arch = "x86_64")]
 fn prefetch_distance<const R: usize>(row: &RowRef<'_>) -> usize {
     (R * row.codes.len()).max(PREFETCH_MIN_BYTES)
 }
 
-/// The least prefetch distance of the 512-bit kernels. One q4 row of 1920 weights is 960 bytes:
+/// The least prefetch distance of the integer SIMD kernels. One q4 row of 1920 weights is 960 bytes:
 /// too close to cover the memory's latency when decode takes one row at a time. 4 KiB made
 /// Medium q4 decode about 7 % faster on Zen 5 (8 KiB the same; q8, whose rows are longer,
 /// unchanged).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_MIN_BYTES: usize = 4096;
 
 /// 512-bit accumulators folded to 256 bits: lanes `k` and `k + 8` summed.
