@@ -38,6 +38,13 @@ pub struct BenchReport {
     pub context_batch: usize,
     /// Time of that step (median of three).
     pub context_batch_ms: f64,
+    /// Multiply-adds per second of the prefill's projections ([`prefill_macs`]), in G/s.
+    pub prefill_gmacs_per_s: f64,
+    /// The machine's measured peak for the arithmetic those products run on, in G
+    /// multiply-adds per second on the pool's threads, and which instruction that is
+    /// ([`measure_peak`]); none where no SIMD loop is known for the CPU.
+    pub peak_gmacs_per_s: Option<f64>,
+    pub peak_instruction: Option<&'static str>,
 }
 
 /// A deterministic, musically plausible prompt: a piano line with chords, in 10 ms ticks.
@@ -141,6 +148,11 @@ pub fn run(
     }
     let peak_rss = peak_rss_bytes();
     let bandwidth = measure_bandwidth_gb_s();
+    let peak = measure_peak(if model.quantization.is_some() {
+        Arithmetic::Int8(crate::quant::Kernel::best())
+    } else {
+        Arithmetic::F32
+    });
     let bytes = bytes_per_note(model, prompt_notes + notes / 2);
     Ok(BenchReport {
         load_s: load.as_secs_f64(),
@@ -163,7 +175,196 @@ pub fn run(
         threads: rayon::current_num_threads(),
         context_batch,
         context_batch_ms: percentile_ms(&batch_times, 0.5),
+        prefill_gmacs_per_s: prefill_macs(model, prompt_notes + 1) / prefill.as_secs_f64() / 1e9,
+        peak_gmacs_per_s: peak.map(|p| p.0),
+        peak_instruction: peak.map(|p| p.1),
     })
+}
+
+/// Multiply-adds of the transformer's projections over `rows` positions: every weight of every
+/// layer's seven projections once per row. This is the bulk of a prefill; attention's own
+/// products, the embeddings and the norms are left out.
+pub fn prefill_macs(model: &Moonbeam, rows: usize) -> f64 {
+    let per_row: usize = model
+        .layers
+        .iter()
+        .flat_map(|l| l.projections())
+        .map(|p| p.out_dim * p.in_dim)
+        .sum();
+    per_row as f64 * rows as f64
+}
+
+/// What a matrix product runs on, for [`measure_peak`].
+#[derive(Debug, Clone, Copy)]
+pub enum Arithmetic {
+    /// f32 weights: FMA (candle's batched products use the widest registers the CPU has).
+    F32,
+    /// Quantized weights, multiplied by this integer kernel.
+    Int8(crate::quant::Kernel),
+}
+
+/// The peak multiply-adds per second of `arithmetic` on every thread of the pool at once, in
+/// G/s, with the instruction measured: the best of three runs of a loop of twelve independent
+/// accumulators (no memory traffic). `vpdpbusd` does 4 byte products per 32-bit lane, `vpmaddubsw`
+/// 2 per 16-bit lane (its kernel then needs a `vpmaddwd` as well), an f32 FMA one per lane.
+/// None for the portable kernels.
+pub fn measure_peak(arithmetic: Arithmetic) -> Option<(f64, &'static str)> {
+    use crate::quant::Kernel;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: &[bool]| f.iter().all(|&b| b);
+        let avx512 = has(&[
+            std::arch::is_x86_feature_detected!("avx512f"),
+            std::arch::is_x86_feature_detected!("avx512bw"),
+            std::arch::is_x86_feature_detected!("avx512vl"),
+        ]);
+        let avx2 = has(&[
+            std::arch::is_x86_feature_detected!("avx2"),
+            std::arch::is_x86_feature_detected!("fma"),
+        ]);
+        let (name, macs_per_instr, run): (&'static str, f64, fn(u64) -> i64) = match arithmetic {
+            Arithmetic::Int8(Kernel::Avx512Vnni) => ("vpdpbusd zmm", 64.0, peak::vnni512),
+            Arithmetic::Int8(Kernel::Avx512Vnni256) => ("vpdpbusd ymm", 32.0, peak::vnni256),
+            Arithmetic::Int8(Kernel::Avx2Int8) => ("vpmaddubsw ymm", 32.0, peak::maddubs256),
+            Arithmetic::F32 if avx512 => ("f32 FMA zmm", 16.0, peak::fma512),
+            Arithmetic::F32 if avx2 => ("f32 FMA ymm", 8.0, peak::fma256),
+            _ => return None,
+        };
+        const ITERS: u64 = 4_000_000;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let sums = rayon::broadcast(|_| run(ITERS));
+            std::hint::black_box(sums);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let instrs = ITERS as f64 * peak::ACCUMULATORS as f64 * rayon::current_num_threads() as f64;
+        Some((instrs * macs_per_instr / best / 1e9, name))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (arithmetic, Kernel::Portable);
+        None
+    }
+}
+
+/// The loops of [`measure_peak`]: `iters` rounds of one instruction on each of
+/// [`peak::ACCUMULATORS`] independent accumulators, returning their sum so that the work is
+/// not optimised away (and can be checked). Each checks its CPU features and panics without
+/// them, so they are safe to call.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulators: enough to cover the latency of every instruction measured.
+    pub const ACCUMULATORS: usize = 12;
+
+    macro_rules! peak_loop {
+        ($name:ident, $inner:ident, $features:literal, $check:expr,
+         |$acc:ident| $init:expr, $step:expr, $sum:expr) => {
+            pub fn $name(iters: u64) -> i64 {
+                assert!(
+                    $check,
+                    concat!(stringify!($name), ": CPU lacks ", $features)
+                );
+                // SAFETY: the CPU has the features (assert above).
+                unsafe { $inner(iters) }
+            }
+
+            #[target_feature(enable = $features)]
+            fn $inner(iters: u64) -> i64 {
+                let mut accs = [$init; ACCUMULATORS];
+                for _ in 0..iters {
+                    for $acc in accs.iter_mut() {
+                        *$acc = $step;
+                    }
+                }
+                let $acc = accs;
+                $sum
+            }
+        };
+    }
+
+    peak_loop!(
+        vnni512,
+        vnni512_inner,
+        "avx512f,avx512bw,avx512vnni",
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw"),
+        |acc| _mm512_setzero_si512(),
+        _mm512_dpbusd_epi32(*acc, _mm512_set1_epi8(3), _mm512_set1_epi8(-2)),
+        acc.iter()
+            .map(|&a| i64::from(_mm512_reduce_add_epi32(a)))
+            .sum()
+    );
+    peak_loop!(
+        vnni256,
+        vnni256_inner,
+        "avx2,avx512f,avx512vl,avx512vnni",
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl"),
+        |acc| _mm256_setzero_si256(),
+        _mm256_dpbusd_epi32(*acc, _mm256_set1_epi8(3), _mm256_set1_epi8(-2)),
+        acc.iter().map(|&a| lanes32(a)).sum()
+    );
+    // `vpmaddubsw` of the accumulator's own bytes (so that it cannot be hoisted out of the
+    // loop), then `vpaddw` into it; wrapping i16 arithmetic, checked by the test.
+    peak_loop!(
+        maddubs256,
+        maddubs256_inner,
+        "avx2",
+        std::arch::is_x86_feature_detected!("avx2"),
+        |acc| _mm256_set1_epi16(0x0103),
+        _mm256_add_epi16(*acc, _mm256_maddubs_epi16(*acc, _mm256_set1_epi8(-2))),
+        acc.iter().map(|&a| lanes16(a)).sum()
+    );
+    peak_loop!(
+        fma512,
+        fma512_inner,
+        "avx512f",
+        std::arch::is_x86_feature_detected!("avx512f"),
+        |acc| _mm512_setzero_ps(),
+        _mm512_fmadd_ps(*acc, _mm512_set1_ps(0.5), _mm512_set1_ps(1.0)),
+        acc.iter()
+            .map(|&a| _mm512_reduce_add_ps(a).round() as i64)
+            .sum()
+    );
+    peak_loop!(
+        fma256,
+        fma256_inner,
+        "avx2,fma",
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+        |acc| _mm256_setzero_ps(),
+        _mm256_fmadd_ps(*acc, _mm256_set1_ps(0.5), _mm256_set1_ps(1.0)),
+        acc.iter().map(|&a| lanes_f32(a)).sum()
+    );
+
+    /// The sum of the sixteen i16 lanes.
+    #[target_feature(enable = "avx2")]
+    fn lanes16(v: __m256i) -> i64 {
+        let mut out = [0i16; 16];
+        // SAFETY: `out` holds 32 bytes.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, v) };
+        out.iter().map(|&x| i64::from(x)).sum()
+    }
+
+    /// The sum of the eight f32 lanes, rounded.
+    #[target_feature(enable = "avx2")]
+    fn lanes_f32(v: __m256) -> i64 {
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds 32 bytes.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out.iter().sum::<f32>().round() as i64
+    }
+
+    /// The sum of the eight i32 lanes.
+    #[target_feature(enable = "avx2")]
+    fn lanes32(v: __m256i) -> i64 {
+        let mut out = [0i32; 8];
+        // SAFETY: `out` holds 32 bytes.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, v) };
+        out.iter().map(|&x| i64::from(x)).sum()
+    }
 }
 
 fn percentile_ms(xs: &[Duration], q: f64) -> f64 {
@@ -387,4 +588,65 @@ pub fn run_train(
         notes_per_s: (rows.len() - 1) as f64 / step,
         peak_rss_mib: peak_rss_bytes() as f64 / (1024.0 * 1024.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_peak_loops_do_the_arithmetic_they_count() {
+        use super::peak;
+        let acc = peak::ACCUMULATORS as i64;
+        let has = |f: &str| match f {
+            "vnni" => {
+                std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            "avx512" => std::arch::is_x86_feature_detected!("avx512f"),
+            _ => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+        };
+        // Each lane gains 3 × -2 per byte product: 4 products per i32 lane, 2 per i16 lane.
+        if has("vnni") {
+            assert_eq!(peak::vnni512(1000), 1000 * acc * 16 * -24);
+            assert_eq!(peak::vnni256(1000), 1000 * acc * 8 * -24);
+        }
+        if has("avx2") {
+            // One i16 lane: its two bytes (unsigned) times -2, summed with saturation, added.
+            let mut v: i16 = 0x0103;
+            for _ in 0..1000 {
+                let (lo, hi) = (i32::from(v as u16 as u8), i32::from((v as u16 >> 8) as u8));
+                let product = (-2 * lo - 2 * hi).clamp(i16::MIN.into(), i16::MAX.into());
+                v = v.wrapping_add(product as i16);
+            }
+            assert_eq!(peak::maddubs256(1000), acc * 16 * i64::from(v));
+            // a <- a / 2 + 1 from 0 reaches 2 exactly in f32.
+            assert_eq!(peak::fma256(100), acc * 8 * 2);
+        }
+        if has("avx512") {
+            assert_eq!(peak::fma512(100), acc * 16 * 2);
+        }
+    }
+
+    #[test]
+    fn the_peak_is_measured_where_a_loop_is_known() {
+        use super::{measure_peak, Arithmetic};
+        use crate::quant::Kernel;
+        assert!(measure_peak(Arithmetic::Int8(Kernel::Portable)).is_none());
+        for kernel in [Kernel::Avx2Int8, Kernel::Avx512Vnni, Kernel::Avx512Vnni256] {
+            if kernel.is_supported() {
+                let (g, name) = measure_peak(Arithmetic::Int8(kernel)).unwrap();
+                assert!(g.is_finite() && g > 0.0, "{name}: {g}");
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let (g, _) = measure_peak(Arithmetic::F32).unwrap();
+            assert!(g.is_finite() && g > 0.0);
+        }
+    }
 }

@@ -1077,6 +1077,20 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         r.prefill_s * 1e3,
         r.prompt_notes
     );
+    match (r.peak_gmacs_per_s, r.peak_instruction) {
+        (Some(peak), Some(name)) => println!(
+            "prefill rate      {:.0} G multiply-adds/s in the projections, {:.0} % of the {:.0} G/s \
+             {name} peak (measured, {} threads)",
+            r.prefill_gmacs_per_s,
+            100.0 * r.prefill_gmacs_per_s / peak,
+            peak,
+            r.threads
+        ),
+        _ => println!(
+            "prefill rate      {:.0} G multiply-adds/s in the projections",
+            r.prefill_gmacs_per_s
+        ),
+    }
     println!(
         "per note          median {:.2} ms, p95 {:.2} ms",
         r.note_ms_median, r.note_ms_p95
