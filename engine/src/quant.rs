@@ -798,6 +798,7 @@ macro_rules! group_codes {
 /// The sum of the eight lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let hi = _mm256_extractf128_ps(v, 1);
@@ -970,7 +971,14 @@ macro_rules! int8_tile_kernel {
                     }
                 }
             }
-            acc.map(|row| row.map(|a| hsum256(a)))
+            // A loop, not `map` closures (see `fold512`).
+            let mut out = [[0.0f32; N]; R];
+            for (o, a) in out.iter_mut().zip(&acc) {
+                for (o, &a) in o.iter_mut().zip(a) {
+                    *o = hsum256(a);
+                }
+            }
+            out
         }
     };
 }
@@ -1191,16 +1199,21 @@ const PREFETCH_MIN_BYTES: usize = 4096;
 /// 512-bit accumulators folded to 256 bits: lanes `k` and `k + 8` summed.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f")]
+#[inline]
 fn fold512<const R: usize, const N: usize>(
     acc: [[std::arch::x86_64::__m512; N]; R],
 ) -> [[std::arch::x86_64::__m256; N]; R] {
     use std::arch::x86_64::*;
-    acc.map(|row| {
-        row.map(|a| {
+    // Loops, not `map` closures: a closure does not inherit the target features, so it is
+    // not inlined, and in decode (one row per call) that call cost as much as the row.
+    let mut out = [[_mm256_setzero_ps(); N]; R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (o, &a) in o.iter_mut().zip(a) {
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
-            _mm256_add_ps(_mm512_castps512_ps256(a), hi)
-        })
-    })
+            *o = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+        }
+    }
+    out
 }
 
 /// One row's dot product: `codes` and `scales` of the row, `x` of length `cols`.
