@@ -1140,7 +1140,7 @@ unsafe fn tile_vnni512_q8<const R: usize, const N: usize>(
     let minus128 = _mm512_set1_epi8(-128);
     let mut acc = [[_mm512_setzero_ps(); N]; R];
     for p in 0..pairs {
-        // As in `tile_vnni512_q4`: the next tile's cache line of every row.
+        // As in `tile_vnni512_q4`: every row's line, `prefetch_distance` ahead.
         for r in &rows {
             let ahead = r
                 .codes
