@@ -209,9 +209,9 @@ pub enum Arithmetic {
 /// 2 per 16-bit lane (its kernel then needs a `vpmaddwd` as well), an f32 FMA one per lane.
 /// None for the portable kernels.
 pub fn measure_peak(arithmetic: Arithmetic) -> Option<(f64, &'static str)> {
-    use crate::quant::Kernel;
     #[cfg(target_arch = "x86_64")]
     {
+        use crate::quant::Kernel;
         let has = |f: &[bool]| f.iter().all(|&b| b);
         let avx512 = has(&[
             std::arch::is_x86_feature_detected!("avx512f"),
@@ -243,7 +243,7 @@ pub fn measure_peak(arithmetic: Arithmetic) -> Option<(f64, &'static str)> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (arithmetic, Kernel::Portable);
+        let _ = arithmetic;
         None
     }
 }

@@ -893,15 +893,10 @@ macro_rules! int8_tile_kernel {
             let pairs = if Q4 { groups / 2 } else { 0 };
             let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
             let nibble = _mm256_set1_epi8(0x0f);
-            // The next tile's rows follow these in memory: as the tile reaches byte `at` of its
-            // rows, fetch each cache line of them one tile ahead (a prefetch never faults,
-            // hence the wrapping address).
+            // As the tile reaches byte `at` of its rows, fetch each new cache line ahead.
             let prefetch_ahead = |at: usize| {
                 if at % 64 == 0 {
-                    for r in &rows {
-                        let ahead = r.codes.as_ptr().wrapping_add(prefetch_distance::<R>(r) + at);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                    }
+                    prefetch_rows(&rows, at);
                 }
             };
             for p in from_group / 2..pairs {
@@ -1067,15 +1062,8 @@ unsafe fn tile_vnni512_q4<const R: usize, const N: usize>(
     let nibble = _mm512_set1_epi8(0x0f);
     let mut acc = [[_mm512_setzero_ps(); N]; R];
     for q in 0..quads {
-        // Each step reads one cache line of every row: fetch the line that far ahead (the rows
-        // that follow these in memory; a prefetch never faults, hence the wrapping address).
-        for r in &rows {
-            let ahead = r
-                .codes
-                .as_ptr()
-                .wrapping_add(prefetch_distance::<R>(r) + q * 64);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-        }
+        // Each step reads one cache line of every row.
+        prefetch_rows(&rows, q * 64);
         // SAFETY: groups 4q..4q + 4 of every row and input are in bounds (asserts above).
         unsafe {
             let load = |v: &Vec<i8>| _mm512_loadu_si512(v.as_ptr().add(q * 64) as *const _);
@@ -1140,14 +1128,8 @@ unsafe fn tile_vnni512_q8<const R: usize, const N: usize>(
     let minus128 = _mm512_set1_epi8(-128);
     let mut acc = [[_mm512_setzero_ps(); N]; R];
     for p in 0..pairs {
-        // As in `tile_vnni512_q4`: every row's line, `prefetch_distance` ahead.
-        for r in &rows {
-            let ahead = r
-                .codes
-                .as_ptr()
-                .wrapping_add(prefetch_distance::<R>(r) + p * 64);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-        }
+        // Each step reads one cache line of every row.
+        prefetch_rows(&rows, p * 64);
         // SAFETY: groups 2p and 2p + 1 of every row and input are in bounds (asserts above).
         unsafe {
             let xu: [__m512i; N] = std::array::from_fn(|i| {
@@ -1182,11 +1164,18 @@ unsafe fn tile_vnni512_q8<const R: usize, const N: usize>(
     unsafe { tile_vnni::<false, R, N>(rows, inputs, 2 * pairs, fold512(acc)) }
 }
 
-/// How far ahead of a row the integer SIMD kernels prefetch, in bytes: to the next tile of `R`
-/// rows (they follow in memory), but at least [`PREFETCH_MIN_BYTES`].
+/// The integer SIMD kernels' prefetch: for each of the `R` rows, the cache line at byte `at`
+/// of the row that far ahead in memory: the next tile of `R` rows (they follow these), but at
+/// least [`PREFETCH_MIN_BYTES`]. A prefetch never faults, hence the wrapping address.
 #[cfg(target_arch = "x86_64")]
-fn prefetch_distance<const R: usize>(row: &RowRef<'_>) -> usize {
-    (R * row.codes.len()).max(PREFETCH_MIN_BYTES)
+#[target_feature(enable = "sse")]
+#[inline]
+fn prefetch_rows<const R: usize>(rows: &[RowRef<'_>; R], at: usize) {
+    use std::arch::x86_64::*;
+    for r in rows {
+        let ahead = (R * r.codes.len()).max(PREFETCH_MIN_BYTES) + at;
+        _mm_prefetch::<_MM_HINT_T0>(r.codes.as_ptr().wrapping_add(ahead) as *const i8);
+    }
 }
 
 /// The least prefetch distance of the integer SIMD kernels. One q4 row of 1920 weights is 960 bytes:
