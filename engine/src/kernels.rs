@@ -77,6 +77,40 @@ pub(crate) fn for_each_chunk(
     }
 }
 
+/// [`for_each_chunk`] for several outputs at once, in one parallel dispatch: `chunk(j, row0,
+/// out)` fills `out` with rows `row0..row0 + out.len()` of output `j`. Each `(out, cols)` pair
+/// is one matrix-vector product of `out.len()` rows by `cols`. Products that read the same
+/// input (q, k and v; gate and up; a GRU layer's two) share one fork and join instead of one
+/// each, and one output's last rows overlap the next one's first. Small totals stay on the
+/// calling thread, by [`for_each_chunk`]'s rule applied to the sum.
+pub(crate) fn for_each_chunk_of(
+    outs: Vec<(&mut [f32], usize)>,
+    chunk: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let macs: usize = outs.iter().map(|(out, cols)| out.len() * cols).sum();
+    if macs < par_min() || rayon::current_num_threads() < 2 {
+        for (j, (out, _)) in outs.into_iter().enumerate() {
+            chunk(j, 0, out);
+        }
+        return;
+    }
+    let mut tasks = Vec::with_capacity(
+        outs.iter()
+            .map(|(o, _)| o.len().div_ceil(ROWS_PER_TASK))
+            .sum(),
+    );
+    for (j, (out, _)) in outs.into_iter().enumerate() {
+        tasks.extend(
+            out.chunks_mut(ROWS_PER_TASK)
+                .enumerate()
+                .map(|(c, part)| (j, c * ROWS_PER_TASK, part)),
+        );
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(j, row0, part)| chunk(j, row0, part));
+}
+
 /// Like [`matvec`], but only for rows `rows.start..rows.end`, written to `out`.
 pub fn matvec_rows(w: &[f32], x: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
     let cols = x.len();

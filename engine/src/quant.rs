@@ -50,7 +50,7 @@ use std::fmt;
 
 use half::f16;
 
-use crate::kernels::{for_each_chunk, for_each_row};
+use crate::kernels::{for_each_chunk, for_each_chunk_of, for_each_row};
 
 /// Weights per scale.
 pub const GROUP: usize = 32;
@@ -313,6 +313,54 @@ impl QMatrix {
         });
     }
 
+    /// Several whole-matrix [`QMatrix::matvec_rows`] in one parallel dispatch, with the
+    /// fastest kernel: each output gets the same bits as its own call would give. An input
+    /// that consecutive products share (q, k and v read one vector) is quantized once.
+    pub fn matvec_many(products: Vec<Matvec<'_>>) {
+        Self::matvec_many_with(Kernel::best(), products);
+    }
+
+    /// [`QMatrix::matvec_many`] with a chosen kernel.
+    pub fn matvec_many_with(kernel: Kernel, products: Vec<Matvec<'_>>) {
+        for p in &products {
+            assert_eq!(p.x.len(), p.matrix.cols, "matvec: input length");
+            assert_eq!(p.out.len(), p.matrix.rows, "matvec: output length");
+        }
+        let kernel = kernel.available();
+        if !kernel.is_int8() {
+            for p in products {
+                p.matrix
+                    .matvec_rows_with(kernel, p.x, 0..p.matrix.rows, p.out);
+            }
+            return;
+        }
+        INPUTS.with_borrow_mut(|inputs| {
+            // `which[j]`: the quantized input of product `j`.
+            let mut which = Vec::with_capacity(products.len());
+            let mut count = 0;
+            for (j, p) in products.iter().enumerate() {
+                if j == 0 || !std::ptr::eq(p.x, products[j - 1].x) {
+                    if inputs.len() == count {
+                        inputs.push(QInput::default());
+                    }
+                    inputs[count].quantize(p.x);
+                    count += 1;
+                }
+                which.push(count - 1);
+            }
+            let inputs = &inputs[..count];
+            let matrices: Vec<&QMatrix> = products.iter().map(|p| p.matrix).collect();
+            let outs = products
+                .into_iter()
+                .map(|p| (p.out, p.matrix.cols))
+                .collect();
+            for_each_chunk_of(outs, |j, row0, part| {
+                let input = std::slice::from_ref(&inputs[which[j]]);
+                matrices[j].int8_block(kernel, row0, input, part);
+            });
+        });
+    }
+
     /// Row `r`'s codes and scales.
     fn row(&self, r: usize) -> (&[u8], &[f16]) {
         let groups = self.cols / GROUP;
@@ -503,6 +551,13 @@ impl QMatrix {
             }
         }
     }
+}
+
+/// One product of [`QMatrix::matvec_many`]: `out = matrix x`, over every row.
+pub struct Matvec<'a> {
+    pub matrix: &'a QMatrix,
+    pub x: &'a [f32],
+    pub out: &'a mut [f32],
 }
 
 /// The smallest f16 at or above `v >= 0`, if there is a finite one.
@@ -743,6 +798,8 @@ impl QInput {
 
 thread_local! {
     static INPUT: std::cell::RefCell<QInput> = std::cell::RefCell::default();
+    /// [`QMatrix::matvec_many`]'s inputs, one per distinct vector.
+    static INPUTS: std::cell::RefCell<Vec<QInput>> = std::cell::RefCell::default();
 }
 
 /// One row's integer dot product, the reference of the integer SIMD kernels: the row's codes
@@ -1460,6 +1517,46 @@ mod tests {
         // 3 groups per row, and 7 (a step of four groups, then a pair and one).
         for (rows, cols, m) in [(37, 3 * GROUP, 5), (37, 7 * GROUP, 6)] {
             check_batched_against_single(rows, cols, m);
+        }
+    }
+
+    #[test]
+    fn several_products_in_one_dispatch_equal_one_call_each() {
+        // q, k and v of one input, then a product of another: 1100 x 1536 is above the
+        // parallel threshold, so its rows are split into tasks (the last one short), and
+        // the small ones ride along in the same dispatch.
+        let shapes = [(1100, 1536), (130, 1536), (130, 1536), (70, 640)];
+        let x1: Vec<f32> = (0..1536)
+            .map(|i| ((i * 7) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let x2: Vec<f32> = (0..640)
+            .map(|i| ((i * 5) % 19) as f32 / 9.0 - 1.0)
+            .collect();
+        let xs = [&x1, &x1, &x1, &x2];
+        for format in [QFormat::Q8, QFormat::Q4] {
+            let mats: Vec<QMatrix> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, c))| {
+                    QMatrix::quantize(format, &matrix(r, c, 20 + i as u64), r, c).unwrap()
+                })
+                .collect();
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
+                let mut together: Vec<Vec<f32>> =
+                    shapes.iter().map(|&(r, _)| vec![f32::NAN; r]).collect();
+                let products = mats
+                    .iter()
+                    .zip(xs)
+                    .zip(together.iter_mut())
+                    .map(|((matrix, x), out)| Matvec { matrix, x, out })
+                    .collect();
+                QMatrix::matvec_many_with(kernel, products);
+                for ((q, x), got) in mats.iter().zip(xs).zip(&together) {
+                    let mut alone = vec![0.0; q.rows()];
+                    q.matvec_rows_with(kernel, x, 0..q.rows(), &mut alone);
+                    assert_eq!(got, &alone, "{format} {kernel:?} {} rows", q.rows());
+                }
+            }
         }
     }
 

@@ -393,12 +393,19 @@ impl Layer {
             rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
             Ok(())
         })?;
-        self.q_proj
-            .matvec_styled(&scratch.xn, &mut scratch.q, style, Target::Q(li))?;
-        self.k_proj
-            .matvec_styled(&scratch.xn, &mut scratch.k, style, Target::K(li))?;
-        self.v_proj
-            .matvec_styled(&scratch.xn, &mut scratch.v, style, Target::V(li))?;
+        Linear::matvec_many(vec![
+            (&self.q_proj, &scratch.xn, &mut scratch.q),
+            (&self.k_proj, &scratch.xn, &mut scratch.k),
+            (&self.v_proj, &scratch.xn, &mut scratch.v),
+        ])?;
+        for (target, out) in [
+            (Target::Q(li), &mut scratch.q),
+            (Target::K(li), &mut scratch.k),
+            (Target::V(li), &mut scratch.v),
+        ] {
+            let rows = 0..out.len();
+            style.add_matvec(target, &scratch.xn, rows, out)?;
+        }
         rotate_heads(&mut scratch.q, hd, &scratch.cos, &scratch.sin);
         rotate_heads(&mut scratch.k, hd, &scratch.cos, &scratch.sin);
         cache.store(li, pos, &scratch.k, &scratch.v);
@@ -418,8 +425,10 @@ impl Layer {
             rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
             Ok(())
         })?;
-        self.gate_proj.matvec(&scratch.xn, &mut scratch.gate)?;
-        self.up_proj.matvec(&scratch.xn, &mut scratch.up)?;
+        Linear::matvec_many(vec![
+            (&self.gate_proj, &scratch.xn, &mut scratch.gate),
+            (&self.up_proj, &scratch.xn, &mut scratch.up),
+        ])?;
         for (g, u) in scratch.gate.iter_mut().zip(&scratch.up) {
             *g = silu(*g) * u;
         }

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use candle_core::{Result, Tensor, D};
 
-use super::{GruLayer, Moonbeam};
+use super::{GruLayer, Linear, Moonbeam};
 use crate::kernels::sigmoid;
 use crate::kernels::with_f32;
 use crate::lora::{Style, Target};
@@ -171,8 +171,7 @@ impl GruLayer {
     /// One step on one vector: `h` becomes the new hidden state for input `x`; `gi` and `gh`
     /// (`3g` each) are scratch.
     fn step(&self, x: &[f32], h: &mut [f32], gi: &mut [f32], gh: &mut [f32]) -> Result<()> {
-        self.ih.matvec(x, gi)?;
-        self.hh.matvec(h, gh)?;
+        Linear::matvec_many(vec![(&self.ih, x, gi), (&self.hh, &*h, gh)])?;
         gru_cell(gi, gh, h);
         Ok(())
     }

@@ -199,6 +199,63 @@ impl Linear {
         self.matvec_rows(x, 0..self.out_dim, out)
     }
 
+    /// [`Linear::matvec`] for several layers: `out = W x + b` for each `(layer, x, out)`. Where
+    /// every layer is quantized they run in one parallel dispatch ([`QMatrix::matvec_many`]),
+    /// which saves a fork and join per layer on the decode path; the results are the same
+    /// bits as one call each.
+    pub fn matvec_many(products: Vec<(&Linear, &[f32], &mut [f32])>) -> Result<()> {
+        if products
+            .iter()
+            .any(|(layer, _, _)| layer.quantized().is_none())
+        {
+            for (layer, x, out) in products {
+                layer.matvec(x, out)?;
+            }
+            return Ok(());
+        }
+        let mut layers = Vec::with_capacity(products.len());
+        let mut outs = Vec::with_capacity(products.len());
+        let mut jobs_in = Vec::with_capacity(products.len());
+        for (layer, x, out) in products {
+            if x.len() != layer.in_dim || out.len() != layer.out_dim {
+                candle_core::bail!(
+                    "matvec: ({}, {}) layer given {} inputs and {} outputs",
+                    layer.out_dim,
+                    layer.in_dim,
+                    x.len(),
+                    out.len()
+                );
+            }
+            layers.push(layer);
+            jobs_in.push(x);
+            outs.push(out);
+        }
+        let jobs = layers
+            .iter()
+            .zip(&jobs_in)
+            .zip(outs.iter_mut())
+            .map(|((layer, x), out)| crate::quant::Matvec {
+                matrix: layer
+                    .quantized()
+                    .expect("every layer is quantized (checked above)"),
+                x,
+                out: &mut **out,
+            })
+            .collect();
+        QMatrix::matvec_many(jobs);
+        for (layer, out) in layers.iter().zip(outs) {
+            if let Some(b) = &layer.bias {
+                with_f32(b, |b| {
+                    for (o, bv) in out.iter_mut().zip(b) {
+                        *o += bv;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Only the output rows in `rows` (used where only one attribute's logits are needed).
     pub fn matvec_rows(
         &self,
@@ -222,5 +279,46 @@ impl Linear {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn layer(rows: usize, cols: usize, seed: usize, bias: bool) -> Linear {
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i + seed) * 2654435761) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let b = bias.then(|| {
+            let b: Vec<f32> = (0..rows).map(|r| r as f32 / 10.0 - 3.0).collect();
+            Tensor::from_vec(b, rows, &Device::Cpu).unwrap()
+        });
+        Linear::new(Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap(), b).unwrap()
+    }
+
+    /// The GRU's pair (two inputs, biases) and q/k/v (one input) in one call each way.
+    #[test]
+    fn matvec_many_equals_one_matvec_each_with_biases_and_for_f32_layers() {
+        let x: Vec<f32> = (0..1024).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+        let h: Vec<f32> = (0..1024).map(|i| (i % 7) as f32 / 3.0 - 1.0).collect();
+        for format in [None, Some(QFormat::Q8), Some(QFormat::Q4)] {
+            let mut ih = layer(1536, 1024, 1, true);
+            let mut hh = layer(1536, 1024, 2, true);
+            if let Some(f) = format {
+                assert!(ih.quantize(f).unwrap() && hh.quantize(f).unwrap());
+            }
+            let (mut gi, mut gh) = (vec![0.0; 1536], vec![0.0; 1536]);
+            Linear::matvec_many(vec![(&ih, &x, &mut gi), (&hh, &h, &mut gh)]).unwrap();
+            let (mut gi1, mut gh1) = (vec![0.0; 1536], vec![0.0; 1536]);
+            ih.matvec(&x, &mut gi1).unwrap();
+            hh.matvec(&h, &mut gh1).unwrap();
+            assert_eq!((gi, gh), (gi1, gh1), "{format:?}");
+        }
+        let mut q = layer(64, 1024, 3, false);
+        assert!(q.quantize(QFormat::Q8).unwrap());
+        let mut short = vec![0.0; 63];
+        assert!(Linear::matvec_many(vec![(&q, &x, &mut short)]).is_err());
     }
 }

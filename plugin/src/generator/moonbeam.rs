@@ -1726,7 +1726,11 @@ mod tests {
         after.settle();
         let base = keys(&after, 1, 4000.0);
         assert_ne!(base, styled, "the test style must change the answer");
-        assert_eq!(after.generator.prefills(), prefills, "no style change, no re-read");
+        assert_eq!(
+            after.generator.prefills(),
+            prefills,
+            "no style change, no re-read"
+        );
         // Chosen between answers: re-read once, and the answer is the style's.
         after.generator.styles.set("s", style.clone());
         after.settle();
