@@ -70,10 +70,36 @@ pub(crate) fn for_each_chunk(
 ) {
     if out.len() * cols < par_min() || rayon::current_num_threads() < 2 {
         chunk(0, out);
-    } else {
+        return;
+    }
+    let len = out.len();
+    let rows = Shared(out.as_mut_ptr());
+    let task = |c: usize| {
+        let row0 = c * ROWS_PER_TASK;
+        // SAFETY: `crate::pool::run` runs each task index once, and index `c` owns rows
+        // `row0..row0 + n` of `out`, which no other index touches.
+        let part = unsafe { rows.slice(row0, (len - row0).min(ROWS_PER_TASK)) };
+        chunk(row0, part);
+    };
+    if !crate::pool::run(len.div_ceil(ROWS_PER_TASK), &task) {
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(c, part)| chunk(c * ROWS_PER_TASK, part));
+    }
+}
+
+/// A pointer into a buffer whose disjoint parts tasks on several threads write.
+struct Shared<T>(*mut T);
+
+// SAFETY: only used where each task writes its own part (see the callers).
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// # Safety
+    /// `at..at + n` is within the buffer and no one else uses it meanwhile.
+    unsafe fn slice<'a>(&self, at: usize, n: usize) -> &'a mut [T] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), n) }
     }
 }
 
@@ -106,9 +132,18 @@ pub(crate) fn for_each_chunk_of(
                 .map(|(c, part)| (j, c * ROWS_PER_TASK, part)),
         );
     }
-    tasks
-        .into_par_iter()
-        .for_each(|(j, row0, part)| chunk(j, row0, part));
+    let count = tasks.len();
+    let items = Shared(tasks.as_mut_ptr());
+    let task = |i: usize| {
+        // SAFETY: `crate::pool::run` runs each index once, so task `i` is taken once.
+        let (j, row0, part) = &mut unsafe { items.slice(i, 1) }[0];
+        chunk(*j, *row0, part);
+    };
+    if !crate::pool::run(count, &task) {
+        tasks
+            .into_par_iter()
+            .for_each(|(j, row0, part)| chunk(j, row0, part));
+    }
 }
 
 /// Like [`matvec`], but only for rows `rows.start..rows.end`, written to `out`.

@@ -41,6 +41,7 @@ pub mod midi;
 pub mod model;
 pub mod note;
 pub mod pianoroll;
+pub mod pool;
 pub mod quant;
 pub mod style;
 pub mod train;
