@@ -102,9 +102,14 @@ fn helper(pool: &'static Pool) {
                 std::hint::spin_loop();
                 continue;
             }
+            // No timeout: a parked helper runs no code until a job comes (as rayon's idle
+            // workers), which matters to a host that unloads the plugin's library. No wakeup
+            // is lost: either the caller's epoch bump comes before the load below, or our
+            // `sleepers` increment comes before the caller's load of it and it unparks us
+            // (an unpark before the park makes the park return at once).
             pool.sleepers.fetch_add(1, SeqCst);
             if pool.epoch.load(SeqCst) == seen {
-                std::thread::park_timeout(Duration::from_millis(50));
+                std::thread::park();
             }
             pool.sleepers.fetch_sub(1, SeqCst);
             since = Instant::now();
