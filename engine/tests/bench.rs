@@ -21,3 +21,23 @@ fn prefill_macs_count_every_projection_weight_once_per_row() {
         (cfg.n_layers * per_layer * rows) as f64
     );
 }
+
+#[test]
+fn the_weight_stream_rate_is_measured_for_f32_and_quantized_models() {
+    use continuo_engine::bench::{measure_weight_stream_gb_s, weight_bytes};
+    use continuo_engine::quant::QFormat;
+    let cfg = tiny_config();
+    let mut model = Moonbeam::random(&cfg, 1, Precision::F32).unwrap();
+    let f32_rate = measure_weight_stream_gb_s(&model);
+    let f32_bytes = weight_bytes(&model);
+    assert!(model.quantize(QFormat::Q4).unwrap() > 0);
+    let q4_rate = measure_weight_stream_gb_s(&model);
+    assert!(
+        weight_bytes(&model) < f32_bytes,
+        "the q4 model has fewer bytes to stream"
+    );
+    for rate in [f32_rate, q4_rate] {
+        // Somewhere between a slow disk and far beyond any memory: a rate, not a count.
+        assert!(rate.is_finite() && rate > 0.01 && rate < 1e5, "{rate} GB/s");
+    }
+}
