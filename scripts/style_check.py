@@ -14,7 +14,7 @@ held-out files (the first 32 notes are the prompt):
 - the base with the style (does the style move the answer toward its style?).
 
 Each held-out prompt is continued with several seeds at the plugin's sampling (temperature
-1.0, top-p 0.9). Prints one row per style: the share labelled as the style. Nothing here is
+1.0, top-p 0.95). Prints one row per style: the share labelled as the style. Nothing here is
 chosen on these files; they only report.
 
 Usage: python3 scripts/style_check.py [--seeds 5] [--out data/style-check]
@@ -117,7 +117,7 @@ def continuation(path, weights, lora, seed, out):
             os.remove(f)
     run([CONTINUO, "continue", "--config", CONFIG, "--weights", weights, "--midi", path,
          "--prompt-notes", str(WINDOW), "--notes", str(WINDOW), "--temperature", "1.0",
-         "--top-p", "0.9", "--seed", str(seed), "--out", out + ".mid", "--json",
+         "--top-p", "0.95", "--seed", str(seed), "--out", out + ".mid", "--json",
          out + ".json"] + lora)
     with open(out + ".json") as f:
         return json.load(f)["generated_only"]

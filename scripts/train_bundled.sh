@@ -53,7 +53,7 @@ train_style() { # name, folder, preset name, description, epochs, augmented copi
     $C train-style --config assets/configs/continuo_base.json --weights assets/continuo_base.safetensors \
         --data data/styles/$2 --out lora-weights/$1/$1.safetensors --rank 8 --alpha 32 \
         --epochs $5 --lr 1e-3 --context 256 --batch-size 1 --val-fraction 0.2 --augment-copies $6 --seed 3 \
-        --name "$3" --description "$4" --author "Continuo" --base-model continuo-base-v4 "${@:7}"
+        --name "$3" --description "$4" --author "Continuo" --base-model continuo-base-v6 "${@:7}"
 }
 # The three corpora are scores played at fixed velocities: the copies keep them as written
 # (--velocity-range 1:1), as the base's ablation found velocity changes hurt.

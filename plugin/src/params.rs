@@ -362,11 +362,11 @@ impl Default for ContinuoParams {
                 FloatRange::Linear { min: 0.1, max: 2.0 },
             )
             .with_step_size(0.01),
-            // Temperature 1.0 and top-p 0.9: the closest continuations of the settings measured
+            // Temperature 1.0 and top-p 0.95: the closest continuations of the settings measured
             // on the bundled model's validation split (assets/MODEL_CARD.md, "Sampling").
             top_p: FloatParam::new(
                 "Top-p",
-                0.9,
+                0.95,
                 FloatRange::Linear {
                     min: 0.05,
                     max: 1.0,

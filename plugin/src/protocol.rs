@@ -160,7 +160,7 @@ impl Default for GenParams {
     fn default() -> Self {
         Self {
             temperature: 1.0,
-            top_p: 0.9,
+            top_p: 0.95,
             seed: 0,
             style_strength: 1.0,
             blend: 0.0,
