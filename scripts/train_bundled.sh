@@ -32,8 +32,14 @@ $C train-base --config assets/configs/continuo_base.json --init data/base_v2.saf
 # v4 (2026-12-06), from v3: 3 more epochs with train-base's default augmentation (no velocity
 # change, which the ablation found hurt), lr 3e-4; the best epoch by validation loss is kept.
 $C train-base --config assets/configs/continuo_base.json --init data/base_v3.safetensors \
-    --data $BASE_DATA --out assets/continuo_base.safetensors --force --epochs 3 --context 512 \
+    --data $BASE_DATA --out data/base_v4.safetensors --force --epochs 3 --context 512 \
     --batch-size 4 --lr 3e-4 --gamma 0.85 --val-fraction 0.05 --seed 7 --augment-copies 1
+# v6 (2026-12-08), from v4: v5's recipe (lr 1e-4 decayed x0.7), of which the first epoch is
+# shipped: it was chosen over the second on the validation split for its pace (MODEL_CARD.md).
+# --epochs 1 gives that first epoch alone (the rates of the first epoch are the same).
+$C train-base --config assets/configs/continuo_base.json --init data/base_v4.safetensors \
+    --data $BASE_DATA --out assets/continuo_base.safetensors --force --epochs 1 --context 512 \
+    --batch-size 4 --lr 1e-4 --gamma 0.7 --val-fraction 0.05 --seed 7 --augment-copies 1
 
 # 2. The styles, each from its own small public-domain corpus (see lora-weights/*/README.md).
 S=../shared/midi-samples
