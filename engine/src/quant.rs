@@ -759,7 +759,7 @@ impl QInput {
             self.codes.extend(
                 group
                     .iter()
-                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+                    .map(|v| round_code(v * inv)),
             );
             self.scales.push(scale);
         }
@@ -794,6 +794,18 @@ impl QInput {
             self.pair_scales.extend([scales[1]; 4]);
         }
     }
+}
+
+/// `x.round().clamp(-127.0, 127.0) as i8` for `|x| <= 127` (and any finite `x`, by the
+/// clamp), without `round`, which is a library call on x86-64's baseline (no SSE4.1): the
+/// decode quantizes a few hundred thousand input values per note, and the loop of integer
+/// conversions below vectorizes. Halves round away from zero, as `f32::round` does.
+#[inline]
+fn round_code(x: f32) -> i8 {
+    let x = x.clamp(-127.0, 127.0);
+    let whole = x as i32; // toward zero
+    let frac = x - whole as f32; // exact: |x| < 2^23
+    (whole + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)) as i8
 }
 
 thread_local! {
@@ -1517,6 +1529,20 @@ mod tests {
         // 3 groups per row, and 7 (a step of four groups, then a pair and one).
         for (rows, cols, m) in [(37, 3 * GROUP, 5), (37, 7 * GROUP, 6)] {
             check_batched_against_single(rows, cols, m);
+        }
+    }
+
+    #[test]
+    fn input_codes_round_as_f32_round_does() {
+        let mut x = -130.0f32;
+        while x <= 130.0 {
+            for v in [x, x + 0.5, x - f32::EPSILON * x.abs(), x + f32::EPSILON * x.abs()] {
+                assert_eq!(round_code(v), v.round().clamp(-127.0, 127.0) as i8, "{v}");
+            }
+            x += 0.125;
+        }
+        for v in [0.49999997f32, -0.49999997, 126.5, -126.5, 0.0, -0.0] {
+            assert_eq!(round_code(v), v.round() as i8, "{v}");
         }
     }
 
