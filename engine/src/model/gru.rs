@@ -5,7 +5,7 @@ use std::ops::Range;
 use candle_core::{Result, Tensor, D};
 
 use super::{GruLayer, Linear, Moonbeam};
-use crate::kernels::sigmoid;
+use crate::kernels::{sigmoid, tanh};
 use crate::kernels::with_f32;
 use crate::lora::{Style, Target};
 
@@ -183,7 +183,7 @@ fn gru_cell(gi: &[f32], gh: &[f32], h: &mut [f32]) {
     for j in 0..g {
         let r = sigmoid(gi[j] + gh[j]);
         let z = sigmoid(gi[g + j] + gh[g + j]);
-        let n = (gi[2 * g + j] + r * gh[2 * g + j]).tanh();
+        let n = tanh(gi[2 * g + j] + r * gh[2 * g + j]);
         h[j] = (1.0 - z) * n + z * h[j];
     }
 }
