@@ -62,30 +62,13 @@ pub(crate) fn for_each_row(out: &mut [f32], cols: usize, row: impl Fn(usize) -> 
 
 /// [`for_each_row`] for kernels that compute several rows at once: `chunk(row0, out)` fills
 /// `out` with rows `row0..row0 + out.len()`, the whole matrix on the calling thread or
-/// [`ROWS_PER_TASK`] rows per rayon task, by the same rule.
+/// [`ROWS_PER_TASK`] rows per task on the decode pool, by the same rule.
 pub(crate) fn for_each_chunk(
     out: &mut [f32],
     cols: usize,
     chunk: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    if out.len() * cols < par_min() || rayon::current_num_threads() < 2 {
-        chunk(0, out);
-        return;
-    }
-    let len = out.len();
-    let rows = Shared(out.as_mut_ptr());
-    let task = |c: usize| {
-        let row0 = c * ROWS_PER_TASK;
-        // SAFETY: `crate::pool::run` runs each task index once, and index `c` owns rows
-        // `row0..row0 + n` of `out`, which no other index touches.
-        let part = unsafe { rows.slice(row0, (len - row0).min(ROWS_PER_TASK)) };
-        chunk(row0, part);
-    };
-    if !crate::pool::run(len.div_ceil(ROWS_PER_TASK), &task) {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(c, part)| chunk(c * ROWS_PER_TASK, part));
-    }
+    for_each_chunk_of([(out, cols)], |_, row0, part| chunk(row0, part));
 }
 
 /// A pointer into a buffer whose disjoint parts tasks on several threads write.
@@ -108,9 +91,11 @@ impl<T> Shared<T> {
 /// is one matrix-vector product of `out.len()` rows by `cols`. Products that read the same
 /// input (q, k and v; gate and up; a GRU layer's two) share one fork and join instead of one
 /// each, and one output's last rows overlap the next one's first. Small totals stay on the
-/// calling thread, by [`for_each_chunk`]'s rule applied to the sum.
-pub(crate) fn for_each_chunk_of(
-    outs: Vec<(&mut [f32], usize)>,
+/// calling thread. The tasks of [`ROWS_PER_TASK`] rows are numbered across the outputs and
+/// handed to the decode pool ([`crate::pool`]), or to rayon where the pool is taken; nothing
+/// is allocated.
+pub(crate) fn for_each_chunk_of<const N: usize>(
+    outs: [(&mut [f32], usize); N],
     chunk: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
     let macs: usize = outs.iter().map(|(out, cols)| out.len() * cols).sum();
@@ -120,29 +105,25 @@ pub(crate) fn for_each_chunk_of(
         }
         return;
     }
-    let mut tasks = Vec::with_capacity(
-        outs.iter()
-            .map(|(o, _)| o.len().div_ceil(ROWS_PER_TASK))
-            .sum(),
-    );
-    for (j, (out, _)) in outs.into_iter().enumerate() {
-        tasks.extend(
-            out.chunks_mut(ROWS_PER_TASK)
-                .enumerate()
-                .map(|(c, part)| (j, c * ROWS_PER_TASK, part)),
-        );
+    let lens = outs.each_ref().map(|(out, _)| out.len());
+    let rows = outs.map(|(out, _)| Shared(out.as_mut_ptr()));
+    // `first[j]`: the number of output `j`'s first task.
+    let mut first = [0; N];
+    let mut count = 0;
+    for (f, len) in first.iter_mut().zip(lens) {
+        *f = count;
+        count += len.div_ceil(ROWS_PER_TASK);
     }
-    let count = tasks.len();
-    let items = Shared(tasks.as_mut_ptr());
-    let task = |i: usize| {
-        // SAFETY: `crate::pool::run` runs each index once, so task `i` is taken once.
-        let (j, row0, part) = &mut unsafe { items.slice(i, 1) }[0];
-        chunk(*j, *row0, part);
+    let task = |t: usize| {
+        let j = first.partition_point(|&f| f <= t) - 1;
+        let row0 = (t - first[j]) * ROWS_PER_TASK;
+        // SAFETY: each task number is run once, and task `t` owns rows `row0..row0 + n` of
+        // output `j`, which no other task touches.
+        let part = unsafe { rows[j].slice(row0, (lens[j] - row0).min(ROWS_PER_TASK)) };
+        chunk(j, row0, part);
     };
     if !crate::pool::run(count, &task) {
-        tasks
-            .into_par_iter()
-            .for_each(|(j, row0, part)| chunk(j, row0, part));
+        (0..count).into_par_iter().for_each(task);
     }
 }
 

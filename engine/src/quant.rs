@@ -316,12 +316,12 @@ impl QMatrix {
     /// Several whole-matrix [`QMatrix::matvec_rows`] in one parallel dispatch, with the
     /// fastest kernel: each output gets the same bits as its own call would give. An input
     /// that consecutive products share (q, k and v read one vector) is quantized once.
-    pub fn matvec_many(products: Vec<Matvec<'_>>) {
+    pub fn matvec_many<const N: usize>(products: [Matvec<'_>; N]) {
         Self::matvec_many_with(Kernel::best(), products);
     }
 
     /// [`QMatrix::matvec_many`] with a chosen kernel.
-    pub fn matvec_many_with(kernel: Kernel, products: Vec<Matvec<'_>>) {
+    pub fn matvec_many_with<const N: usize>(kernel: Kernel, products: [Matvec<'_>; N]) {
         for p in &products {
             assert_eq!(p.x.len(), p.matrix.cols, "matvec: input length");
             assert_eq!(p.out.len(), p.matrix.rows, "matvec: output length");
@@ -336,7 +336,7 @@ impl QMatrix {
         }
         INPUTS.with_borrow_mut(|inputs| {
             // `which[j]`: the quantized input of product `j`.
-            let mut which = Vec::with_capacity(products.len());
+            let mut which = [0; N];
             let mut count = 0;
             for (j, p) in products.iter().enumerate() {
                 if j == 0 || !std::ptr::eq(p.x, products[j - 1].x) {
@@ -346,14 +346,11 @@ impl QMatrix {
                     inputs[count].quantize(p.x);
                     count += 1;
                 }
-                which.push(count - 1);
+                which[j] = count - 1;
             }
             let inputs = &inputs[..count];
-            let matrices: Vec<&QMatrix> = products.iter().map(|p| p.matrix).collect();
-            let outs = products
-                .into_iter()
-                .map(|p| (p.out, p.matrix.cols))
-                .collect();
+            let matrices = products.each_ref().map(|p| p.matrix);
+            let outs = products.map(|p| (p.out, p.matrix.cols));
             for_each_chunk_of(outs, |j, row0, part| {
                 let input = std::slice::from_ref(&inputs[which[j]]);
                 matrices[j].int8_block(kernel, row0, input, part);
@@ -756,11 +753,7 @@ impl QInput {
             let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            self.codes.extend(
-                group
-                    .iter()
-                    .map(|v| round_code(v * inv)),
-            );
+            self.codes.extend(group.iter().map(|v| round_code(v * inv)));
             self.scales.push(scale);
         }
         self.shifted
@@ -1536,7 +1529,12 @@ mod tests {
     fn input_codes_round_as_f32_round_does() {
         let mut x = -130.0f32;
         while x <= 130.0 {
-            for v in [x, x + 0.5, x - f32::EPSILON * x.abs(), x + f32::EPSILON * x.abs()] {
+            for v in [
+                x,
+                x + 0.5,
+                x - f32::EPSILON * x.abs(),
+                x + f32::EPSILON * x.abs(),
+            ] {
                 assert_eq!(round_code(v), v.round().clamp(-127.0, 127.0) as i8, "{v}");
             }
             x += 0.125;
@@ -1570,12 +1568,12 @@ mod tests {
             for kernel in Kernel::ALL.into_iter().filter(|k| k.is_supported()) {
                 let mut together: Vec<Vec<f32>> =
                     shapes.iter().map(|&(r, _)| vec![f32::NAN; r]).collect();
-                let products = mats
-                    .iter()
-                    .zip(xs)
-                    .zip(together.iter_mut())
-                    .map(|((matrix, x), out)| Matvec { matrix, x, out })
-                    .collect();
+                let mut outs = together.iter_mut();
+                let products = std::array::from_fn::<_, 4, _>(|i| Matvec {
+                    matrix: &mats[i],
+                    x: xs[i],
+                    out: outs.next().expect("one output per product"),
+                });
                 QMatrix::matvec_many_with(kernel, products);
                 for ((q, x), got) in mats.iter().zip(xs).zip(&together) {
                     let mut alone = vec![0.0; q.rows()];

@@ -393,7 +393,7 @@ impl Layer {
             rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
             Ok(())
         })?;
-        Linear::matvec_many(vec![
+        Linear::matvec_many([
             (&self.q_proj, &scratch.xn, &mut scratch.q),
             (&self.k_proj, &scratch.xn, &mut scratch.k),
             (&self.v_proj, &scratch.xn, &mut scratch.v),
@@ -425,7 +425,7 @@ impl Layer {
             rms_norm(&scratch.x, w, cfg.rms_norm_eps, &mut scratch.xn);
             Ok(())
         })?;
-        Linear::matvec_many(vec![
+        Linear::matvec_many([
             (&self.gate_proj, &scratch.xn, &mut scratch.gate),
             (&self.up_proj, &scratch.xn, &mut scratch.up),
         ])?;

@@ -5,8 +5,8 @@ use std::ops::Range;
 use candle_core::{Result, Tensor, D};
 
 use super::{GruLayer, Linear, Moonbeam};
-use crate::kernels::{sigmoid, tanh};
 use crate::kernels::with_f32;
+use crate::kernels::{sigmoid, tanh};
 use crate::lora::{Style, Target};
 
 /// Picks one token among an attribute's allowed ids.
@@ -171,7 +171,7 @@ impl GruLayer {
     /// One step on one vector: `h` becomes the new hidden state for input `x`; `gi` and `gh`
     /// (`3g` each) are scratch.
     fn step(&self, x: &[f32], h: &mut [f32], gi: &mut [f32], gh: &mut [f32]) -> Result<()> {
-        Linear::matvec_many(vec![(&self.ih, x, gi), (&self.hh, &*h, gh)])?;
+        Linear::matvec_many([(&self.ih, x, gi), (&self.hh, &*h, gh)])?;
         gru_cell(gi, gh, h);
         Ok(())
     }

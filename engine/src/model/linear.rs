@@ -203,7 +203,9 @@ impl Linear {
     /// every layer is quantized they run in one parallel dispatch ([`QMatrix::matvec_many`]),
     /// which saves a fork and join per layer on the decode path; the results are the same
     /// bits as one call each.
-    pub fn matvec_many(products: Vec<(&Linear, &[f32], &mut [f32])>) -> Result<()> {
+    pub fn matvec_many<const N: usize>(
+        mut products: [(&Linear, &[f32], &mut [f32]); N],
+    ) -> Result<()> {
         if products
             .iter()
             .any(|(layer, _, _)| layer.quantized().is_none())
@@ -213,10 +215,7 @@ impl Linear {
             }
             return Ok(());
         }
-        let mut layers = Vec::with_capacity(products.len());
-        let mut outs = Vec::with_capacity(products.len());
-        let mut jobs_in = Vec::with_capacity(products.len());
-        for (layer, x, out) in products {
+        for (layer, x, out) in &products {
             if x.len() != layer.in_dim || out.len() != layer.out_dim {
                 candle_core::bail!(
                     "matvec: ({}, {}) layer given {} inputs and {} outputs",
@@ -226,32 +225,18 @@ impl Linear {
                     out.len()
                 );
             }
-            layers.push(layer);
-            jobs_in.push(x);
-            outs.push(out);
         }
-        let jobs = layers
-            .iter()
-            .zip(&jobs_in)
-            .zip(outs.iter_mut())
-            .map(|((layer, x), out)| crate::quant::Matvec {
+        QMatrix::matvec_many(products.each_mut().map(|(layer, x, out)| {
+            crate::quant::Matvec {
                 matrix: layer
                     .quantized()
                     .expect("every layer is quantized (checked above)"),
                 x,
-                out: &mut **out,
-            })
-            .collect();
-        QMatrix::matvec_many(jobs);
-        for (layer, out) in layers.iter().zip(outs) {
-            if let Some(b) = &layer.bias {
-                with_f32(b, |b| {
-                    for (o, bv) in out.iter_mut().zip(b) {
-                        *o += bv;
-                    }
-                    Ok(())
-                })?;
+                out,
             }
+        }));
+        for (layer, _, out) in products {
+            layer.add_bias(0..layer.out_dim, out)?;
         }
         Ok(())
     }
@@ -270,6 +255,11 @@ impl Linear {
             })?,
             Weight::Quant(q) => q.matvec_rows(x, rows.clone(), out),
         }
+        self.add_bias(rows, out)
+    }
+
+    /// `out += b[rows]`, where the layer has a bias.
+    fn add_bias(&self, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<()> {
         if let Some(b) = &self.bias {
             with_f32(b, |b| {
                 for (o, bv) in out.iter_mut().zip(&b[rows]) {
@@ -310,7 +300,7 @@ mod tests {
                 assert!(ih.quantize(f).unwrap() && hh.quantize(f).unwrap());
             }
             let (mut gi, mut gh) = (vec![0.0; 1536], vec![0.0; 1536]);
-            Linear::matvec_many(vec![(&ih, &x, &mut gi), (&hh, &h, &mut gh)]).unwrap();
+            Linear::matvec_many([(&ih, &x, &mut gi), (&hh, &h, &mut gh)]).unwrap();
             let (mut gi1, mut gh1) = (vec![0.0; 1536], vec![0.0; 1536]);
             ih.matvec(&x, &mut gi1).unwrap();
             hh.matvec(&h, &mut gh1).unwrap();
@@ -319,6 +309,6 @@ mod tests {
         let mut q = layer(64, 1024, 3, false);
         assert!(q.quantize(QFormat::Q8).unwrap());
         let mut short = vec![0.0; 63];
-        assert!(Linear::matvec_many(vec![(&q, &x, &mut short)]).is_err());
+        assert!(Linear::matvec_many([(&q, &x, &mut short)]).is_err());
     }
 }
